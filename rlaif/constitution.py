@@ -1,0 +1,62 @@
+"""The constitution: principles read from YAML, sampled uniformly at random, one fresh draw per use."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class CritiqueRevision:
+    critique: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class Constitution:
+    feedback: tuple[str, ...]
+    critique_revision: tuple[CritiqueRevision, ...]
+
+    def sample_feedback(self, rng: random.Random) -> str:
+        return rng.choice(self.feedback)
+
+    def sample_critique_revision(self, rng: random.Random) -> CritiqueRevision:
+        return rng.choice(self.critique_revision)
+
+
+def load_constitution(path: str = "builtin:default") -> Constitution:
+    if path == "builtin:default":
+        text = resources.files("rlaif").joinpath("assets/constitution.yaml").read_text()
+        source = "builtin:default"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"constitution file not found: {path}")
+        text, source = p.read_text(), str(p)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source}: malformed YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping with keys 'feedback' and 'critique_revision'")
+    unknown = set(data) - {"feedback", "critique_revision"}
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {sorted(unknown)}; allowed: feedback, critique_revision")
+    feedback = data.get("feedback") or []
+    if not feedback:
+        raise ValueError(f"{source}: 'feedback' must list at least one principle")
+    for i, item in enumerate(feedback):
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"{source}: feedback[{i}] must be a non-empty string, got {item!r}")
+    pairs = []
+    for i, item in enumerate(data.get("critique_revision") or []):
+        if not isinstance(item, dict) or set(item) != {"critique", "revision"}:
+            raise ValueError(f"{source}: critique_revision[{i}] must have exactly the keys critique and revision")
+        if not all(isinstance(v, str) and v.strip() for v in item.values()):
+            raise ValueError(f"{source}: critique_revision[{i}] critique and revision must be non-empty strings")
+        pairs.append(CritiqueRevision(item["critique"].strip(), item["revision"].strip()))
+    return Constitution(tuple(s.strip() for s in feedback), tuple(pairs))

