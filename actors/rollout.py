@@ -52,7 +52,7 @@ class RolloutWorker:
         params = [
             SamplingParams(
                 n=n, temperature=rc.temperature if temperature is None else temperature, top_p=rc.top_p,
-                max_tokens=max_new_tokens or rc.max_new_tokens, logprobs=0, seed=seed + i,
+                max_tokens=max_new_tokens or rc.max_new_tokens, logprobs=0, seed=seed + i * n,
             )
             for i in range(len(texts))
         ]
