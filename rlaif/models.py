@@ -104,8 +104,12 @@ def _convert_smollm2(out: Path) -> None:
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    # transformers refuses save_pretrained on a GGUF load: copy into a fresh model.
-    model = LlamaForCausalLM(loaded.config)
+    # transformers refuses save_pretrained on a GGUF load: copy into a fresh model, dequantized (fp32), and drop
+    # the GGUF quantization_config, which vLLM would otherwise try (and fail) to honour.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

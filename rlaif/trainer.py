@@ -145,13 +145,14 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, step: int) -> tuple
 
 
 def init_ray(cfg: Config) -> None:
-    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("RLAIF_", "VLLM_", "WANDB_"))}}
     if os.environ.get("RAY_ADDRESS") or cfg.ray.address != "local":
-        # Inside `ray job submit` RAY_ADDRESS points at the cluster: join it, never start a second Ray.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or cfg.ray.address, runtime_env=env)
+        # Inside `ray job submit` RAY_ADDRESS points at the cluster: join it, never start a second Ray. The job's
+        # runtime_env (cluster/runtime_env.yaml) carries code and environment to the actors.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or cfg.ray.address)
     else:
+        env = {k: v for k, v in os.environ.items() if k.startswith(("RLAIF_", "VLLM_", "WANDB_"))}
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-                 include_dashboard=False, runtime_env=env)
+                 include_dashboard=False, runtime_env={"env_vars": env})
 
 
 def train(cfg: Config) -> Path:
