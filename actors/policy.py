@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from rlaif.algorithms import ALGORITHMS
 from rlaif.config import Config
 from rlaif.data import pad_sequences
-from rlaif.losses import ppo_policy_loss
+from rlaif.losses import kl_loss, online_dpo_loss, ppo_policy_loss, truncated_importance_weights
 from rlaif.models import (
     load_causal_lm,
     load_tokenizer,
@@ -24,6 +25,7 @@ from rlaif.models import (
 class PolicyWorker:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.algorithm = ALGORITHMS[cfg.rl.algorithm]
         self.path = resolve_model_path(cfg.policy.model.path, cfg.cache_dir)
 
     def setup_distributed(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
@@ -66,30 +68,62 @@ class PolicyWorker:
             self.cfg.policy.micro_batch_size,
         )
 
-    def train(self, shard: dict[str, list]) -> dict[str, float]:
-        """rl.epochs passes of PPO-clipped updates; one optimizer step per pass (DeepSpeed accumulates)."""
+    def _place(self, rows: list[list[float]], prompts: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+        """Per-response-token values laid out like the shifted action mask of the padded batch."""
+        out = torch.zeros_like(like)
+        for b, row in enumerate(rows):
+            start = len(prompts[b]) - 1
+            out[b, start : start + len(row)] = torch.tensor(row, device=like.device)
+        return out
+
+    def _loss(self, mb: dict[str, list], kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
+        rl = self.cfg.rl
+        p = mb["prompt_ids"]
+        ids, attn, mask = (t.to(self.engine.device) for t in pad_sequences(p, mb["response_ids"],
+                                                                            self.tokenizer.pad_token_id))
+        logp = token_logprobs(self.engine, ids, attn)
+        if self.algorithm.pairwise:
+            # Online DPO on pairs (2i, 2i+1) ordered by the AI label: sequence log-prob sums vs the reference.
+            seq = (logp * mask).sum(dim=1)
+            ref = (self._place(mb["ref_logprobs"], p, mask) * mask).sum(dim=1)
+            first = torch.tensor(mb["chosen_first"][0::2], device=seq.device)
+            pick = lambda x: (torch.where(first, x[0::2], x[1::2]), torch.where(first, x[1::2], x[0::2]))  # noqa: E731
+            (pc, pr), (rc, rr) = pick(seq), pick(ref)
+            weights = torch.tensor(mb["pair_weight"][0::2], device=seq.device)
+            loss, chosen, rejected = online_dpo_loss(pc, pr, rc, rr, rl.dpo_beta, weights)
+            return loss, {"dpo_margin": (chosen - rejected).mean().item(),
+                          "dpo_accuracy": (chosen > rejected).float().mean().item()}
+        old = self._place(mb["old_logprobs"], p, mask)
+        adv = self._place(mb["advantages"], p, mask)
+        info: dict[str, float] = {}
+        if rl.tis_cap > 0:
+            # Truncated importance sampling: the sampler (vLLM) and the trainer disagree slightly on log-probs.
+            # A positive per-token weight scales both PPO terms alike, so it can ride on the advantage.
+            w, info = truncated_importance_weights(old, self._place(mb["sampler_logprobs"], p, mask), mask, rl.tis_cap)
+            adv = adv * w
+        agg = {"loss_agg": self.algorithm.loss_agg, "norm_len": self.cfg.rollout.max_new_tokens}
+        loss, ppo_info = ppo_policy_loss(logp, old, adv, mask, rl.clip_eps, **agg)
+        info.update(ppo_info)
+        if rl.kl_in == "loss":
+            kl = kl_loss(logp, self._place(mb["ref_logprobs"], p, mask), mask, rl.kl_estimator, **agg)
+            loss = loss + kl_coef * kl
+            info["kl_loss"] = kl.item()
+        return loss, info
+
+    def train(self, shard: dict[str, list], kl_coef: float) -> dict[str, float]:
+        """rl.epochs passes over this rank's shard; one optimizer step per pass (DeepSpeed accumulates)."""
         self.engine.train()
-        mb, rl = self.cfg.policy.micro_batch_size, self.cfg.rl
-        stats: dict[str, list[float]] = {"policy_loss": [], "clip_frac": [], "approx_kl_old": []}
-        t0 = time.perf_counter()
-        for _ in range(rl.epochs):
-            for i in range(0, len(shard["prompt_ids"]), mb):
-                p, r = shard["prompt_ids"][i : i + mb], shard["response_ids"][i : i + mb]
-                ids, attn, mask = (t.to(self.engine.device) for t in pad_sequences(p, r, self.tokenizer.pad_token_id))
-                old = torch.zeros_like(mask)
-                for b, lps in enumerate(shard["old_logprobs"][i : i + mb]):
-                    start = len(p[b]) - 1
-                    old[b, start : start + len(lps)] = torch.tensor(lps, device=mask.device)
-                adv = torch.tensor(shard["advantages"][i : i + mb], dtype=torch.float32, device=mask.device)
-                logp = token_logprobs(self.engine, ids, attn)
-                loss, info = ppo_policy_loss(logp, old, adv, mask, rl.clip_eps)
+        size, t0 = self.cfg.policy.micro_batch_size, time.perf_counter()
+        stats: dict[str, list[float]] = {}
+        for _ in range(self.cfg.rl.epochs):
+            for i in range(0, len(shard["prompt_ids"]), size):
+                loss, info = self._loss({k: v[i : i + size] for k, v in shard.items()}, kl_coef)
                 self.engine.backward(loss)
                 self.engine.step()
-                stats["policy_loss"].append(loss.item())
-                for k, v in info.items():
-                    stats[k].append(v)
+                for k, v in {"loss": loss.item(), **info}.items():
+                    stats.setdefault(k, []).append(v)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out["train_tokens"] = float(sum(len(r) for r in shard["response_ids"]) * rl.epochs)
+        out["train_tokens"] = float(sum(len(r) for r in shard["response_ids"]) * self.cfg.rl.epochs)
         out["train_seconds"] = time.perf_counter() - t0
         return out
 

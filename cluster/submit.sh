@@ -47,7 +47,7 @@ passthrough=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --) shift; break ;;
-    -h|--help) sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --address) [[ $# -ge 2 ]] || die "--address needs a value"; address=(--address "$2"); shift 2 ;;
     --address=*) address=(--address "${1#*=}"); shift ;;
     --runtime-env) [[ $# -ge 2 ]] || die "--runtime-env needs a file"; runtime_env="$2"; shift 2 ;;

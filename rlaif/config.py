@@ -35,6 +35,9 @@ class DataConfig:
     prompts: str = "builtin:debug"
     max_prompt_tokens: int = 128
     seed: int = 0
+    # Held-out prompts the optimizer never sees, for eval/*: a file, or a fraction split off `prompts`.
+    eval_prompts: str = ""
+    eval_fraction: float = 0.2
 
 
 @dataclass
@@ -84,18 +87,49 @@ class PolicyConfig:
 
 
 @dataclass
+class CriticConfig:
+    """The value model for PPO; started only when rl.algorithm needs it."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(path=""))  # empty path: the policy's model
+    num_ranks: int = 1
+    zero_stage: Literal[1, 2, 3] = 2
+    lr: float = 1.0e-5
+
+
+@dataclass
 class RLConfig:
-    algorithm: Literal["rloo-ppo"] = "rloo-ppo"
+    # rloo / grpo / dr-grpo / reinforce++ need no critic; ppo trains one (GAE); online-dpo learns from AI labels.
+    algorithm: Literal["ppo", "grpo", "dr-grpo", "rloo", "reinforce++", "online-dpo"] = "rloo"
     prompts_per_step: int = 4
     epochs: int = 1  # passes over each batch of experience
     clip_eps: float = 0.2
-    kl_coef: float = 0.05  # beta of the KL(policy || reference) penalty in the reward
+    kl_coef: float = 0.05  # beta of the KL(policy || reference) penalty
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_in: Literal["reward", "loss"] = "reward"  # shape the reward per token, or add beta * KL to the loss
+    kl_target: float = 0.0  # > 0: adaptive beta steering the KL toward this target (Ziegler et al. 2019)
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: float = 0.2
+    normalize_rewards: bool = False  # running mean/std over every score seen so far
+    reward_clip: float = 0.0  # > 0: clip scores to [-reward_clip, reward_clip]
+    length_penalty: float = 0.0  # per token above length_target
+    length_target: int = 0
+    missing_eos_penalty: float = 0.0  # subtracted from the score of responses that never finished
+    tis_cap: float = 2.0  # truncated importance weight cap for the vLLM-vs-trainer mismatch; 0 turns it off
+    dpo_beta: float = 0.1
+    dpo_weight_by_label: bool = False  # weight each online-DPO pair by |2p - 1| of its soft label
+    dpo_preference: Literal["labeler", "reward"] = "labeler"  # order DPO pairs by the AI label or by the reward
+    use_preference_model: bool = True
+    # "module:function" taking (prompts: list[str], responses: list[str]) -> list[float], added to the PM score.
+    reward_functions: list[str] = field(default_factory=list)
 
 
 @dataclass
 class TrainerConfig:
     steps: int = 3
     log_samples: int = 4  # rows per step in the sample table
+    eval_every: int = 0  # > 0: score the held-out prompts every this many steps (and before the first, after the last)
     progress: bool = True
     timeout_s: float = 600.0  # every ray.get is bounded: a hung actor fails the run instead of hanging it
 
@@ -132,6 +166,7 @@ class Config:
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
     preference_model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -150,6 +185,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return None
         inner = [a for a in get_args(tp) if a is not type(None)]
         return _coerce(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, get_args(tp)[0]) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
@@ -163,6 +202,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; accept what float() accepts
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -236,6 +280,7 @@ def validate(cfg: Config) -> None:
         "preference_model.label_prompts": cfg.preference_model.label_prompts,
         "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
     }
+    positive["critic.num_ranks"] = cfg.critic.num_ranks
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
@@ -253,6 +298,21 @@ def validate(cfg: Config) -> None:
             f"= {cfg.policy.num_ranks} ranks into micro-batches of policy.micro_batch_size = "
             f"{cfg.policy.micro_batch_size}"
         )
+    if cfg.rl.algorithm == "ppo" and batch % (cfg.critic.num_ranks * cfg.policy.micro_batch_size):
+        raise ConfigError(
+            f"rl.prompts_per_step * rollout.n_samples = {batch} must split evenly over critic.num_ranks "
+            f"= {cfg.critic.num_ranks} ranks into micro-batches of policy.micro_batch_size"
+        )
+    if not cfg.rl.use_preference_model and not cfg.rl.reward_functions:
+        raise ConfigError("rl.use_preference_model is false and rl.reward_functions is empty: nothing gives a reward")
+    for spec in cfg.rl.reward_functions:
+        if spec.count(":") != 1 or not all(spec.split(":")):
+            raise ConfigError(f"rl.reward_functions: '{spec}' must look like 'package.module:function'")
+    if not 0.0 <= cfg.data.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {cfg.data.eval_fraction}")
+    if cfg.rl.algorithm == "online-dpo" and (cfg.policy.micro_batch_size % 2 or per_rank % 2):
+        raise ConfigError("rl.algorithm online-dpo: policy.micro_batch_size and the per-rank batch must be even "
+                          "(pairs are never split)")
     if not 0.0 < cfg.rollout.temperature:
         raise ConfigError(f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
     if cfg.device == "cpu":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -52,6 +53,16 @@ def load_prompts(source: str) -> list[Prompt]:
     if not prompts:
         raise DataError(f"{path}: no prompts found (the file is empty)")
     return prompts
+
+
+def split_prompts(prompts: list[Prompt], fraction: float, seed: int) -> tuple[list[Prompt], list[Prompt]]:
+    """(train, held-out): a seeded split by prompt id, so the same id always lands on the same side."""
+    if fraction <= 0:
+        return prompts, []
+    order = sorted(prompts, key=lambda p: hashlib.sha256(f"{seed}:{p.id}".encode()).hexdigest())
+    k = max(1, round(len(prompts) * fraction))
+    held = {p.id for p in order[:k]}
+    return [p for p in prompts if p.id not in held], [p for p in prompts if p.id in held]
 
 
 class PromptLoader:

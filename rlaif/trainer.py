@@ -6,21 +6,24 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 import torch
 from tqdm import tqdm
 
+from actors.critic import CriticWorker
 from actors.group import ActorGroup, get
 from actors.labeler import LabelerWorker
 from actors.policy import PolicyWorker
 from actors.preference import PreferenceModelWorker
 from actors.reference import ReferenceWorker
 from actors.rollout import RolloutWorker
+from rlaif.algorithms import ALGORITHMS, load_reward_functions, make_experience, shape_scores
 from rlaif.config import Config, save_config
-from rlaif.data import PromptLoader, load_prompts
-from rlaif.losses import kl_estimate, rloo_advantages
+from rlaif.data import PromptLoader, load_prompts, split_prompts
+from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
 from rlaif.models import resolve_model_path
 from rlaif.tracking import Tracker
 
@@ -39,13 +42,17 @@ class Roles:
 
         self.rollout = actor(RolloutWorker, r.gpus_per_rollout)
         self.labeler = actor(LabelerWorker, r.gpus_per_aux)
-        self.pm = actor(PreferenceModelWorker, r.gpus_per_aux)
         self.reference = actor(ReferenceWorker, r.gpus_per_aux)
+        self.pm = actor(PreferenceModelWorker, r.gpus_per_aux) if cfg.rl.use_preference_model else None
         self.policy = ActorGroup(PolicyWorker, cfg.policy.num_ranks, cfg, num_gpus=r.gpus_per_policy_rank,
                                  timeout=t, name="policy")
+        self.critic = None
+        if ALGORITHMS[cfg.rl.algorithm].needs_critic:
+            self.critic = ActorGroup(CriticWorker, cfg.critic.num_ranks, cfg, num_gpus=r.gpus_per_policy_rank,
+                                     timeout=t, name="critic")
         # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
-        get([a.__ray_ready__.remote() for a in (self.rollout, self.labeler, self.pm, self.reference)], t,
-            "starting the rollout, labeler, preference-model and reference actors")
+        singles = [a for a in (self.rollout, self.labeler, self.reference, self.pm) if a is not None]
+        get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler, reference and PM actors")
 
     def get(self, refs, what: str):
         return get(refs, self.timeout, what)
@@ -54,6 +61,11 @@ class Roles:
 def shard(batch: dict[str, list], n: int) -> list[dict[str, list]]:
     size = len(next(iter(batch.values()))) // n
     return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(n)]
+
+
+def sharded(group: ActorGroup, method: str, batch: dict[str, list], *args) -> list:
+    """Start `method` on every rank with its contiguous slice of the batch; returns the object refs."""
+    return [getattr(a, method).remote(s, *args) for a, s in zip(group.actors, shard(batch, len(group.actors)))]
 
 
 def train_preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: Tracker) -> dict[str, float]:
@@ -81,36 +93,78 @@ def label_stats(labels: list[dict], prefix: str) -> dict[str, float]:
     return out
 
 
-def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, step: int) -> tuple[dict[str, float], list[dict]]:
+@dataclass
+class RLState:
+    """What the loop carries from step to step besides the models."""
+
+    kl: FixedKLController | AdaptiveKLController
+    moments: RunningMoments = field(default_factory=RunningMoments)
+    reward_fns: list = field(default_factory=list)
+
+
+def total_reward(state: RLState, pm_scores: list[float] | None, prompts: list[str], texts: list[str]):
+    """Preference-model score plus every rule-based reward function; also each part's mean, for logging."""
+    total, parts = torch.zeros(len(texts)), {}
+    if pm_scores is not None:
+        total += torch.tensor(pm_scores)
+        parts["pm"] = sum(pm_scores) / len(pm_scores)
+    for fn in state.reward_fns:
+        values = torch.tensor(fn(prompts, texts), dtype=torch.float32)
+        if values.shape != total.shape:
+            raise ValueError(f"reward function {fn.__module__}.{fn.__name__} returned {values.numel()} values "
+                             f"for {len(texts)} responses")
+        total += values
+        parts[fn.__name__] = values.mean().item()
+    return total, parts
+
+
+def evaluate(cfg: Config, roles: Roles, state: RLState, prompts: list[str]) -> dict[str, float]:
+    """Reward on held-out prompts the optimizer never trains on, with a fixed sampling seed."""
+    s = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 4242), "rollout.generate (eval)")
+    pm = roles.get(roles.pm.score.remote(s["prompt_ids"], s["response_ids"]), "pm (eval)") if roles.pm else None
+    total, parts = total_reward(state, pm, [p for p in prompts for _ in range(2)], s["response_text"])
+    return {"eval/reward": total.mean().item(), **{f"eval/{k}": v for k, v in parts.items()},
+            "eval/length": sum(map(len, s["response_ids"])) / len(s["response_ids"])}
+
+
+def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, step: int) -> tuple[dict, list[dict]]:
     """One RL-CAI step: sample -> score -> AI-label -> experience -> ZeRO update -> weight sync into vLLM."""
     n, timings = cfg.rollout.n_samples, {}
     t = time.perf_counter()
     prompts = [p.text for p in loader.next(cfg.rl.prompts_per_step)]
     samples = roles.get(roles.rollout.generate.remote(prompts, n, cfg.seed + step * 7919), "rollout.generate")
+    P, R, texts = samples["prompt_ids"], samples["response_ids"], samples["response_text"]
     timings["time/generate"] = time.perf_counter() - t
 
-    # Score, label and compute log-probs concurrently: four different actors.
+    # Score, label and compute log-probs (and values) concurrently: each is a different actor.
     t = time.perf_counter()
-    P, R = samples["prompt_ids"], samples["response_ids"]
-    reward_ref = roles.pm.score.remote(P, R)
-    label_ref = roles.labeler.compare.remote(
-        [p for p in prompts for _ in range(n // 2)], samples["response_text"][0::2], samples["response_text"][1::2]
-    )
+    seqs = {"prompt_ids": P, "response_ids": R}
+    pm_ref = roles.pm.score.remote(P, R) if roles.pm else None
+    label_ref = roles.labeler.compare.remote([p for p in prompts for _ in range(n // 2)], texts[0::2], texts[1::2])
     ref_ref = roles.reference.logprobs.remote(P, R)
-    old_refs = [a.logprobs.remote(s) for a, s in zip(roles.policy.actors, shard(
-        {"prompt_ids": P, "response_ids": R}, cfg.policy.num_ranks))]
-    scores, labels, ref_lp = roles.get([reward_ref, label_ref, ref_ref], "score/label/reference")
+    old_refs = sharded(roles.policy, "logprobs", seqs)
+    value_refs = sharded(roles.critic, "values", seqs) if roles.critic else []
+    pm_scores = roles.get(pm_ref, "preference_model.score") if pm_ref else None
+    scores, _ = total_reward(state, pm_scores, [p for p in prompts for _ in range(n)], texts)
+    labels, ref_lp = roles.get([label_ref, ref_ref], "labeler/reference")
     old_lp = [x for part in roles.get(old_refs, "policy.logprobs") for x in part]
+    values = [x for part in roles.get(value_refs, "critic.values") for x in part] if value_refs else None
     timings["time/score"] = time.perf_counter() - t
 
-    # Experience: reward = PM score - beta * KL(policy || reference), RLOO advantage within each prompt's group.
-    kl = [kl_estimate(torch.tensor(o), torch.tensor(r)).sum().item() for o, r in zip(old_lp, ref_lp)]
-    rewards = torch.tensor(scores) - cfg.rl.kl_coef * torch.tensor(kl)
-    advantages = rloo_advantages(rewards, n)
-    batch = {"prompt_ids": P, "response_ids": R, "old_logprobs": old_lp, "advantages": advantages.tolist()}
+    raw = scores.clone()
+    scores = shape_scores(cfg.rl, scores, torch.tensor([len(r) for r in R], dtype=torch.float32),
+                          torch.tensor(samples["finished"]), state.moments)
+    exp, exp_stats = make_experience(cfg.rl, n, state.kl.value, scores, old_lp, ref_lp, values,
+                                     [lab["p_first"] for lab in labels])
+    batch = {**seqs, "old_logprobs": old_lp, "sampler_logprobs": samples["logprobs"], "ref_logprobs": ref_lp, **exp}
+    if values is not None:
+        batch["values"] = values
 
     t = time.perf_counter()
-    train_metrics = roles.policy.call_sharded("train", shard(batch, cfg.policy.num_ranks))
+    policy_refs = sharded(roles.policy, "train", batch, state.kl.value)
+    critic_refs = sharded(roles.critic, "train", batch) if roles.critic else []
+    train_metrics = roles.get(policy_refs, "policy.train")
+    critic_metrics = roles.get(critic_refs, "critic.train")
     timings["time/train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -119,26 +173,25 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, step: int) -> tuple
     roles.get(weight_refs, "policy.state_dict")
     timings["time/weight_sync"] = time.perf_counter() - t
 
+    kl_coef = state.kl.value
+    state.kl.update(exp_stats["kl/policy_ref"], len(R))
     mismatch = [abs(a - b) for v, o in zip(samples["logprobs"], old_lp) for a, b in zip(v, o)]
     metrics = {
-        "reward/pm_score": sum(scores) / len(scores), "reward/total": rewards.mean().item(),
-        "kl/policy_ref": sum(kl) / len(kl), "kl/coef": cfg.rl.kl_coef,
-        "response/length": sum(map(len, R)) / len(R),
-        "response/finished": sum(samples["finished"]) / len(R),
+        "reward/score": raw.mean().item(), "reward/shaped": scores.mean().item(), **exp_stats, "kl/coef": kl_coef,
+        "response/length": sum(map(len, R)) / len(R), "response/finished": sum(samples["finished"]) / len(R),
         "logprob/vllm_vs_trainer_abs_diff": sum(mismatch) / max(len(mismatch), 1),
         **{f"policy/{k}": sum(m[k] for m in train_metrics) / len(train_metrics) for k in train_metrics[0]},
-        **label_stats(labels, prefix="labels/"),
-        **timings,
+        **{k: sum(m[k] for m in critic_metrics) / len(critic_metrics) for k in (critic_metrics or [{}])[0]},
+        **label_stats(labels, prefix="labels/"), **timings,
         "rollout/tokens_per_second": samples["stats"]["gen_tokens"] / samples["stats"]["gen_seconds"],
     }
-    # Does the PM rank each pair the way the AI labeler does? Falling agreement is a reward-hacking alarm.
-    agree = [(scores[2 * i] > scores[2 * i + 1]) == (lab["p_first"] > 0.5) for i, lab in enumerate(labels)]
-    metrics["labels/pm_agreement"] = sum(agree) / len(agree)
+    # Does the reward rank each pair the way the AI labeler does? Falling agreement is a reward-hacking alarm.
+    agree = [(raw[2 * i] > raw[2 * i + 1]).item() == (lab["p_first"] > 0.5) for i, lab in enumerate(labels)]
+    metrics["labels/reward_agreement"] = sum(agree) / len(agree)
     rows = [
-        {"step": step + 1, "prompt": prompts[i // (n // 2)], "response_1": samples["response_text"][2 * i],
-         "response_2": samples["response_text"][2 * i + 1], "principle": lab["principle"],
-         "ai_label_p1": round(lab["p_first"], 4), "reward_1": round(rewards[2 * i].item(), 4),
-         "reward_2": round(rewards[2 * i + 1].item(), 4)}
+        {"step": step + 1, "prompt": prompts[i // (n // 2)], "response_1": texts[2 * i], "response_2": texts[2 * i + 1],
+         "principle": lab["principle"], "ai_label_p1": round(lab["p_first"], 4),
+         "reward_1": round(raw[2 * i].item(), 4), "reward_2": round(raw[2 * i + 1].item(), 4)}
         for i, lab in enumerate(labels[: cfg.trainer.log_samples])
     ]
     return metrics, rows
@@ -158,9 +211,13 @@ def init_ray(cfg: Config) -> None:
 def train(cfg: Config) -> Path:
     """Check inputs, start the roles, fit the PM on AI labels, run RL, save a Hugging Face checkpoint."""
     # Fail on bad input before anything is started or written.
-    prompts = load_prompts(cfg.data.prompts)
-    for mc in (cfg.policy.model, cfg.labeler.model, cfg.preference_model.model):
-        resolve_model_path(mc.path, cfg.cache_dir)
+    prompts, held_out = split_prompts(load_prompts(cfg.data.prompts), cfg.data.eval_fraction, cfg.data.seed)
+    if cfg.data.eval_prompts:
+        held_out = load_prompts(cfg.data.eval_prompts)
+    reward_fns = load_reward_functions(cfg.rl.reward_functions)
+    for mc in (cfg.policy.model, cfg.labeler.model, cfg.preference_model.model, cfg.critic.model):
+        if mc.path:
+            resolve_model_path(mc.path, cfg.cache_dir)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -172,16 +229,27 @@ def train(cfg: Config) -> Path:
         tracker.log({"time/startup": time.perf_counter() - t0}, step=0)
         loader = PromptLoader(prompts, cfg.seed)
         log.info("AI feedback -> preference model on %d pairs", cfg.preference_model.label_prompts)
-        pm = train_preference_model(cfg, roles, loader, tracker)
-        log.info("preference model: %s", {k: round(v, 4) for k, v in pm.items()})
+        if roles.pm is not None:
+            pm = train_preference_model(cfg, roles, loader, tracker)
+            log.info("preference model: %s", {k: round(v, 4) for k, v in pm.items()})
+        rl = cfg.rl
+        kl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target > 0 else \
+            FixedKLController(rl.kl_coef)
+        state = RLState(kl=kl, reward_fns=reward_fns)
+        eval_texts = [p.text for p in held_out]
+        every = cfg.trainer.eval_every
+        if every and eval_texts:
+            tracker.log(evaluate(cfg, roles, state, eval_texts), step=0)
         bar = tqdm(range(cfg.trainer.steps), desc="RL", disable=not cfg.trainer.progress, dynamic_ncols=True)
         for step in bar:
             t = time.perf_counter()
-            metrics, rows = rl_step(cfg, roles, loader, step)
+            metrics, rows = rl_step(cfg, roles, loader, state, step)
             metrics["time/step"] = time.perf_counter() - t
             tracker.log(metrics, step=step + 1)
             tracker.log_table("samples", rows, step=step + 1)
-            bar.set_postfix(reward=f"{metrics['reward/pm_score']:.3f}", kl=f"{metrics['kl/policy_ref']:.4f}",
+            if every and eval_texts and ((step + 1) % every == 0 or step + 1 == cfg.trainer.steps):
+                tracker.log(evaluate(cfg, roles, state, eval_texts), step=step + 1)
+            bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/policy_ref']:.4f}",
                             s=f"{metrics['time/step']:.1f}")
         saved = roles.policy.call("save", str(out / "checkpoint"))[0]
         log.info("saved the policy to %s", saved)

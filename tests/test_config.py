@@ -39,6 +39,21 @@ def test_wrong_types_name_the_key():
         load_config(None, ["policy=5"])
 
 
+def test_float_in_e_notation_without_a_dot():
+    assert load_config(None, ["policy.lr=1e-3"]).policy.lr == 1e-3
+    with pytest.raises(ConfigError, match="policy.lr: expected a number, got 'fast'"):
+        load_config(None, ["policy.lr=fast"])
+
+
+def test_list_keys():
+    cfg = load_config(None, ["rl.reward_functions=[rlaif.rewards:brevity]"])
+    assert cfg.rl.reward_functions == ["rlaif.rewards:brevity"]
+    with pytest.raises(ConfigError, match=r"rl.reward_functions: expected a list"):
+        load_config(None, ["rl.reward_functions=rlaif.rewards:brevity"])
+    with pytest.raises(ConfigError, match=r"must look like 'package.module:function'"):
+        load_config(None, ["rl.reward_functions=[nocolon]"])
+
+
 def test_literal_lists_allowed_values():
     with pytest.raises(ConfigError, match=r"policy.zero_stage: got 4; allowed values: 1, 2, 3"):
         load_config(None, ["policy.zero_stage=4"])

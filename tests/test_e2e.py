@@ -39,7 +39,7 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     assert saved["trainer"]["steps"] == 3 and saved["output_dir"] == str(out)
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "reward/pm_score" in r]
+    steps = [r for r in rows if "reward/score" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert any("pm/loss_last" in r for r in rows)
 
@@ -47,7 +47,7 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     assert len(runs) == 1
     hist = {row["_step"]: row for row in history(runs[0])}
     for step in (1, 2, 3):
-        for key in ("reward/pm_score", "kl/policy_ref", "policy/policy_loss", "labels/p_first_mean",
+        for key in ("reward/score", "kl/policy_ref", "policy/policy_loss", "labels/p_first_mean",
                     "labels/position_consistency", "time/generate", "time/train", "time/weight_sync"):
             assert key in hist[step], f"wandb history step {step} lacks {key}"
         assert hist[step]["samples/_type"] == "table-file"
