@@ -60,8 +60,17 @@ class RolloutConfig:
 @dataclass
 class LabelerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # the AI feedback model
+    backend: Literal["vllm", "transformers"] = "vllm"  # vLLM prompt log-probs in batches, or a transformers forward
+    mode: Literal["logprob", "cot"] = "logprob"  # cot: a greedy rationale first; labels clamped to [0.4, 0.6]
+    chat_template: bool = False  # ask inside the model's chat template (instruct labelers)
     both_orders: bool = True  # score (A,B) and (B,A) and average: removes the labeler's position bias
+    principles_per_pair: int = 1  # ensemble the label over this many sampled principles
+    cot_max_tokens: int = 64
+    max_response_tokens: int = 256  # responses are cut to this many tokens inside the labeler's prompt
+    max_model_len: int = 2048
+    kv_cache_gib: int = 1
     batch_size: int = 8
+    cache: bool = True  # labels keyed by content hash in <output_dir>/label_cache.jsonl
 
 
 @dataclass
@@ -121,6 +130,7 @@ class RLConfig:
     dpo_weight_by_label: bool = False  # weight each online-DPO pair by |2p - 1| of its soft label
     dpo_preference: Literal["labeler", "reward"] = "labeler"  # order DPO pairs by the AI label or by the reward
     use_preference_model: bool = True
+    use_labeler_rating: bool = False  # direct RLAIF: add the labeler's 1-10 rating, rescaled to [-1, 1], as reward
     # "module:function" taking (prompts: list[str], responses: list[str]) -> list[float], added to the PM score.
     reward_functions: list[str] = field(default_factory=list)
 
@@ -281,6 +291,7 @@ def validate(cfg: Config) -> None:
         "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
     }
     positive["critic.num_ranks"] = cfg.critic.num_ranks
+    positive["labeler.principles_per_pair"] = cfg.labeler.principles_per_pair
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
@@ -303,8 +314,10 @@ def validate(cfg: Config) -> None:
             f"rl.prompts_per_step * rollout.n_samples = {batch} must split evenly over critic.num_ranks "
             f"= {cfg.critic.num_ranks} ranks into micro-batches of policy.micro_batch_size"
         )
-    if not cfg.rl.use_preference_model and not cfg.rl.reward_functions:
-        raise ConfigError("rl.use_preference_model is false and rl.reward_functions is empty: nothing gives a reward")
+    if not (cfg.rl.use_preference_model or cfg.rl.reward_functions or cfg.rl.use_labeler_rating):
+        raise ConfigError(
+            "no reward: rl.use_preference_model and rl.use_labeler_rating are false and rl.reward_functions is empty"
+        )
     for spec in cfg.rl.reward_functions:
         if spec.count(":") != 1 or not all(spec.split(":")):
             raise ConfigError(f"rl.reward_functions: '{spec}' must look like 'package.module:function'")

@@ -1,24 +1,85 @@
-"""AI feedback: the multiple-choice comparison prompt and soft labels from option log-probs (CAI, RLAIF)."""
+"""AI feedback: the multiple-choice comparison prompt and soft labels from option log-probs (CAI, RLAIF).
+
+Everything here is model-agnostic: the labeler actor supplies log-probs (from vLLM prompt log-probs or a
+transformers forward pass) and these functions turn them into labels.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 OPTIONS = (" (A)", " (B)")  # the continuations scored after the answer cue
+ANSWER_CUE = "The answer is:"
+SCORE_CUE = "Rating:"
+SCORES = tuple(f" {i}" for i in range(1, 11))  # direct RLAIF: the continuations " 1" .. " 10"
+COT_CUE = "Let's think step by step:"
 
 
-def comparison_prompt(conversation: str, principle: str, first: str, second: str) -> str:
-    """The feedback model's prompt (CAI appendix): conversation, principle, options, answer cue."""
+def comparison_question(conversation: str, principle: str, first: str, second: str) -> str:
+    """The feedback question (CAI appendix): conversation, principle, the two options."""
     return (
         "Consider the following conversation between a human and an assistant:\n"
         f"Human: {conversation}\n\n"
         f"{principle}\n"
         "Options:\n"
         f"(A) {first}\n"
-        f"(B) {second}\n"
-        "The answer is:"
+        f"(B) {second}"
     )
+
+
+def comparison_prompt(conversation: str, principle: str, first: str, second: str) -> str:
+    """The plain-text prompt for a base-model labeler, ending at the answer cue."""
+    return comparison_question(conversation, principle, first, second) + "\n" + ANSWER_CUE
+
+
+def rating_question(conversation: str, principle: str, response: str) -> str:
+    """Direct RLAIF: ask for a 1-10 rating of one response under a principle."""
+    return (
+        "Consider the following conversation between a human and an assistant:\n"
+        f"Human: {conversation}\n"
+        f"Assistant: {response}\n\n"
+        f"{principle}\n"
+        "Rate the assistant's response on a scale from 1 to 10, where 10 is best."
+    )
+
+
+def render(tokenizer, question: str, chat_template: bool, cue: str = "", rationale: str | None = None) -> str:
+    """The labeler's prompt text, ending right before what is scored or generated next.
+
+    With chat_template the question is the user turn and what follows opens the assistant turn, as an instruct
+    model expects. With cue="" and no rationale it ends at the chain-of-thought cue (to generate the rationale).
+    """
+    if chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = question + "\n"
+    if rationale is not None or not cue:
+        text += COT_CUE + (rationale or "")
+        if cue:
+            text += "\n"
+    return text + cue
+
+
+def continuation_ids(tokenizer, prompt: str, option: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, option ids) with the option tokenized as it would be in context.
+
+    Tokenizers can merge across the boundary (a trailing space in the prompt with the option's leading space, or
+    "(" with the letter), so the option's ids are read off the tokenization of prompt + option whenever that
+    keeps the prompt's own ids as a prefix; otherwise the option is tokenized on its own after the prompt.
+    """
+    if prompt and prompt[-1].isspace():
+        option = option.lstrip()
+    base = tokenizer.encode(prompt, add_special_tokens=False)
+    full = tokenizer.encode(prompt + option, add_special_tokens=False)
+    if full[: len(base)] == base and len(full) > len(base):
+        return base, full[len(base) :]
+    return base, tokenizer.encode(option, add_special_tokens=False)
 
 
 def soft_label(logp_a: float, logp_b: float) -> float:
@@ -49,6 +110,51 @@ def combine_orders(p_a_forward: float, p_a_swapped: float | None) -> PairLabel:
     return PairLabel(0.5 * (p_a_forward + p_first_in_b), p_a_forward, p_first_in_b, consistent)
 
 
+def ensemble(labels: list[PairLabel]) -> PairLabel:
+    """Average labels of one pair taken under several sampled principles; consistent only if every one is."""
+    k = len(labels)
+    p_b = [lab.p_first_in_b for lab in labels]
+    cons = [lab.consistent for lab in labels]
+    return PairLabel(
+        sum(lab.p_first for lab in labels) / k,
+        sum(lab.p_first_in_a for lab in labels) / k,
+        None if None in p_b else sum(p_b) / k,
+        None if None in cons else all(cons),
+    )
+
+
 def clamp_cot(p: float, low: float = 0.4, high: float = 0.6) -> float:
     """Chain-of-thought labels are near 0 or 1; CAI clamps them to [0.4, 0.6] so the PM is not overconfident."""
     return min(max(p, low), high)
+
+
+class LabelCache:
+    """Labels keyed by a content hash, appended to a JSONL file, so a resumed or repeated run does not re-label."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.entries: dict[str, dict] = {}
+        if self.path and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.entries[rec["key"]] = rec["value"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a torn last line from an interrupted run: that label is simply recomputed
+
+    @staticmethod
+    def key(*parts: object) -> str:
+        return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, items: dict[str, dict]) -> None:
+        self.entries.update(items)
+        if self.path and items:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                for k, v in items.items():
+                    f.write(json.dumps({"key": k, "value": v}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())

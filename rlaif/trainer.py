@@ -140,12 +140,16 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, ste
     t = time.perf_counter()
     seqs = {"prompt_ids": P, "response_ids": R}
     pm_ref = roles.pm.score.remote(P, R) if roles.pm else None
+    rating_ref = roles.labeler.rate.remote([p for p in prompts for _ in range(n)], texts) \
+        if cfg.rl.use_labeler_rating else None
     label_ref = roles.labeler.compare.remote([p for p in prompts for _ in range(n // 2)], texts[0::2], texts[1::2])
     ref_ref = roles.reference.logprobs.remote(P, R)
     old_refs = sharded(roles.policy, "logprobs", seqs)
     value_refs = sharded(roles.critic, "values", seqs) if roles.critic else []
     pm_scores = roles.get(pm_ref, "preference_model.score") if pm_ref else None
     scores, _ = total_reward(state, pm_scores, [p for p in prompts for _ in range(n)], texts)
+    if rating_ref is not None:
+        scores += torch.tensor(roles.get(rating_ref, "labeler.rate"))
     labels, ref_lp = roles.get([label_ref, ref_ref], "labeler/reference")
     old_lp = [x for part in roles.get(old_refs, "policy.logprobs") for x in part]
     values = [x for part in roles.get(value_refs, "critic.values") for x in part] if value_refs else None

@@ -47,7 +47,7 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     assert len(runs) == 1
     hist = {row["_step"]: row for row in history(runs[0])}
     for step in (1, 2, 3):
-        for key in ("reward/score", "kl/policy_ref", "policy/policy_loss", "labels/p_first_mean",
+        for key in ("reward/score", "kl/policy_ref", "policy/loss", "labels/p_first_mean",
                     "labels/position_consistency", "time/generate", "time/train", "time/weight_sync"):
             assert key in hist[step], f"wandb history step {step} lacks {key}"
         assert hist[step]["samples/_type"] == "table-file"

@@ -33,3 +33,56 @@ def test_comparison_prompt_layout():
     text = comparison_prompt("hi?", "Which is kinder?", "one", "two")
     assert text.index("Human: hi?") < text.index("Which is kinder?") < text.index("(A) one") < text.index("(B) two")
     assert text.endswith("The answer is:")
+
+
+def test_ensemble_averages_principles():
+    from rlaif.feedback import ensemble
+
+    lab = ensemble([combine_orders(0.8, 0.3), combine_orders(0.6, 0.6)])
+    # p_first: (0.75 + 0.5) / 2; per-order: A (0.8 + 0.6) / 2, B (0.7 + 0.4) / 2; the second is inconsistent
+    assert lab.p_first == pytest.approx(0.625) and lab.p_first_in_a == pytest.approx(0.7)
+    assert lab.p_first_in_b == pytest.approx(0.55) and lab.consistent is False
+    assert ensemble([combine_orders(0.9, None)]).consistent is None
+
+
+def test_option_tokenization_edge_cases(tiny_path):
+    from rlaif.feedback import continuation_ids
+    from rlaif.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_path)
+    # "(A)" is split across several tokens here: the whole option is scored, not one letter token
+    base, opt = continuation_ids(tok, "The answer is:", " (A)")
+    assert len(opt) > 1 and tok.decode(opt) == " (A)"
+    assert base + opt == tok.encode("The answer is: (A)", add_special_tokens=False)
+    # a prompt that already ends in a space: the option's own leading space is dropped, not doubled
+    base, opt = continuation_ids(tok, "The answer is: ", " (B)")
+    assert tok.decode(base + opt) == "The answer is: (B)"
+    # the two options differ only where the letters differ
+    _, a = continuation_ids(tok, "The answer is:", " (A)")
+    _, b = continuation_ids(tok, "The answer is:", " (B)")
+    assert len(a) == len(b) and sum(x != y for x, y in zip(a, b)) >= 1
+
+
+def test_chat_template_rendering(tiny_path):
+    from rlaif.feedback import ANSWER_CUE, COT_CUE, render
+    from rlaif.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_path)
+    q = comparison_prompt("hi?", "Which is kinder?", "one", "two").removesuffix("\nThe answer is:")
+    text = render(tok, q, True, ANSWER_CUE)
+    assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_start|>assistant\nThe answer is:")
+    assert render(tok, q, False, ANSWER_CUE) == q + "\n" + ANSWER_CUE
+    assert render(tok, q, False).endswith(COT_CUE)
+    assert render(tok, q, False, ANSWER_CUE, " because.").endswith(COT_CUE + " because.\n" + ANSWER_CUE)
+
+
+def test_label_cache_round_trip(tmp_path):
+    from rlaif.feedback import LabelCache
+
+    cache = LabelCache(tmp_path / "c.jsonl")
+    k = LabelCache.key("model", "p", "a", "b")
+    cache.put({k: {"fwd": 0.7, "swp": 0.2}})
+    with open(tmp_path / "c.jsonl", "a") as f:
+        f.write('{"key": "torn')  # an interrupted write leaves a torn last line: it is skipped
+    assert LabelCache(tmp_path / "c.jsonl").get(k) == {"fwd": 0.7, "swp": 0.2}
+    assert LabelCache.key("model", "p", "a", "b") != LabelCache.key("model", "p", "b", "a")
