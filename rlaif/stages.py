@@ -1,0 +1,143 @@
+"""The stages before RL: AI-label pairs sampled from the policy, measure how far those labels can be trusted, and
+fit the preference model on them. Each stage is a function over the role handles; the central trainer chains them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+
+from rlaif.config import Config
+from rlaif.data import PromptLoader
+from rlaif.human_labels import HumanPair, build_pyrit_human_set, load_human_labels, write_jsonl
+from rlaif.integrity import (
+    audit_sample,
+    calibration_summary,
+    check_gate,
+    comparison_inputs,
+    export_audit,
+    integrity_metrics,
+    integrity_report,
+    preference_probs,
+    write_html_report,
+    write_report_json,
+)
+from rlaif.tracking import Tracker
+
+log = logging.getLogger("rlaif")
+
+
+def label_stats(labels: list[dict], prefix: str) -> dict[str, float]:
+    """Distribution of one batch of AI labels, logged every step (the full report needs human labels)."""
+    p = [lab["p_first"] for lab in labels]
+    entropy = [-(x * math.log(x + 1e-12) + (1 - x) * math.log(1 - x + 1e-12)) for x in p]
+    out = {prefix + "p_first_mean": sum(p) / len(p), prefix + "entropy": sum(entropy) / len(p)}
+    consistent = [lab["consistent"] for lab in labels if lab["consistent"] is not None]
+    if consistent:
+        out[prefix + "position_consistency"] = sum(consistent) / len(consistent)
+        out[prefix + "raw_p_in_slot_a"] = sum(lab["p_first_in_a"] for lab in labels) / len(labels)
+    return out
+
+
+def human_eval_pairs(cfg: Config) -> list[HumanPair]:
+    spec, k = cfg.labeler.human_eval, cfg.labeler.human_eval_pairs
+    if not spec:
+        return []
+    if spec == "builtin:pyrit":
+        return build_pyrit_human_set(max_pairs=k, seed=cfg.seed).pairs
+    return load_human_labels(spec)[:k]
+
+
+def sample_and_label(cfg: Config, roles, loader: PromptLoader) -> dict[str, list]:
+    """Two responses per prompt from the current policy, compared by the AI labeler (RL-CAI's feedback step)."""
+    prompts = [p.text for p in loader.next(cfg.preference_model.label_prompts)]
+    s = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 10**6), "rollout.generate (pairs)")
+    firsts, seconds = s["response_text"][0::2], s["response_text"][1::2]
+    labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds), "labeler.compare (pairs)")
+    return {"prompt": prompts, "first": firsts, "second": seconds, "labels": labels}
+
+
+def feedback_integrity(cfg: Config, roles, pairs: dict[str, list], tracker: Tracker) -> dict[str, float]:
+    """Agreement with held-out human labels, position consistency, calibration, an audit sheet; then the gate."""
+    out = Path(cfg.output_dir) / "feedback"
+    human = human_eval_pairs(cfg)
+    labels, human_p = pairs["labels"], None
+    if human:
+        prompts, firsts, seconds, human_p = comparison_inputs(human)
+        labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds), "labeler.compare (human set)")
+    report = integrity_report(labels, human_p)
+    rows = audit_sample(pairs["labels"], pairs["prompt"], pairs["first"], pairs["second"],
+                        k=cfg.labeler.audit_samples, seed=cfg.seed)
+    if rows:  # an AI critique of each audited response, to help the reviewer
+        crit = roles.get(roles.labeler.critique.remote(
+            [r["prompt"] for r in rows] * 2, [r["response_a"] for r in rows] + [r["response_b"] for r in rows]
+        ), "labeler.critique (audit)")
+        for r, a, b in zip(rows, crit[: len(rows)], crit[len(rows) :]):
+            r["critique_a"], r["critique_b"] = a, b
+    export_audit(out / "audit.jsonl", rows)
+    write_report_json(out / "integrity.json", report)
+    write_html_report(out / "integrity.html", report, rows, min_agreement=cfg.labeler.min_human_agreement or None)
+    metrics = integrity_metrics(report) | label_stats(pairs["labels"], prefix="pm_labels/")
+    tracker.log(metrics, step=0)
+    tracker.log_table("audit", [{k: str(v) for k, v in r.items()} for r in rows[:8]], step=0)
+    log.info("feedback integrity: %s (report: %s)", {k: round(v, 3) for k, v in metrics.items()},
+             out / "integrity.html")
+    check_gate(report, cfg.labeler.min_human_agreement)
+    return metrics
+
+
+def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: Tracker) -> dict[str, float]:
+    """Fit the PM on AI-labelled pairs (plus human pairs, if given); report held-out accuracy and calibration."""
+    pc, ranks = cfg.preference_model, len(roles.pm.actors)
+    rows = [(p, a, b, lab["p_first"]) for p, a, b, lab in zip(pairs["prompt"], pairs["first"], pairs["second"],
+                                                               pairs["labels"])]
+    if pc.human_pairs:
+        rows += [(h.prompt, h.response_a, h.response_b, h.p_a) for h in load_human_labels(pc.human_pairs)]
+    random.Random(cfg.seed).shuffle(rows)
+    n_eval = round(len(rows) * pc.eval_fraction)
+    held, train = rows[:n_eval], rows[n_eval:]
+    train = train[: len(train) - len(train) % ranks]  # equal shards: every rank takes the same collective steps
+    batch = {k: [r[i] for r in train] for i, k in enumerate(("prompt", "first", "second", "p_first"))}
+    metrics = roles.pm.call_sharded("train", _shards(batch, ranks))[0]
+    raw = _score(roles, batch["prompt"] * 2, batch["first"] + batch["second"], normalize=False)
+    mean = sum(raw) / len(raw)
+    std = math.sqrt(sum((x - mean) ** 2 for x in raw) / max(len(raw) - 1, 1))
+    if pc.normalize_rewards:
+        roles.pm.call("set_normalization", mean, std)
+    if held:
+        metrics |= _pm_eval(roles, held, "pm/heldout_")
+    human = human_eval_pairs(cfg)
+    if human:
+        metrics |= _pm_eval(roles, [(h.prompt, h.response_a, h.response_b, h.p_a) for h in human], "pm/human_")
+    metrics |= {"pm/train_pairs": float(len(train)), "pm/heldout_pairs": float(len(held))}
+    tracker.log(metrics, step=0)
+    write_jsonl(Path(cfg.output_dir) / "feedback" / "pm_pairs.jsonl",
+                [{"prompt": p, "first": a, "second": b, "p_first": y} for p, a, b, y in rows])
+    return metrics
+
+
+def _shards(batch: dict[str, list], n: int) -> list[dict[str, list]]:
+    size = len(next(iter(batch.values()))) // n
+    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(n)]
+
+
+def _score(roles, prompts: list[str], responses: list[str], normalize: bool = True) -> list[float]:
+    """PM scores, split over the PM ranks (every rank must take part: ZeRO-3 forwards are collective)."""
+    ranks = len(roles.pm.actors)
+    pad = (-len(prompts)) % ranks
+    batch = {"prompt": prompts + prompts[:1] * pad, "response": responses + responses[:1] * pad}
+    refs = [a.score.remote(s, normalize) for a, s in zip(roles.pm.actors, _shards(batch, ranks))]
+    out = [x for part in roles.get(refs, "preference_model.score") for x in part]
+    return out[: len(prompts)]
+
+
+def _pm_eval(roles, rows: list[tuple], prefix: str) -> dict[str, float]:
+    rows = [r for r in rows if r[3] != 0.5]  # a tie has no right answer
+    if not rows:
+        return {}
+    s = _score(roles, [r[0] for r in rows] * 2, [r[1] for r in rows] + [r[2] for r in rows], normalize=False)
+    probs = preference_probs(s[: len(rows)], s[len(rows) :])
+    summary = calibration_summary(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
+    return {prefix + "accuracy": summary["accuracy"], prefix + "ece": summary["ece"]}
