@@ -1,4 +1,9 @@
-"""`rlaif` command line: `rlaif train --config configs/debug.yaml key.path=value ...`."""
+"""`rlaif` command line.
+
+    rlaif train --config configs/debug.yaml key.path=value ...   the whole RL-CAI run
+    rlaif label --config configs/debug.yaml ...                  AI labels + the feedback-integrity report only
+    rlaif import-audit feedback/audit.jsonl human.jsonl          reviewed audit sheet -> human-labelled pairs
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,41 @@ from rlaif.data import DataError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlaif", description="RL from AI feedback (Constitutional AI) on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="AI-label pairs, train the preference model, then RL the policy")
-    train.add_argument("--config", required=True, help="YAML config (see configs/)")
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
+    for name, text in (("train", "AI-label pairs, check them against human labels, train the PM, then RL the policy"),
+                       ("label", "AI-label pairs sampled from the policy and write the feedback-integrity report")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, help="YAML config (see configs/)")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
+    imp = sub.add_parser("import-audit", help="turn a reviewed audit sheet into human-labelled pairs (JSONL)")
+    imp.add_argument("audit", help="the reviewed audit.jsonl (human_choice a/b/tie or human_p_a filled in)")
+    imp.add_argument("out", help="where to write the human labels (rlaif.human_labels JSONL format)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        from rlaif.trainer import train as run_train  # imports Ray and the actors: only once the config is good
 
-        checkpoint = run_train(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    from rlaif.human_labels import HumanLabelError
+    from rlaif.integrity import FeedbackIntegrityError
+
+    try:
+        if args.command == "import-audit":
+            from rlaif.human_labels import write_human_labels
+            from rlaif.integrity import import_audit
+
+            pairs = import_audit(args.audit)
+            write_human_labels(args.out, pairs)
+            print(f"rlaif: {len(pairs)} reviewed pairs written to {args.out} "
+                  "(use them as preference_model.human_pairs or labeler.human_eval)")
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        from rlaif import trainer  # imports Ray and the actors: only once the config is good
+
+        path = trainer.train(cfg) if args.command == "train" else trainer.label(cfg)
+    except (ConfigError, DataError, HumanLabelError, FileNotFoundError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
-    print(f"rlaif: done; policy checkpoint at {checkpoint}")
+    except FeedbackIntegrityError as exc:
+        print(f"rlaif: stopped by the feedback-integrity gate: {exc}", file=sys.stderr)
+        return 3
+    print(f"rlaif: done; {'policy checkpoint' if args.command == 'train' else 'AI labels'} at {path}")
     return 0
 
 

@@ -22,6 +22,7 @@ from actors.rollout import RolloutWorker
 from rlaif.algorithms import ALGORITHMS, load_reward_functions, make_experience, shape_scores
 from rlaif.config import Config, save_config
 from rlaif.data import PromptLoader, load_prompts, split_prompts
+from rlaif.human_labels import write_human_labels
 from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
 from rlaif.models import resolve_model_path
 from rlaif.stages import _score as score_pm
@@ -192,9 +193,8 @@ def init_ray(cfg: Config) -> None:
                  include_dashboard=False, runtime_env={"env_vars": env})
 
 
-def train(cfg: Config) -> Path:
-    """Check inputs, start the roles, fit the PM on AI labels, run RL, save a Hugging Face checkpoint."""
-    # Fail on bad input before anything is started or written.
+def prepare(cfg: Config) -> tuple[list, list, list]:
+    """Fail on bad input before anything is started or written; then create the run folder."""
     prompts, held_out = split_prompts(load_prompts(cfg.data.prompts), cfg.data.eval_fraction, cfg.data.seed)
     if cfg.data.eval_prompts:
         held_out = load_prompts(cfg.data.eval_prompts)
@@ -202,9 +202,35 @@ def train(cfg: Config) -> Path:
     for mc in (cfg.policy.model, cfg.labeler.model, cfg.preference_model.model, cfg.critic.model):
         if mc.path:
             resolve_model_path(mc.path, cfg.cache_dir)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    return prompts, held_out, reward_fns
+
+
+def label(cfg: Config) -> Path:
+    """`rlaif label`: AI-label pairs sampled from the policy and write them with the feedback-integrity report."""
+    prompts, _, _ = prepare(cfg)
+    init_ray(cfg)
+    tracker = Tracker(cfg, Path(cfg.output_dir))
+    try:
+        roles = Roles(cfg, rl=False)
+        pairs = sample_and_label(cfg, roles, PromptLoader(prompts, cfg.seed))
+        path = write_human_labels(Path(cfg.output_dir) / "feedback" / "ai_labels.jsonl", [
+            {"id": f"ai:{i:05d}", "prompt": p, "response_a": a, "response_b": b, "p_a": lab["p_first"],
+             "source": "ai", "principle": lab["principle"]}
+            for i, (p, a, b, lab) in enumerate(zip(pairs["prompt"], pairs["first"], pairs["second"], pairs["labels"]))
+        ])
+        feedback_integrity(cfg, roles, pairs, tracker)
+        return path
+    finally:
+        tracker.finish()
+        ray.shutdown()
+
+
+def train(cfg: Config) -> Path:
+    """Check inputs, start the roles, fit the PM on AI labels, run RL, save a Hugging Face checkpoint."""
+    prompts, held_out, reward_fns = prepare(cfg)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     init_ray(cfg)
     tracker = Tracker(cfg, out)
     try:
