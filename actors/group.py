@@ -59,9 +59,9 @@ class ActorGroup:
         refs = [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
         return get(refs, self.timeout, f"{self.name}.{method}")
 
-    def call_sharded(self, method: str, shards: list[Any]) -> list[Any]:
-        """Rank i gets shards[i]."""
-        refs = [getattr(a, method).remote(s) for a, s in zip(self.actors, shards)]
+    def call_sharded(self, method: str, shards: list[Any], *args: Any) -> list[Any]:
+        """Rank i gets shards[i] (plus the same extra arguments)."""
+        refs = [getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)]
         return get(refs, self.timeout, f"{self.name}.{method}")
 
     def shutdown(self) -> None:

@@ -11,7 +11,7 @@ import torch
 from rlaif.algorithms import ALGORITHMS
 from rlaif.config import Config
 from rlaif.data import pad_sequences
-from rlaif.losses import kl_loss, online_dpo_loss, ppo_policy_loss, truncated_importance_weights
+from rlaif.losses import kl_loss, masked_mean, online_dpo_loss, ppo_policy_loss, truncated_importance_weights
 from rlaif.models import (
     load_causal_lm,
     load_tokenizer,
@@ -126,6 +126,22 @@ class PolicyWorker:
         out["train_tokens"] = float(sum(len(r) for r in shard["response_ids"]) * self.cfg.rl.epochs)
         out["train_seconds"] = time.perf_counter() - t0
         return out
+
+    def sft(self, shard: dict[str, list], lr: float) -> dict[str, float]:
+        """One optimizer step of supervised fine-tuning; the loss sees only the target (response) tokens."""
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        self.engine.train()
+        size, losses, tokens = self.cfg.policy.micro_batch_size, [], 0
+        for i in range(0, len(shard["prompt_ids"]), size):
+            p, r = shard["prompt_ids"][i : i + size], shard["response_ids"][i : i + size]
+            ids, attn, mask = (t.to(self.engine.device) for t in pad_sequences(p, r, self.tokenizer.pad_token_id))
+            loss = -masked_mean(token_logprobs(self.engine, ids, attn), mask)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.item())
+            tokens += int(mask.sum().item())
+        return {"sft/loss": sum(losses) / len(losses), "sft/tokens": float(tokens)}
 
     def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Every rank must call this (ZeRO-3 gathers collectively); rank 0 returns full CPU tensors."""

@@ -26,7 +26,8 @@ class RolloutWorker:
         kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization} if cfg.device == "cuda" else {}
         self.llm = LLM(
             model=self.path, dtype=mc.dtype, seed=cfg.seed, enforce_eager=cfg.rollout.enforce_eager,
-            max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+            max_model_len=max(cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+                              cfg.sl_cai.max_context_tokens if cfg.sl_cai.enabled else 0),
             trust_remote_code=mc.trust_remote_code, **kwargs,
         )
         self.weight_version = 0
@@ -72,6 +73,23 @@ class RolloutWorker:
         n_tokens = sum(len(r) for r in result["response_ids"])
         result["stats"] = {"gen_seconds": seconds, "gen_tokens": n_tokens, "weight_version": self.weight_version}
         return result
+
+    def chat(self, conversations: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> list[str]:
+        """One assistant reply per conversation (SL-CAI's answers, critiques and revisions), batched.
+
+        A conversation too long for the engine keeps its end: the latest turns matter most.
+        """
+        from vllm import SamplingParams
+
+        limit = self.llm.llm_engine.model_config.max_model_len - max_new_tokens
+        prompts = []
+        for conv in conversations:
+            ids = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            prompts.append({"prompt_token_ids": ids[-limit:]})
+        params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed + i)
+                  for i in range(len(prompts))]
+        return [o.outputs[0].text.strip() for o in self.llm.generate(prompts, params, use_tqdm=False)]
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
         """Swap in the trainer's weights, then drop the prefix cache: its KV entries came from the old weights."""

@@ -2,6 +2,7 @@
 
     rlaif train --config configs/debug.yaml key.path=value ...   the whole RL-CAI run
     rlaif label --config configs/debug.yaml ...                  AI labels + the feedback-integrity report only
+    rlaif sl-cai --config configs/debug.yaml ...                 critique -> revision data + SFT checkpoint only
     rlaif import-audit feedback/audit.jsonl human.jsonl          reviewed audit sheet -> human-labelled pairs
 """
 
@@ -19,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlaif", description="RL from AI feedback (Constitutional AI) on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "AI-label pairs, check them against human labels, train the PM, then RL the policy"),
-                       ("label", "AI-label pairs sampled from the policy and write the feedback-integrity report")):
+                       ("label", "AI-label pairs sampled from the policy and write the feedback-integrity report"),
+                       ("sl-cai", "critique -> revision on red-team prompts, then SFT on the revisions")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="YAML config (see configs/)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
@@ -45,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         from rlaif import trainer  # imports Ray and the actors: only once the config is good
 
-        path = trainer.train(cfg) if args.command == "train" else trainer.label(cfg)
+        run = {"train": trainer.train, "label": trainer.label, "sl-cai": trainer.sl_cai_only}[args.command]
+        path = run(cfg)
     except (ConfigError, DataError, HumanLabelError, FileNotFoundError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
     except FeedbackIntegrityError as exc:
         print(f"rlaif: stopped by the feedback-integrity gate: {exc}", file=sys.stderr)
         return 3
-    print(f"rlaif: done; {'policy checkpoint' if args.command == 'train' else 'AI labels'} at {path}")
+    what = {"train": "policy checkpoint", "label": "AI labels", "sl-cai": "SL-CAI checkpoint"}[args.command]
+    print(f"rlaif: done; {what} at {path}")
     return 0
 
 

@@ -147,6 +147,27 @@ class RLConfig:
 
 
 @dataclass
+class SLCAIConfig:
+    """Phase 1 of Constitutional AI: critique -> revision on red-team prompts, then SFT on the revisions."""
+
+    enabled: bool = False  # `rlaif train` runs this first and starts RL from its checkpoint
+    red_team: list[str] = field(default_factory=lambda: ["builtin:harmbench", "builtin:advbench"])
+    helpful: list[str] = field(default_factory=lambda: ["builtin:benign"])
+    num_prompts: int = 64  # red-team prompts critiqued and revised
+    heldout_fraction: float = 0.1  # red-team prompts kept out of SL-CAI for evaluation (split by content hash)
+    rounds: int = 4  # critique -> revision rounds, a freshly sampled principle each (CAI used 4)
+    few_shot: int = 2  # worked examples from the constitution prepended to every conversation
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    max_context_tokens: int = 1536  # the rollout engine's context while revising
+    targets: Literal["all", "last"] = "all"  # SFT on the revisions of every round, or only the last
+    helpful_ratio: float = 0.25  # share of SFT examples that are the model's own answers to helpfulness prompts
+    epochs: int = 2
+    lr: float = 1.0e-5
+    max_tokens: int = 512  # prompt + target tokens per SFT example
+
+
+@dataclass
 class TrainerConfig:
     steps: int = 3
     log_samples: int = 4  # rows per step in the sample table
@@ -188,6 +209,7 @@ class Config:
     preference_model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
+    sl_cai: SLCAIConfig = field(default_factory=SLCAIConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -333,6 +355,10 @@ def validate(cfg: Config) -> None:
     for spec in cfg.rl.reward_functions:
         if spec.count(":") != 1 or not all(spec.split(":")):
             raise ConfigError(f"rl.reward_functions: '{spec}' must look like 'package.module:function'")
+    if not 0.0 <= cfg.sl_cai.helpful_ratio < 1.0:
+        raise ConfigError(f"sl_cai.helpful_ratio: must be in [0, 1), got {cfg.sl_cai.helpful_ratio}")
+    if cfg.sl_cai.rounds < 1 or cfg.sl_cai.num_prompts < 1:
+        raise ConfigError("sl_cai.rounds and sl_cai.num_prompts: must be >= 1")
     if not 0.0 <= cfg.data.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {cfg.data.eval_fraction}")
     if cfg.rl.algorithm == "online-dpo" and (cfg.policy.micro_batch_size % 2 or per_rank % 2):

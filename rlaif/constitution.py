@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from importlib import resources
@@ -17,9 +18,22 @@ class CritiqueRevision:
 
 
 @dataclass(frozen=True)
+class FewShot:
+    """A worked SL-CAI example: prompt, a harmful response, the critique, the revision."""
+
+    prompt: str
+    response: str
+    critique_request: str
+    critique: str
+    revision_request: str
+    revision: str
+
+
+@dataclass(frozen=True)
 class Constitution:
     feedback: tuple[str, ...]
     critique_revision: tuple[CritiqueRevision, ...]
+    few_shot: tuple[FewShot, ...] = ()
 
     def sample_feedback(self, rng: random.Random) -> str:
         return rng.choice(self.feedback)
@@ -43,9 +57,9 @@ def load_constitution(path: str = "builtin:default") -> Constitution:
         raise ValueError(f"{source}: malformed YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping with keys 'feedback' and 'critique_revision'")
-    unknown = set(data) - {"feedback", "critique_revision"}
+    unknown = set(data) - {"feedback", "critique_revision", "few_shot"}
     if unknown:
-        raise ValueError(f"{source}: unknown keys {sorted(unknown)}; allowed: feedback, critique_revision")
+        raise ValueError(f"{source}: unknown keys {sorted(unknown)}; allowed: feedback, critique_revision, few_shot")
     feedback = data.get("feedback") or []
     if not feedback:
         raise ValueError(f"{source}: 'feedback' must list at least one principle")
@@ -59,4 +73,12 @@ def load_constitution(path: str = "builtin:default") -> Constitution:
         if not all(isinstance(v, str) and v.strip() for v in item.values()):
             raise ValueError(f"{source}: critique_revision[{i}] critique and revision must be non-empty strings")
         pairs.append(CritiqueRevision(item["critique"].strip(), item["revision"].strip()))
-    return Constitution(tuple(s.strip() for s in feedback), tuple(pairs))
+    fields = [f.name for f in dataclasses.fields(FewShot)]
+    shots = []
+    for i, item in enumerate(data.get("few_shot") or []):
+        if not isinstance(item, dict) or set(item) != set(fields):
+            raise ValueError(f"{source}: few_shot[{i}] must have exactly the keys {', '.join(fields)}")
+        if not all(isinstance(v, str) and v.strip() for v in item.values()):
+            raise ValueError(f"{source}: few_shot[{i}] values must be non-empty strings")
+        shots.append(FewShot(**{k: str(item[k]).strip() for k in fields}))
+    return Constitution(tuple(s.strip() for s in feedback), tuple(pairs), tuple(shots))

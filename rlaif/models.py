@@ -34,7 +34,7 @@ def cache_root(cache_dir: str = "") -> Path:
 def resolve_model_path(spec: str, cache_dir: str = "") -> str:
     """A local folder for `spec`, building a builtin model on first use."""
     if spec == TINY:
-        return str(_cached(cache_root(cache_dir) / "tiny-llama-v1", _build_tiny_llama))
+        return str(_cached(cache_root(cache_dir) / "tiny-llama-v2", _build_tiny_llama))
     if spec == SMOLLM2:
         return str(_cached(cache_root(cache_dir) / "smollm2-135m-instruct", _convert_smollm2))
     if spec.startswith("builtin:"):
@@ -87,7 +87,7 @@ def _build_tiny_llama(out: Path) -> None:
     # head_dim 32: a size vLLM's CPU attention kernels support.
     config = LlamaConfig(
         vocab_size=len(hf_tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False,
         pad_token_id=hf_tok.pad_token_id, bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id,
     )
     torch.manual_seed(0)

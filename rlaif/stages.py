@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from pathlib import Path
 
 from rlaif.config import Config
@@ -141,3 +142,66 @@ def _pm_eval(roles, rows: list[tuple], prefix: str) -> dict[str, float]:
     probs = preference_probs(s[: len(rows)], s[len(rows) :])
     summary = calibration_summary(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
     return {prefix + "accuracy": summary["accuracy"], prefix + "ece": summary["ece"]}
+
+
+def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
+    """Constitutional AI phase 1: critique -> revision on red-team prompts, then SFT on the revisions mixed with
+    the model's own answers to helpfulness prompts. Returns the SFT checkpoint that RL starts from."""
+    from rlaif.constitution import load_constitution
+    from rlaif.models import load_tokenizer, resolve_model_path
+    from rlaif.slcai import revise, sft_examples, sft_token_ids
+    from rlaif.sources import load_prompt_mix, split_heldout
+
+    sc, out = cfg.sl_cai, Path(cfg.output_dir) / "sl_cai"
+    rng = random.Random(cfg.seed)
+    red, _ = split_heldout(load_prompt_mix(sc.red_team).prompts, sc.heldout_fraction, cfg.seed)
+    red = rng.sample(red, min(sc.num_prompts, len(red)))
+    n_revisions = len(red) * (sc.rounds if sc.targets == "all" else 1)
+    helpful = load_prompt_mix(sc.helpful).prompts if sc.helpful_ratio > 0 else []
+    helpful = rng.sample(helpful, min(len(helpful), round(n_revisions * sc.helpful_ratio / (1 - sc.helpful_ratio))))
+    path = resolve_model_path(cfg.policy.model.path, cfg.cache_dir)
+
+    calls = iter(range(10**6))
+
+    def chat(conversations: list[list[dict]]) -> list[str]:
+        seed = cfg.seed + 1000 * next(calls)
+        ref = roles.rollout.chat.remote(conversations, seed, sc.temperature, sc.max_new_tokens)
+        return roles.get(ref, "rollout.chat (SL-CAI)")
+
+    t0 = time.perf_counter()
+    provenance = {"model": cfg.policy.model.path, "model_path": path, "seed": cfg.seed, "rounds": sc.rounds,
+                  "few_shot": sc.few_shot, "constitution": cfg.constitution.path,
+                  "sampling": {"temperature": sc.temperature, "max_new_tokens": sc.max_new_tokens}}
+    records = revise(red, chat, load_constitution(cfg.constitution.path), sc.rounds, sc.few_shot, rng, provenance)
+    answers = chat([[{"role": "user", "content": p.text}] for p in helpful]) if helpful else []
+    gen_seconds = time.perf_counter() - t0
+    write_jsonl(out / "revisions.jsonl", [r.to_dict() for r in records])
+    write_jsonl(out / "helpful.jsonl",
+                [{"id": p.id, "prompt": p.text, "response": a} for p, a in zip(helpful, answers)])
+
+    tok = load_tokenizer(path, cfg.policy.model.trust_remote_code)
+    pairs = sft_examples(records, sc.targets) + [(p.text, a) for p, a in zip(helpful, answers) if a.strip()]
+    examples = [sft_token_ids(tok, p, t, sc.max_tokens) for p, t in pairs]
+    step_size = cfg.rl.prompts_per_step * cfg.rollout.n_samples  # the policy group's batch geometry
+    if len(examples) < step_size:
+        raise ValueError(f"SL-CAI produced {len(examples)} SFT examples, fewer than one optimizer step of "
+                         f"{step_size}: raise sl_cai.num_prompts or sl_cai.rounds")
+    no_change = sum(rd.no_change for r in records for rd in r.rounds)
+    metrics = {"sl_cai/prompts": float(len(records)), "sl_cai/revisions": float(n_revisions),
+               "sl_cai/helpful": float(len(answers)), "sl_cai/no_change_rate": no_change / max(n_revisions, 1),
+               "sl_cai/gen_seconds": gen_seconds, "sl_cai/revision_changed_rate":
+               sum(r.final != r.original for r in records) / len(records)}
+    losses, t0 = [], time.perf_counter()
+    for _ in range(sc.epochs):
+        rng.shuffle(examples)
+        for i in range(0, len(examples) - step_size + 1, step_size):
+            chunk = examples[i : i + step_size]
+            batch = {"prompt_ids": [e[0] for e in chunk], "response_ids": [e[1] for e in chunk]}
+            step = roles.policy.call_sharded("sft", _shards(batch, len(roles.policy.actors)), sc.lr)
+            losses.append(sum(m["sft/loss"] for m in step) / len(step))
+            tracker.log({"sft/loss": losses[-1], "sft/step": float(len(losses))}, step=0)
+    metrics |= {"sft/loss_first": losses[0], "sft/loss_last": losses[-1], "sft/steps": float(len(losses)),
+                "sft/seconds_per_step": (time.perf_counter() - t0) / len(losses)}
+    tracker.log(metrics, step=0)
+    log.info("SL-CAI: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return Path(roles.policy.call("save", str(out / "checkpoint"))[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -26,16 +27,17 @@ from rlaif.human_labels import write_human_labels
 from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
 from rlaif.models import resolve_model_path
 from rlaif.stages import _score as score_pm
-from rlaif.stages import feedback_integrity, label_stats, sample_and_label, train_preference_model
+from rlaif.stages import feedback_integrity, label_stats, sample_and_label, sl_cai, train_preference_model
 from rlaif.tracking import Tracker
 
 log = logging.getLogger("rlaif")
 
 
 class Roles:
-    """One handle per role. Every call is bounded by trainer.timeout_s. `rl=False` starts only what labelling needs."""
+    """One handle per role. Every call is bounded by trainer.timeout_s. A stage starts only the roles it needs."""
 
-    def __init__(self, cfg: Config, rl: bool = True) -> None:
+    def __init__(self, cfg: Config, stage: str = "rl") -> None:
+        rl = stage == "rl"
         r, t = cfg.ray, cfg.trainer.timeout_s
         self.timeout = t
 
@@ -46,11 +48,12 @@ class Roles:
             return ActorGroup(cls, ranks, cfg, num_gpus=gpus, timeout=t, name=name)
 
         self.rollout = actor(RolloutWorker, r.gpus_per_rollout)
-        self.labeler = actor(LabelerWorker, r.gpus_per_aux)
+        self.labeler = actor(LabelerWorker, r.gpus_per_aux) if stage != "sl-cai" else None
         self.reference = actor(ReferenceWorker, r.gpus_per_aux) if rl else None
         use_pm = rl and cfg.rl.use_preference_model
         self.pm = group(PreferenceModelWorker, cfg.preference_model.num_ranks, r.gpus_per_aux, "pm") if use_pm else None
-        self.policy = group(PolicyWorker, cfg.policy.num_ranks, r.gpus_per_policy_rank, "policy") if rl else None
+        self.policy = group(PolicyWorker, cfg.policy.num_ranks, r.gpus_per_policy_rank, "policy") \
+            if stage != "label" else None
         needs_critic = rl and ALGORITHMS[cfg.rl.algorithm].needs_critic
         self.critic = group(CriticWorker, cfg.critic.num_ranks, r.gpus_per_policy_rank, "critic") if needs_critic \
             else None
@@ -60,6 +63,14 @@ class Roles:
 
     def get(self, refs, what: str):
         return get(refs, self.timeout, what)
+
+    def shutdown(self) -> None:
+        for handle in (self.rollout, self.labeler, self.reference):
+            if handle is not None:
+                ray.kill(handle)
+        for grp in (self.pm, self.policy, self.critic):
+            if grp is not None:
+                grp.shutdown()
 
 
 def shard(batch: dict[str, list], n: int) -> list[dict[str, list]]:
@@ -213,7 +224,7 @@ def label(cfg: Config) -> Path:
     init_ray(cfg)
     tracker = Tracker(cfg, Path(cfg.output_dir))
     try:
-        roles = Roles(cfg, rl=False)
+        roles = Roles(cfg, stage="label")
         pairs = sample_and_label(cfg, roles, PromptLoader(prompts, cfg.seed))
         path = write_human_labels(Path(cfg.output_dir) / "feedback" / "ai_labels.jsonl", [
             {"id": f"ai:{i:05d}", "prompt": p, "response_a": a, "response_b": b, "p_a": lab["p_first"],
@@ -227,13 +238,31 @@ def label(cfg: Config) -> Path:
         ray.shutdown()
 
 
+def sl_cai_only(cfg: Config) -> Path:
+    """`rlaif sl-cai`: critique -> revision data and the SFT checkpoint, nothing else."""
+    prepare(cfg)
+    init_ray(cfg)
+    tracker = Tracker(cfg, Path(cfg.output_dir))
+    try:
+        return sl_cai(cfg, Roles(cfg, stage="sl-cai"), tracker)
+    finally:
+        tracker.finish()
+        ray.shutdown()
+
+
 def train(cfg: Config) -> Path:
-    """Check inputs, start the roles, fit the PM on AI labels, run RL, save a Hugging Face checkpoint."""
+    """Check inputs, (SL-CAI,) start the roles, fit the PM on AI labels, run RL, save a Hugging Face checkpoint."""
     prompts, held_out, reward_fns = prepare(cfg)
     out = Path(cfg.output_dir)
     init_ray(cfg)
     tracker = Tracker(cfg, out)
     try:
+        if cfg.sl_cai.enabled:  # CAI phase 1; RL then starts from (and keeps its KL to) the SL-CAI model
+            sl_roles = Roles(cfg, stage="sl-cai")
+            checkpoint = sl_cai(cfg, sl_roles, tracker)
+            sl_roles.shutdown()
+            cfg = dataclasses.replace(cfg, policy=dataclasses.replace(
+                cfg.policy, model=dataclasses.replace(cfg.policy.model, path=str(checkpoint))))
         t0 = time.perf_counter()
         roles = Roles(cfg)
         tracker.log({"time/startup": time.perf_counter() - t0}, step=0)

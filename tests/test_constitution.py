@@ -10,6 +10,7 @@ def test_default_constitution_has_16_of_each():
     c = load_constitution()
     assert len(c.feedback) >= 16 and len(set(c.feedback)) == len(c.feedback)
     assert len(c.critique_revision) >= 16
+    assert len(c.few_shot) >= 2 and all(shot.revision != shot.response for shot in c.few_shot)
 
 
 def test_principles_are_sampled_uniformly():
@@ -39,6 +40,7 @@ def test_fresh_draw_each_time_and_seeded():
         ("feedback: [ok]\ncritique_revision: [{critique: a}]\n", r"critique_revision\[0\] must have exactly"),
         ("feedback: [ok]\nextra: 1\n", "unknown keys"),
         ("- a\n", "expected a mapping"),
+        ("feedback: [ok]\nfew_shot: [{prompt: p}]\n", r"few_shot\[0\] must have exactly the keys"),
     ],
 )
 def test_bad_constitution_files_are_named(tmp_path, text, message):

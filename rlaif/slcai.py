@@ -1,0 +1,123 @@
+"""SL-CAI (Constitutional AI, phase 1): critique -> revision conversations and the SFT examples built from them.
+
+No Ray here: `revise` takes a `chat(conversations) -> replies` callable, so the same code drives the rollout actor
+in a run and a plain function in tests. Batched across prompts: every round is one critique call and one revision
+call over all prompts.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from rlaif.constitution import Constitution
+
+Chat = Callable[[list[list[dict[str, str]]]], list[str]]
+
+# A critique that finds nothing to change is recorded, not hidden (the revision then often repeats the original).
+NO_CHANGE = re.compile(
+    r"\b(no (changes?|issues?|problems?|revisions?) (are |is )?(needed|required|necessary)|nothing (to change|to "
+    r"revise|harmful|wrong|problematic)|(is|was) (already )?(fine|appropriate|harmless|not harmful|safe|helpful))\b",
+    re.IGNORECASE,
+)
+
+
+def few_shot_messages(constitution: Constitution, k: int) -> list[dict[str, str]]:
+    """The first k worked examples as a prior conversation: prompt, response, critique, revision."""
+    msgs: list[dict[str, str]] = []
+    for shot in constitution.few_shot[:k]:
+        msgs += [
+            {"role": "user", "content": shot.prompt},
+            {"role": "assistant", "content": shot.response},
+            {"role": "user", "content": shot.critique_request},
+            {"role": "assistant", "content": shot.critique},
+            {"role": "user", "content": shot.revision_request},
+            {"role": "assistant", "content": shot.revision},
+        ]
+    return msgs
+
+
+@dataclass
+class Round:
+    principle: int  # index into constitution.critique_revision
+    critique_request: str
+    critique: str
+    revision_request: str
+    revision: str
+    no_change: bool  # the critique found nothing to change
+
+
+@dataclass
+class Revision:
+    """One red-team prompt's SL-CAI record, with its provenance."""
+
+    id: str
+    source: str
+    prompt: str
+    original: str
+    rounds: list[Round] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> str:
+        return self.rounds[-1].revision if self.rounds else self.original
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "final": self.final}
+
+
+def revise(
+    prompts: list, chat: Chat, constitution: Constitution, rounds: int, few_shot: int, rng: random.Random,
+    provenance: dict,
+) -> list[Revision]:
+    """Answer each prompt, then `rounds` times: critique under a freshly sampled principle, revise.
+
+    Each round's context is the few-shot examples, the prompt, the current answer and the new critique request:
+    the latest revision replaces the earlier turns, so the context stays bounded however many rounds are run.
+    """
+    shots = few_shot_messages(constitution, few_shot)
+    base = [shots + [{"role": "user", "content": p.text}] for p in prompts]
+    answers = chat(base)
+    records = [
+        Revision(p.id, getattr(p, "source", "") or p.id.split(":")[0], p.text, a, provenance=dict(provenance))
+        for p, a in zip(prompts, answers)
+    ]
+    for _ in range(rounds):
+        picks = [rng.randrange(len(constitution.critique_revision)) for _ in prompts]
+        convs = [
+            b + [{"role": "assistant", "content": r.final},
+                 {"role": "user", "content": constitution.critique_revision[i].critique}]
+            for b, r, i in zip(base, records, picks)
+        ]
+        critiques = chat(convs)
+        convs = [
+            c + [{"role": "assistant", "content": crit},
+                 {"role": "user", "content": constitution.critique_revision[i].revision}]
+            for c, crit, i in zip(convs, critiques, picks)
+        ]
+        revisions = chat(convs)
+        for r, i, crit, rev in zip(records, picks, critiques, revisions):
+            cr = constitution.critique_revision[i]
+            r.rounds.append(Round(i, cr.critique, crit, cr.revision, rev, bool(NO_CHANGE.search(crit))))
+    return records
+
+
+def sft_examples(records: list[Revision], targets: str) -> list[tuple[str, str]]:
+    """(prompt, target) pairs: the revision of every round ("all") or only the last; never the critique."""
+    out = []
+    for r in records:
+        chosen = r.rounds if targets == "all" else r.rounds[-1:]
+        out += [(r.prompt, rd.revision) for rd in chosen if rd.revision.strip()]
+    return out
+
+
+def sft_token_ids(tokenizer, prompt: str, target: str, max_tokens: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) in the chat template; the target ends with the end-of-turn token and is the only
+    part the SFT loss sees."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                        add_generation_prompt=True)
+    prompt_ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    target_ids = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return prompt_ids[-(max_tokens // 2) :], target_ids[: max_tokens - min(len(prompt_ids), max_tokens // 2)]
