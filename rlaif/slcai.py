@@ -47,6 +47,7 @@ class Round:
     revision_request: str
     revision: str
     no_change: bool  # the critique found nothing to change
+    copies_critique: bool = False  # a degenerate "revision" that repeats the critique: never an SFT target
 
 
 @dataclass
@@ -100,16 +101,18 @@ def revise(
         revisions = chat(convs)
         for r, i, crit, rev in zip(records, picks, critiques, revisions):
             cr = constitution.critique_revision[i]
-            r.rounds.append(Round(i, cr.critique, crit, cr.revision, rev, bool(NO_CHANGE.search(crit))))
+            copies = rev.strip() == crit.strip()
+            r.rounds.append(Round(i, cr.critique, crit, cr.revision, rev, bool(NO_CHANGE.search(crit)), copies))
     return records
 
 
 def sft_examples(records: list[Revision], targets: str) -> list[tuple[str, str]]:
-    """(prompt, target) pairs: the revision of every round ("all") or only the last; never the critique."""
+    """(prompt, target) pairs: the revision of every round ("all") or only the last; never the critique, nor a
+    revision that merely repeats it (small models do: it would teach the policy to answer with critiques)."""
     out = []
     for r in records:
         chosen = r.rounds if targets == "all" else r.rounds[-1:]
-        out += [(r.prompt, rd.revision) for rd in chosen if rd.revision.strip()]
+        out += [(r.prompt, rd.revision) for rd in chosen if rd.revision.strip() and not rd.copies_critique]
     return out
 
 

@@ -187,8 +187,10 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
         raise ValueError(f"SL-CAI produced {len(examples)} SFT examples, fewer than one optimizer step of "
                          f"{step_size}: raise sl_cai.num_prompts or sl_cai.rounds")
     no_change = sum(rd.no_change for r in records for rd in r.rounds)
+    copies = sum(rd.copies_critique for r in records for rd in r.rounds)
     metrics = {"sl_cai/prompts": float(len(records)), "sl_cai/revisions": float(n_revisions),
                "sl_cai/helpful": float(len(answers)), "sl_cai/no_change_rate": no_change / max(n_revisions, 1),
+               "sl_cai/revision_copies_critique_rate": copies / max(n_revisions, 1),
                "sl_cai/gen_seconds": gen_seconds, "sl_cai/revision_changed_rate":
                sum(r.final != r.original for r in records) / len(records)}
     losses, t0 = [], time.perf_counter()

@@ -64,6 +64,9 @@ def test_revise_rounds_principles_and_provenance():
     assert [t for _, t in sft_examples(records, "all")] == [rd.revision for r in records for rd in r.rounds]
     assert [t for _, t in sft_examples(records, "last")] == ["revised#7", "revised#7"]
     assert json.loads(json.dumps(lock.to_dict()))["final"] == "revised#7"
+    # a revision that only repeats its critique is flagged and never becomes an SFT target
+    lock.rounds[0].copies_critique = True
+    assert len(sft_examples(records, "all")) == 5
 
 
 def test_no_change_detector():
@@ -119,3 +122,39 @@ def test_train_runs_sl_cai_then_rl_from_its_checkpoint(tmp_path):
                           timeout=300)
     assert "VLLM_OK" in proc.stdout, proc.stderr[-3000:]
     assert (out / "checkpoint" / "model.safetensors").is_file()
+
+
+@pytest.mark.e2e
+def test_smollm2_critiques_and_revises_red_team_prompts(tmp_path):
+    """The real SmolLM2-135M-Instruct on a handful of HarmBench prompts, through the rollout actor."""
+    import ray
+
+    from actors.group import get
+    from actors.rollout import RolloutWorker
+    from rlaif.config import load_config
+    from rlaif.sources import load_source
+
+    cfg = load_config(REPO / "configs/smollm2.yaml", [f"output_dir={tmp_path}", "sl_cai.enabled=true",
+                                                      "rollout.kv_cache_gib=1"])
+    prompts = load_source("builtin:harmbench")[:3]
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        rollout = ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg)
+
+        calls = iter(range(100))
+
+        def chat(convs):
+            return get(rollout.chat.remote(convs, 1000 * next(calls), 0.7, 40), 600, "rollout.chat")
+
+        provenance = {"model": cfg.policy.model.path, "seed": 0, "rounds": 1, "sampling": {"temperature": 0.7}}
+        records = revise(prompts, chat, CONSTITUTION, rounds=1, few_shot=2, rng=random.Random(0),
+                         provenance=provenance)
+    finally:
+        ray.shutdown()
+    for r, p in zip(records, prompts):
+        assert r.id == p.id and r.source == "harmbench" and r.prompt == p.text and r.provenance == provenance
+        (rd,) = r.rounds
+        assert rd.critique.strip() and rd.revision.strip() and r.original.strip()
+        assert rd.revision != r.original
+        assert rd.copies_critique == (rd.revision.strip() == rd.critique.strip())
+    print(json.dumps(records[0].to_dict(), indent=1)[:1500])
