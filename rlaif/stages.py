@@ -4,6 +4,7 @@ fit the preference model on them. Each stage is a function over the role handles
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import random
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from rlaif.config import Config
 from rlaif.data import PromptLoader
-from rlaif.human_labels import HumanPair, build_pyrit_human_set, load_human_labels, write_jsonl
+from rlaif.human_labels import HumanPair, atomic_write_text, build_pyrit_human_set, load_human_labels, write_jsonl
 from rlaif.integrity import (
     audit_sample,
     calibration_summary,
@@ -22,6 +23,8 @@ from rlaif.integrity import (
     integrity_metrics,
     integrity_report,
     preference_probs,
+    reliability_bins,
+    svg_reliability,
     write_html_report,
     write_report_json,
 )
@@ -107,11 +110,21 @@ def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: 
     std = math.sqrt(sum((x - mean) ** 2 for x in raw) / max(len(raw) - 1, 1))
     if pc.normalize_rewards:
         roles.pm.call("set_normalization", mean, std)
+    plots = []
     if held:
-        metrics |= _pm_eval(roles, held, "pm/heldout_")
+        m, bins = _pm_eval(roles, held, "pm/heldout_")
+        metrics |= m
+        plots.append(svg_reliability(bins, title="PM on held-out AI-labelled pairs"))
     human = human_eval_pairs(cfg)
     if human:
-        metrics |= _pm_eval(roles, [(h.prompt, h.response_a, h.response_b, h.p_a) for h in human], "pm/human_")
+        m, bins = _pm_eval(roles, [(h.prompt, h.response_a, h.response_b, h.p_a) for h in human], "pm/human_")
+        metrics |= m
+        plots.append(svg_reliability(bins, title="PM on held-out human-labelled pairs"))
+    figures = "".join(f"<li>{html.escape(k)}: {v:.4g}</li>" for k, v in sorted(metrics.items()))
+    atomic_write_text(Path(cfg.output_dir) / "feedback" / "pm_calibration.html",
+                      f"<!doctype html><html><head><meta charset='utf-8'><title>Preference model calibration</title>"
+                      f"</head><body><h1>Preference model calibration</h1><ul>{figures}</ul>{''.join(plots)}"
+                      f"</body></html>")
     metrics |= {"pm/train_pairs": float(len(train)), "pm/heldout_pairs": float(len(held))}
     tracker.log(metrics, step=0)
     write_jsonl(Path(cfg.output_dir) / "feedback" / "pm_pairs.jsonl",
@@ -134,14 +147,16 @@ def _score(roles, prompts: list[str], responses: list[str], normalize: bool = Tr
     return out[: len(prompts)]
 
 
-def _pm_eval(roles, rows: list[tuple], prefix: str) -> dict[str, float]:
+def _pm_eval(roles, rows: list[tuple], prefix: str) -> tuple[dict[str, float], list]:
+    """Accuracy and ECE of P(first better) = sigmoid(r_first - r_second) against the labels, and the bins."""
     rows = [r for r in rows if r[3] != 0.5]  # a tie has no right answer
     if not rows:
-        return {}
+        return {}, []
     s = _score(roles, [r[0] for r in rows] * 2, [r[1] for r in rows] + [r[2] for r in rows], normalize=False)
     probs = preference_probs(s[: len(rows)], s[len(rows) :])
     summary = calibration_summary(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
-    return {prefix + "accuracy": summary["accuracy"], prefix + "ece": summary["ece"]}
+    bins = reliability_bins(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
+    return {prefix + "accuracy": summary["accuracy"], prefix + "ece": summary["ece"]}, bins
 
 
 def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
@@ -175,11 +190,13 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     records = revise(red, chat, load_constitution(cfg.constitution.path), sc.rounds, sc.few_shot, rng, provenance)
     answers = chat([[{"role": "user", "content": p.text}] for p in helpful]) if helpful else []
     gen_seconds = time.perf_counter() - t0
+    tok = load_tokenizer(path, cfg.policy.model.trust_remote_code)
+    texts = [t for r in records for t in [r.original] + [x for rd in r.rounds for x in (rd.critique, rd.revision)]]
+    gen_tokens = sum(len(tok.encode(t, add_special_tokens=False)) for t in texts + answers)
     write_jsonl(out / "revisions.jsonl", [r.to_dict() for r in records])
     write_jsonl(out / "helpful.jsonl",
                 [{"id": p.id, "prompt": p.text, "response": a} for p, a in zip(helpful, answers)])
 
-    tok = load_tokenizer(path, cfg.policy.model.trust_remote_code)
     pairs = sft_examples(records, sc.targets) + [(p.text, a) for p, a in zip(helpful, answers) if a.strip()]
     examples = [sft_token_ids(tok, p, t, sc.max_tokens) for p, t in pairs]
     step_size = cfg.rl.prompts_per_step * cfg.rollout.n_samples  # the policy group's batch geometry
@@ -191,7 +208,8 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     metrics = {"sl_cai/prompts": float(len(records)), "sl_cai/revisions": float(n_revisions),
                "sl_cai/helpful": float(len(answers)), "sl_cai/no_change_rate": no_change / max(n_revisions, 1),
                "sl_cai/revision_copies_critique_rate": copies / max(n_revisions, 1),
-               "sl_cai/gen_seconds": gen_seconds, "sl_cai/revision_changed_rate":
+               "sl_cai/gen_seconds": gen_seconds,
+               "sl_cai/gen_tokens_per_second": gen_tokens / gen_seconds, "sl_cai/revision_changed_rate":
                sum(r.final != r.original for r in records) / len(records)}
     losses, t0 = [], time.perf_counter()
     for _ in range(sc.epochs):
