@@ -44,10 +44,11 @@ def test_vllm_matches_transformers_after_a_zero3_update(local_ray, tmp_path):
     shards = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
     old = [x for part in policy.call_sharded("logprobs", shards) for x in part]
     rng = random.Random(0)
-    batch.update(old_logprobs=old, advantages=[rng.choice([-1.0, 1.0]) for _ in old])
+    batch.update(old_logprobs=old, sampler_logprobs=samples["logprobs"],
+                 advantages=[[rng.choice([-1.0, 1.0])] * len(r) for r in samples["response_ids"]])
     shards = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
-    metrics = policy.call_sharded("train", shards)
-    assert all(m["policy_loss"] == m["policy_loss"] for m in metrics)
+    metrics = policy.call_sharded("train", shards, 0.0)
+    assert all(m["loss"] == m["loss"] for m in metrics)
 
     refs = [a.state_dict.remote() for a in policy.actors]
     get(rollout.load_weights.remote(refs[0], 1), 300, "load_weights")
