@@ -23,7 +23,12 @@ class RolloutWorker:
         mc = cfg.policy.model
         self.path = resolve_model_path(mc.path, cfg.cache_dir)
         self.tokenizer = load_tokenizer(self.path, mc.trust_remote_code)
-        kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization} if cfg.device == "cuda" else {}
+        if cfg.device == "cuda":
+            kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization}
+        else:
+            # vLLM-CPU cannot resume a seeded request whose prefill was split across steps ("CPU Generator does not
+            # use offset"), and generate()/chat() seed every request: never split a prefill on CPU.
+            kwargs = {"enable_chunked_prefill": False}
         self.llm = LLM(
             model=self.path, dtype=mc.dtype, seed=cfg.seed, enforce_eager=cfg.rollout.enforce_eager,
             max_model_len=max(cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,

@@ -1,0 +1,92 @@
+"""The feedback-integrity gate and the human audit round trip, end to end through the `rlaif` command.
+
+1. `rlaif label` with a bar no labeler meets (labeler.min_human_agreement=0.99) exits 3, names the key and the
+   measured agreement on stderr, and still writes the integrity report and the audit sheet.
+2. `rlaif train` with the same bar stops before the preference model and RL: no checkpoint folder.
+3. A reviewer fills `human_choice` in the exported audit sheet; `rlaif import-audit` turns it into human labels that
+   load back with rlaif.human_labels.load_human_labels, and a short `rlaif train` mixes them into the PM's data.
+
+The labeler uses the transformers backend here (one vLLM engine fewer per run; the backends agree, see
+tests/test_labeler.py); everything else is the debug config on a local Ray.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlaif.human_labels import load_human_labels
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.e2e
+BAR = "labeler.min_human_agreement=0.99"
+FAST = ["labeler.backend=transformers", "labeler.audit_samples=6"]
+CHOICES = ["a", "b", "tie"]  # filled in turn into the audit rows
+CHOICE_P = {"a": 1.0, "b": 0.0, "tie": 0.5}
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "rlaif.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_gate_stops_label_and_train_then_audit_round_trip(tmp_path):
+    # 1. `rlaif label` below the bar: exit 3, the key and the measured agreement named, the report written anyway
+    labelled = tmp_path / "label"
+    proc = run_cli("label", "--config", "configs/debug.yaml", f"output_dir={labelled}", BAR, *FAST)
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    feedback = labelled / "feedback"
+    for name in ("integrity.html", "integrity.json", "audit.jsonl"):
+        assert (feedback / name).is_file(), f"{name} missing after the gate stopped the run"
+    report = json.loads((feedback / "integrity.json").read_text())
+    measured, n_human = report["agreement"], report["n_human"]
+    assert n_human > 0 and 0.0 <= measured < 0.99
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("rlaif: stopped by the feedback-integrity gate")
+    assert "labeler.min_human_agreement" in message
+    assert f"{measured:.1%} of {n_human} human-labelled pairs" in message and "99.0%" in message
+    html = (feedback / "integrity.html").read_text()
+    assert "Gate labeler.min_human_agreement" in html and "FAILED" in html
+
+    # 2. `rlaif train` with the same bar: stopped before the PM and RL, no checkpoint
+    gated = tmp_path / "train-gated"
+    proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={gated}", BAR, *FAST)
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    assert "labeler.min_human_agreement" in proc.stderr.strip().splitlines()[-1]
+    assert (gated / "feedback" / "integrity.json").is_file()  # it did get as far as the gate
+    assert not [p.name for p in gated.iterdir() if p.name.startswith("checkpoint")]
+    assert not (gated / "feedback" / "pm_pairs.jsonl").exists()  # the PM never trained
+
+    # 3. review the audit sheet, import it, load it back, train on it
+    rows = [json.loads(line) for line in (feedback / "audit.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["human_choice"] is None and r["human_p_a"] is None for r in rows)
+    for i, row in enumerate(rows):
+        row["human_choice"], row["reviewer"] = CHOICES[i % 3], "test-reviewer"
+    reviewed = tmp_path / "audit.jsonl"
+    reviewed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    human_path = tmp_path / "human.jsonl"
+    proc = run_cli("import-audit", str(reviewed), str(human_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"{len(rows)} reviewed pairs written to {human_path}" in proc.stdout
+
+    human = load_human_labels(human_path)
+    assert [h.id for h in human] == [r["id"] for r in rows]
+    for h, r in zip(human, rows):
+        assert h.p_a == CHOICE_P[r["human_choice"]]
+        assert (h.prompt, h.response_a, h.response_b) == (r["prompt"], r["response_a"], r["response_b"])
+        assert h.annotator == "test-reviewer" and h.source == "audit:audit.jsonl"
+
+    run = tmp_path / "train-human"
+    proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={run}", "trainer.steps=1",
+                   f"preference_model.human_pairs={human_path}", *FAST)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (run / "checkpoint" / "model.safetensors").is_file()
+    pm_rows = [json.loads(line) for line in (run / "feedback" / "pm_pairs.jsonl").read_text().splitlines()]
+    pm_data = {(r["prompt"], r["first"], r["second"], r["p_first"]) for r in pm_rows}
+    for h in human:  # every reviewed pair went into the PM's data (its training or held-out share)
+        assert (h.prompt, h.response_a, h.response_b, h.p_a) in pm_data
+    assert len(pm_rows) == 16 + len(human)  # preference_model.label_prompts AI-labelled pairs plus the reviewed ones
