@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Any
 
 import torch
 
+from actors.group import join_group, zero_engine
 from rlaif.config import Config
 from rlaif.data import pad_sequences
 from rlaif.losses import value_loss
@@ -26,30 +25,14 @@ class CriticWorker:
         self.path = resolve_model_path(cfg.critic.model.path or cfg.policy.model.path, cfg.cache_dir)
 
     def setup_distributed(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-        import deepspeed
-
-        os.environ.update(
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
-            LOCAL_RANK="0" if self.cfg.device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)),
-        )
-        deepspeed.init_distributed(dist_backend="gloo" if self.cfg.device == "cpu" else "nccl")
-        cc = self.cfg.critic
+        join_group(self.cfg.device, rank, world_size, master_addr, master_port)
+        cc, mb = self.cfg.critic, self.cfg.policy.micro_batch_size
         torch.manual_seed(self.cfg.seed + 17)
         model = load_scalar_model(self.path, cc.model.dtype, cc.model.trust_remote_code)
         self.pad_id = load_tokenizer(self.path, cc.model.trust_remote_code).pad_token_id
         per_rank = self.cfg.rl.prompts_per_step * self.cfg.rollout.n_samples // world_size
-        mb = self.cfg.policy.micro_batch_size
-        zero: dict[str, Any] = {"stage": cc.zero_stage}
-        if cc.zero_stage == 3:
-            zero.update(stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": mb, "gradient_accumulation_steps": per_rank // mb,
-            "gradient_clipping": self.cfg.policy.grad_clip, "zero_optimization": zero,
-            "zero_allow_untested_optimizer": True, "bf16": {"enabled": cc.model.dtype == "bfloat16"},
-            "steps_per_print": 10**9,
-        }
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cc.lr)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.engine = zero_engine(model, cc.lr, cc.zero_stage, mb, per_rank // mb, self.cfg.policy.grad_clip,
+                                  cc.model.dtype)
 
     @torch.no_grad()
     def values(self, shard: dict[str, list]) -> list[list[float]]:

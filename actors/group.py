@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -68,3 +69,35 @@ class ActorGroup:
         for a in self.actors:
             ray.kill(a)
         remove_placement_group(self.pg)
+
+
+def join_group(device: str, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    """Inside a rank's actor: set torch.distributed's environment and join (gloo on CPU, NCCL on GPU)."""
+    import deepspeed
+    import torch
+
+    os.environ.update(
+        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0" if device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)),
+    )
+    deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+
+
+def zero_engine(model, lr: float, stage: int, micro_batch: int, grad_accum: int, grad_clip: float, dtype: str,
+                weight_decay: float = 0.0):
+    """A DeepSpeed ZeRO engine over `model`, with torch AdamW: it works for every stage on CPU, where
+    DeepSpeedCPUAdam would cost a long JIT compile."""
+    import deepspeed
+    import torch
+
+    zero: dict[str, Any] = {"stage": stage}
+    if stage == 3:  # otherwise small models are kept whole on every rank and nothing is partitioned
+        zero.update(stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": grad_clip, "zero_optimization": zero, "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dtype == "bfloat16"}, "steps_per_print": 10**9,
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine

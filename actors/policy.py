@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Any
 
 import torch
 
+from actors.group import join_group, zero_engine
 from rlaif.algorithms import ALGORITHMS
 from rlaif.config import Config
 from rlaif.data import pad_sequences
@@ -29,36 +28,17 @@ class PolicyWorker:
         self.path = resolve_model_path(cfg.policy.model.path, cfg.cache_dir)
 
     def setup_distributed(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-        import deepspeed
-
-        os.environ.update(
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
-            LOCAL_RANK="0" if self.cfg.device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)),
-        )
+        join_group(self.cfg.device, rank, world_size, master_addr, master_port)
         self.rank, self.world_size = rank, world_size
         torch.manual_seed(self.cfg.seed + rank)
-        deepspeed.init_distributed(dist_backend="gloo" if self.cfg.device == "cpu" else "nccl")
         pc = self.cfg.policy
         model = load_causal_lm(self.path, pc.model.dtype, pc.model.trust_remote_code)
         if pc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.tokenizer = load_tokenizer(self.path, pc.model.trust_remote_code)
         per_rank = self.cfg.rl.prompts_per_step * self.cfg.rollout.n_samples // world_size
-        zero: dict[str, Any] = {"stage": pc.zero_stage}
-        if pc.zero_stage == 3:  # otherwise small models are kept whole on every rank and nothing is partitioned
-            zero.update(stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": pc.micro_batch_size,
-            "gradient_accumulation_steps": per_rank // pc.micro_batch_size,
-            "gradient_clipping": pc.grad_clip,
-            "zero_optimization": zero,
-            "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": pc.model.dtype == "bfloat16"},
-            "steps_per_print": 10**9,
-        }
-        # torch AdamW works for every ZeRO stage on CPU; DeepSpeedCPUAdam would cost a long JIT compile.
-        optimizer = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.engine = zero_engine(model, pc.lr, pc.zero_stage, pc.micro_batch_size, per_rank // pc.micro_batch_size,
+                                  pc.grad_clip, pc.model.dtype, pc.weight_decay)
 
     def logprobs(self, shard: dict[str, list]) -> list[list[float]]:
         """Log-probs of the sampled responses under the current policy: the PPO 'old' log-probs."""

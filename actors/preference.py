@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any
 
 import torch
 
+from actors.group import join_group, zero_engine
 from rlaif.config import Config
 from rlaif.data import pad_sequences
 from rlaif.losses import preference_loss
@@ -23,27 +23,12 @@ class PreferenceModelWorker:
         self.mean, self.std = 0.0, 1.0
 
     def setup_distributed(self, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-        import deepspeed
-
-        os.environ.update(
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
-            LOCAL_RANK="0" if self.cfg.device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)),
-        )
-        deepspeed.init_distributed(dist_backend="gloo" if self.cfg.device == "cpu" else "nccl")
+        join_group(self.cfg.device, rank, world_size, master_addr, master_port)
         pc = self.cfg.preference_model
         torch.manual_seed(self.cfg.seed)
         model = load_scalar_model(self.path, pc.model.dtype, pc.model.trust_remote_code)
         self.tokenizer = load_tokenizer(self.path, pc.model.trust_remote_code)
-        zero: dict[str, Any] = {"stage": pc.zero_stage}
-        if pc.zero_stage == 3:
-            zero.update(stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": pc.batch_size, "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0, "zero_optimization": zero, "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": pc.model.dtype == "bfloat16"}, "steps_per_print": 10**9,
-        }
-        optimizer = torch.optim.AdamW(model.parameters(), lr=pc.lr)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.engine = zero_engine(model, pc.lr, pc.zero_stage, pc.batch_size, 1, 1.0, pc.model.dtype)
         self.engine.eval()
 
     def encode(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
