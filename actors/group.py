@@ -22,6 +22,12 @@ def get(refs: Any, timeout: float, what: str) -> Any:
         ) from exc
 
 
+def split_batch(batch: dict[str, list], n: int) -> list[dict[str, list]]:
+    """n contiguous, equal slices of a batch of parallel lists (a remainder is dropped: callers size batches)."""
+    size = len(next(iter(batch.values()))) // n
+    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(n)]
+
+
 def node_ip_and_free_port() -> tuple[str, int]:
     with socket.socket() as s:
         s.bind(("", 0))

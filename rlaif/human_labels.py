@@ -59,7 +59,7 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,26 +126,31 @@ def parse_record(obj: object, where: str) -> HumanPair:
                      *(obj.get(k) for k in OPTIONAL_KEYS))
 
 
-def load_human_labels(path: str | os.PathLike) -> list[HumanPair]:
-    """Read a human-label JSONL file (format in the module docstring); errors name the file and line."""
+def iter_jsonl(path: str | os.PathLike, what: str) -> Iterator[tuple[str, int, object]]:
+    """(where, line number, parsed object) for each non-blank line; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise HumanLabelError(f"{path}: human-label file not found")
-    out, seen = [], {}
+        raise HumanLabelError(f"{path}: {what} not found")
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                yield where, lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise HumanLabelError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            rec = parse_record(obj, where)
-            if rec.id in seen:
-                raise HumanLabelError(f"{where}: duplicate id {rec.id!r} (first on line {seen[rec.id]})")
-            seen[rec.id] = lineno
-            out.append(rec)
+
+
+def load_human_labels(path: str | os.PathLike) -> list[HumanPair]:
+    """Read a human-label JSONL file (format in the module docstring); errors name the file and line."""
+    out, seen = [], {}
+    for where, lineno, obj in iter_jsonl(path, "human-label file"):
+        rec = parse_record(obj, where)
+        if rec.id in seen:
+            raise HumanLabelError(f"{where}: duplicate id {rec.id!r} (first on line {seen[rec.id]})")
+        seen[rec.id] = lineno
+        out.append(rec)
     return out
 
 

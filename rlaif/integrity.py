@@ -39,7 +39,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rlaif.human_labels import HumanLabelError, HumanPair, atomic_write_text, parse_record, write_jsonl
+from rlaif.human_labels import (
+    HumanLabelError,
+    HumanPair,
+    atomic_write_text,
+    iter_jsonl,
+    parse_record,
+    write_jsonl,
+)
 
 GATE_KEY = "labeler.min_human_agreement"
 LABEL_KEYS = ("principle", "p_first", "p_first_in_a", "p_first_in_b", "consistent")
@@ -352,43 +359,33 @@ def import_audit(path: str | os.PathLike, require_all: bool = False) -> list[Hum
     filled they must agree (choice "a" needs p > 0.5, "b" p < 0.5, "tie" p = 0.5). Errors name the file and line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise HumanLabelError(f"{path}: audit file not found")
     out, unreviewed = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HumanLabelError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise HumanLabelError(f"{where}: expected a JSON object")
-            missing = [k for k in ("id", "prompt", "response_a", "response_b") if k not in row]
-            if missing:
-                raise HumanLabelError(f"{where}: audit row lacks {missing}")
-            p, choice = row.get("human_p_a"), row.get("human_choice")
-            choice = choice.strip().lower() if isinstance(choice, str) else choice
-            if choice in (None, "") and p is None:
-                unreviewed.append(lineno)
-                continue
-            if choice not in (None, "") and choice not in CHOICES:
-                raise HumanLabelError(f"{where}: human_choice must be one of {sorted(CHOICES)}, got {choice!r}")
-            if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0):
-                raise HumanLabelError(f"{where}: human_p_a must be a number in [0, 1], got {p!r}")
-            if p is not None and choice not in (None, ""):
-                c = CHOICES[choice]
-                if (c == 0.5) != (p == 0.5) or (c != 0.5 and (c > 0.5) != (p > 0.5)):
-                    raise HumanLabelError(f"{where}: human_choice {choice!r} contradicts human_p_a {p}")
-            p_a = float(p) if p is not None else CHOICES[choice]
-            reviewer, note = row.get("reviewer"), row.get("review_note")
-            rec = {"id": str(row["id"]), "prompt": row["prompt"], "response_a": row["response_a"],
-                   "response_b": row["response_b"], "p_a": p_a, "source": f"audit:{path.name}",
-                   "principle": row.get("principle"), "annotator": None if reviewer is None else str(reviewer),
-                   "note": None if note is None else str(note)}
-            out.append(parse_record(rec, where))
+    for where, lineno, row in iter_jsonl(path, "audit file"):
+        if not isinstance(row, dict):
+            raise HumanLabelError(f"{where}: expected a JSON object")
+        missing = [k for k in ("id", "prompt", "response_a", "response_b") if k not in row]
+        if missing:
+            raise HumanLabelError(f"{where}: audit row lacks {missing}")
+        p, choice = row.get("human_p_a"), row.get("human_choice")
+        choice = choice.strip().lower() if isinstance(choice, str) else choice
+        if choice in (None, "") and p is None:
+            unreviewed.append(lineno)
+            continue
+        if choice not in (None, "") and choice not in CHOICES:
+            raise HumanLabelError(f"{where}: human_choice must be one of {sorted(CHOICES)}, got {choice!r}")
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0):
+            raise HumanLabelError(f"{where}: human_p_a must be a number in [0, 1], got {p!r}")
+        if p is not None and choice not in (None, ""):
+            c = CHOICES[choice]
+            if (c == 0.5) != (p == 0.5) or (c != 0.5 and (c > 0.5) != (p > 0.5)):
+                raise HumanLabelError(f"{where}: human_choice {choice!r} contradicts human_p_a {p}")
+        p_a = float(p) if p is not None else CHOICES[choice]
+        reviewer, note = row.get("reviewer"), row.get("review_note")
+        rec = {"id": str(row["id"]), "prompt": row["prompt"], "response_a": row["response_a"],
+               "response_b": row["response_b"], "p_a": p_a, "source": f"audit:{path.name}",
+               "principle": row.get("principle"), "annotator": None if reviewer is None else str(reviewer),
+               "note": None if note is None else str(note)}
+        out.append(parse_record(rec, where))
     if require_all and unreviewed:
         raise HumanLabelError(f"{path}: {len(unreviewed)} row(s) not reviewed (lines {unreviewed[:10]}): fill "
                               f"human_p_a or human_choice")

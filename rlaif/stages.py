@@ -11,6 +11,7 @@ import random
 import time
 from pathlib import Path
 
+from actors.group import split_batch
 from rlaif.config import Config
 from rlaif.data import PromptLoader
 from rlaif.human_labels import HumanPair, atomic_write_text, build_pyrit_human_set, load_human_labels, write_jsonl
@@ -104,8 +105,8 @@ def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: 
     held, train = rows[:n_eval], rows[n_eval:]
     train = train[: len(train) - len(train) % ranks]  # equal shards: every rank takes the same collective steps
     batch = {k: [r[i] for r in train] for i, k in enumerate(("prompt", "first", "second", "p_first"))}
-    metrics = roles.pm.call_sharded("train", _shards(batch, ranks))[0]
-    raw = _score(roles, batch["prompt"] * 2, batch["first"] + batch["second"], normalize=False)
+    metrics = roles.pm.call_sharded("train", split_batch(batch, ranks))[0]
+    raw = score_pm(roles, batch["prompt"] * 2, batch["first"] + batch["second"], normalize=False)
     mean = sum(raw) / len(raw)
     std = math.sqrt(sum((x - mean) ** 2 for x in raw) / max(len(raw) - 1, 1))
     if pc.normalize_rewards:
@@ -132,17 +133,12 @@ def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: 
     return metrics
 
 
-def _shards(batch: dict[str, list], n: int) -> list[dict[str, list]]:
-    size = len(next(iter(batch.values()))) // n
-    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(n)]
-
-
-def _score(roles, prompts: list[str], responses: list[str], normalize: bool = True) -> list[float]:
+def score_pm(roles, prompts: list[str], responses: list[str], normalize: bool = True) -> list[float]:
     """PM scores, split over the PM ranks (every rank must take part: ZeRO-3 forwards are collective)."""
     ranks = len(roles.pm.actors)
     pad = (-len(prompts)) % ranks
     batch = {"prompt": prompts + prompts[:1] * pad, "response": responses + responses[:1] * pad}
-    refs = [a.score.remote(s, normalize) for a, s in zip(roles.pm.actors, _shards(batch, ranks))]
+    refs = [a.score.remote(s, normalize) for a, s in zip(roles.pm.actors, split_batch(batch, ranks))]
     out = [x for part in roles.get(refs, "preference_model.score") for x in part]
     return out[: len(prompts)]
 
@@ -152,7 +148,7 @@ def _pm_eval(roles, rows: list[tuple], prefix: str) -> tuple[dict[str, float], l
     rows = [r for r in rows if r[3] != 0.5]  # a tie has no right answer
     if not rows:
         return {}, []
-    s = _score(roles, [r[0] for r in rows] * 2, [r[1] for r in rows] + [r[2] for r in rows], normalize=False)
+    s = score_pm(roles, [r[0] for r in rows] * 2, [r[1] for r in rows] + [r[2] for r in rows], normalize=False)
     probs = preference_probs(s[: len(rows)], s[len(rows) :])
     summary = calibration_summary(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
     bins = reliability_bins(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
@@ -217,7 +213,7 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
         for i in range(0, len(examples) - step_size + 1, step_size):
             chunk = examples[i : i + step_size]
             batch = {"prompt_ids": [e[0] for e in chunk], "response_ids": [e[1] for e in chunk]}
-            step = roles.policy.call_sharded("sft", _shards(batch, len(roles.policy.actors)), sc.lr)
+            step = roles.policy.call_sharded("sft", split_batch(batch, len(roles.policy.actors)), sc.lr)
             losses.append(sum(m["sft/loss"] for m in step) / len(step))
             tracker.log({"sft/loss": losses[-1], "sft/step": float(len(losses))}, step=0)
     metrics |= {"sft/loss_first": losses[0], "sft/loss_last": losses[-1], "sft/steps": float(len(losses)),

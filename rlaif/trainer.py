@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from actors.critic import CriticWorker
-from actors.group import ActorGroup, get
+from actors.group import ActorGroup, get, split_batch
 from actors.labeler import LabelerWorker
 from actors.policy import PolicyWorker
 from actors.preference import PreferenceModelWorker
@@ -26,8 +26,14 @@ from rlaif.data import PromptLoader, load_prompts, split_prompts
 from rlaif.human_labels import write_human_labels
 from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
 from rlaif.models import resolve_model_path
-from rlaif.stages import _score as score_pm
-from rlaif.stages import feedback_integrity, label_stats, sample_and_label, sl_cai, train_preference_model
+from rlaif.stages import (
+    feedback_integrity,
+    label_stats,
+    sample_and_label,
+    score_pm,
+    sl_cai,
+    train_preference_model,
+)
 from rlaif.tracking import Tracker
 
 log = logging.getLogger("rlaif")
@@ -73,14 +79,9 @@ class Roles:
                 grp.shutdown()
 
 
-def shard(batch: dict[str, list], n: int) -> list[dict[str, list]]:
-    size = len(next(iter(batch.values()))) // n
-    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(n)]
-
-
 def sharded(group: ActorGroup, method: str, batch: dict[str, list], *args) -> list:
     """Start `method` on every rank with its contiguous slice of the batch; returns the object refs."""
-    return [getattr(a, method).remote(s, *args) for a, s in zip(group.actors, shard(batch, len(group.actors)))]
+    return [getattr(a, method).remote(s, *args) for a, s in zip(group.actors, split_batch(batch, len(group.actors)))]
 
 
 @dataclass
@@ -131,14 +132,13 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, ste
     t = time.perf_counter()
     seqs = {"prompt_ids": P, "response_ids": R}
     per_sample = [p for p in prompts for _ in range(n)]
-    pm_refs = sharded(roles.pm, "score", {"prompt": per_sample, "response": texts}) if roles.pm else []
     rating_ref = roles.labeler.rate.remote(per_sample, texts) \
         if cfg.rl.use_labeler_rating else None
     label_ref = roles.labeler.compare.remote([p for p in prompts for _ in range(n // 2)], texts[0::2], texts[1::2])
     ref_ref = roles.reference.logprobs.remote(P, R)
     old_refs = sharded(roles.policy, "logprobs", seqs)
     value_refs = sharded(roles.critic, "values", seqs) if roles.critic else []
-    pm_scores = [x for part in roles.get(pm_refs, "preference_model.score") for x in part] if pm_refs else None
+    pm_scores = score_pm(roles, per_sample, texts) if roles.pm else None  # blocks; the others already run
     scores, _ = total_reward(state, pm_scores, per_sample, texts)
     if rating_ref is not None:
         scores += torch.tensor(roles.get(rating_ref, "labeler.rate"))
