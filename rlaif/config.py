@@ -124,8 +124,12 @@ class RLConfig:
     epochs: int = 1  # passes over each batch of experience
     clip_eps: float = 0.2
     kl_coef: float = 0.05  # beta of the KL(policy || reference) penalty
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     kl_in: Literal["reward", "loss"] = "reward"  # shape the reward per token, or add beta * KL to the loss
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # KL estimator in the reward (kl_in=reward) and in kl/policy_ref
+    # The estimator in the loss (kl_in=loss): k3 (DeepSeekMath) or k2, whose gradients push toward the reference.
+    # k1 = log(pi/ref) has zero expected gradient under samples from pi, so it is refused here.
+    kl_loss_estimator: Literal["k1", "k2", "k3"] = "k3"
+    measure_kl: bool = True  # compute KL to the reference every step even when nothing trains on it (kl_coef = 0)
     kl_target: float = 0.0  # > 0: adaptive beta steering the KL toward this target (Ziegler et al. 2019)
     kl_horizon: int = 10000
     gamma: float = 1.0
@@ -137,11 +141,17 @@ class RLConfig:
     length_target: int = 0
     missing_eos_penalty: float = 0.0  # subtracted from the score of responses that never finished
     tis_cap: float = 2.0  # truncated importance weight cap for the vLLM-vs-trainer mismatch; 0 turns it off
+    # How the per-token policy loss is reduced over the whole batch (every micro-batch and rank): "token-mean" (every
+    # response token weighs the same; TRL's "dapo"), "seq-mean-token-mean" (mean per response, then over responses:
+    # the GRPO paper's), "seq-mean-token-sum-norm" (token sum / rollout.max_new_tokens: Dr. GRPO's). "auto":
+    # seq-mean-token-sum-norm for dr-grpo, token-mean otherwise.
+    loss_agg: Literal["auto", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "auto"
     dpo_beta: float = 0.1
     dpo_weight_by_label: bool = False  # weight each online-DPO pair by |2p - 1| of its soft label
     dpo_preference: Literal["labeler", "reward"] = "labeler"  # order DPO pairs by the AI label or by the reward
     use_preference_model: bool = True
     use_labeler_rating: bool = False  # direct RLAIF: add the labeler's 1-10 rating, rescaled to [-1, 1], as reward
+    label_every: int = 1  # AI-label the step's pairs (labels/* metrics, online DPO) every this many steps
     # "module:function" taking (prompts: list[str], responses: list[str]) -> list[float], added to the PM score.
     reward_functions: list[str] = field(default_factory=list)
 
@@ -348,7 +358,8 @@ def validate(cfg: Config) -> None:
             f"rl.prompts_per_step * rollout.n_samples = {batch} must split evenly over critic.num_ranks "
             f"= {cfg.critic.num_ranks} ranks into micro-batches of policy.micro_batch_size"
         )
-    if not (cfg.rl.use_preference_model or cfg.rl.reward_functions or cfg.rl.use_labeler_rating):
+    labeler_dpo = cfg.rl.algorithm == "online-dpo" and cfg.rl.dpo_preference == "labeler"
+    if not (cfg.rl.use_preference_model or cfg.rl.reward_functions or cfg.rl.use_labeler_rating or labeler_dpo):
         raise ConfigError(
             "no reward: rl.use_preference_model and rl.use_labeler_rating are false and rl.reward_functions is empty"
         )
@@ -366,6 +377,18 @@ def validate(cfg: Config) -> None:
                           "(pairs are never split)")
     if not 0.0 < cfg.rollout.temperature:
         raise ConfigError(f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
+    if cfg.rl.kl_loss_estimator == "k1":
+        raise ConfigError("rl.kl_loss_estimator: 'k1' is not allowed: log(pi/ref) has zero expected gradient under "
+                          "samples from the policy, so as a loss it regularises nothing; allowed values: 'k2', 'k3'")
+    if cfg.rl.label_every < 1:
+        raise ConfigError(f"rl.label_every: must be >= 1, got {cfg.rl.label_every}")
+    if cfg.rl.algorithm == "online-dpo" and cfg.rl.dpo_preference == "labeler" and cfg.rl.label_every != 1:
+        raise ConfigError("rl.label_every: online-dpo with rl.dpo_preference=labeler trains on every step's AI labels, "
+                          f"so it must be 1, got {cfg.rl.label_every}")
+    for key in ("policy", "critic", "preference_model"):
+        if getattr(cfg, key).model.dtype == "float16":
+            raise ConfigError(f"{key}.model.dtype: float16 training needs loss scaling, which rlaif does not set up; "
+                              "use bfloat16 or float32 (float16 is fine for the labeler, which only scores)")
     if cfg.device == "cpu":
         for key in ("num_gpus", "gpus_per_policy_rank", "gpus_per_rollout", "gpus_per_aux"):
             if getattr(cfg.ray, key):

@@ -37,24 +37,38 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> tor
 
 
 def aggregate_loss(
-    loss: torch.Tensor, mask: torch.Tensor, loss_agg: str = "token-mean", norm_len: int | None = None
+    loss: torch.Tensor, mask: torch.Tensor, loss_agg: str = "token-mean", norm_len: int | None = None,
+    denom: float | None = None,
 ) -> torch.Tensor:
     """Reduce a [B, T] per-token loss to a scalar.
 
-    token-mean: every valid token weighs the same (long responses weigh more; DAPO / TRL "bnpo").
-    seq-mean-token-mean: mean per response, then over responses (original GRPO; short responses weigh more per token).
-    seq-mean-token-sum-norm: token sum divided by a constant norm_len, mean over responses (Dr. GRPO: no length bias).
-        norm_len should be the generation budget (max new tokens); it defaults to T, which varies between batches.
+    token-mean: every valid token weighs the same (long responses weigh more); TRL's "dapo" (and "bnpo" per batch).
+    seq-mean-token-mean: mean per response, then over responses: the GRPO paper's (and TRL's "grpo"); short
+        responses weigh more per token.
+    seq-mean-token-sum-norm: token sum divided by a constant norm_len, mean over responses (Dr. GRPO: no length
+        bias). norm_len should be the generation budget (max new tokens); it defaults to T, which varies by batch.
+
+    denom: the number of tokens (token-mean) or responses (seq-*) to divide by instead of this micro-batch's own.
+    A trainer whose batch is split over micro-batches and ranks passes the whole batch's count divided by
+    (micro-batches x ranks), so after gradient accumulation and the data-parallel mean the gradient is that of one
+    global mean, not a mean of per-micro-batch means.
     """
     mask = mask.to(loss.dtype)
     if loss_agg == "token-mean":
-        return masked_mean(loss, mask)
+        total = (loss * mask).sum()
+        return total / (denom if denom is not None else mask.sum().clamp(min=1.0))
     if loss_agg == "seq-mean-token-mean":
-        return masked_mean(loss, mask, dim=-1).mean()
-    if loss_agg == "seq-mean-token-sum-norm":
-        length = mask.shape[-1] if norm_len is None else norm_len
-        return ((loss * mask).sum(dim=-1) / length).mean()
-    raise ValueError(f"loss_agg '{loss_agg}' unknown; allowed: {', '.join(LOSS_AGGS)}")
+        per_seq = masked_mean(loss, mask, dim=-1)
+    elif loss_agg == "seq-mean-token-sum-norm":
+        per_seq = (loss * mask).sum(dim=-1) / (mask.shape[-1] if norm_len is None else norm_len)
+    else:
+        raise ValueError(f"loss_agg '{loss_agg}' unknown; allowed: {', '.join(LOSS_AGGS)}")
+    return per_seq.sum() / denom if denom is not None else per_seq.mean()
+
+
+def loss_denominator(mask: torch.Tensor, loss_agg: str) -> float:
+    """What aggregate_loss divides by for a whole batch: its response tokens (token-mean) or responses (seq-*)."""
+    return float(mask.sum()) if loss_agg == "token-mean" else float(mask.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -110,10 +124,14 @@ def kl_loss(
     kind: str = "k3",
     loss_agg: str = "token-mean",
     norm_len: int | None = None,
+    denom: float | None = None,
 ) -> torch.Tensor:
     """"KL in the loss" (GRPO): a differentiable KL penalty on the current policy's log-probs, added to the
-    policy loss times kl_coef. k3 by default, as in DeepSeekMath; aggregate it like the policy loss."""
-    return aggregate_loss(kl_estimate(logp, ref_logp, kind), mask, loss_agg, norm_len)
+    policy loss times kl_coef. k3 by default, as in DeepSeekMath; aggregate it like the policy loss. Never k1: its
+    expected gradient under samples from the policy is zero."""
+    if kind == "k1":
+        raise ValueError("kl_loss with the k1 estimator regularises nothing (zero expected gradient); use k2 or k3")
+    return aggregate_loss(kl_estimate(logp, ref_logp, kind), mask, loss_agg, norm_len, denom)
 
 
 class FixedKLController:
@@ -235,13 +253,14 @@ def ppo_policy_loss(
     dual_clip: float | None = None,
     loss_agg: str = "token-mean",
     norm_len: int | None = None,
+    denom: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate over the response tokens. advantages: [B, T] or [B].
 
     clip_eps_high: upper clip 1 + clip_eps_high (DAPO "clip-higher"); defaults to clip_eps.
     dual_clip: for negative advantages also bound the loss by -dual_clip * A (Ye et al. 2020, OpenRLHF), so a
         huge ratio on a bad token cannot blow the update up; must be > 1.
-    loss_agg / norm_len: see aggregate_loss.
+    loss_agg / norm_len / denom: see aggregate_loss.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1).expand_as(logp)
@@ -254,7 +273,7 @@ def ppo_policy_loss(
         if dual_clip <= 1.0:
             raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
         surrogate = torch.where(advantages < 0, torch.max(surrogate, dual_clip * advantages), surrogate)
-    loss = aggregate_loss(-surrogate, mask, loss_agg, norm_len)
+    loss = aggregate_loss(-surrogate, mask, loss_agg, norm_len, denom)
     with torch.no_grad():
         info = {
             "clip_frac": masked_mean(((ratio < 1.0 - clip_eps) | (ratio > 1.0 + eps_high)).float(), mask).item(),
@@ -272,6 +291,7 @@ def value_loss(
     mask: torch.Tensor,
     clip_eps: float,
     loss_agg: str = "token-mean",
+    denom: float | None = None,
 ) -> tuple[torch.Tensor, float]:
     """PPO value loss with clipping: 0.5 * max((v - R)^2, (v_clip - R)^2), v_clip = old + clip(v - old, +-eps),
     so the critic cannot move far from the values the advantages were computed with. Returns (loss, clip_frac):
@@ -279,7 +299,7 @@ def value_loss(
     clipped_values = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     unclipped_loss = (values - returns) ** 2
     clipped_loss = (clipped_values - returns) ** 2
-    loss = 0.5 * aggregate_loss(torch.max(unclipped_loss, clipped_loss), mask, loss_agg)
+    loss = 0.5 * aggregate_loss(torch.max(unclipped_loss, clipped_loss), mask, loss_agg, denom=denom)
     with torch.no_grad():
         clip_frac = masked_mean((clipped_loss > unclipped_loss).float(), mask).item()
     return loss, clip_frac
@@ -290,7 +310,8 @@ def truncated_importance_weights(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Truncated importance sampling (TIS) for the sampler/trainer mismatch: vLLM's log-probs differ slightly from
     the trainer's, so samples are slightly off-policy. w = min(pi_trainer / pi_sampler, cap) per token, detached;
-    1 on padding. Metrics measure the mismatch: mean |log ratio|, max ratio, fraction of tokens capped."""
+    1 on padding. Metrics measure the mismatch: mean |log ratio|, max ratio (key ending in "_max": reduce it with
+    max, not mean, across micro-batches and ranks), fraction of tokens capped."""
     with torch.no_grad():
         mask = mask.to(trainer_logp.dtype)
         log_ratio = (trainer_logp - sampler_logp) * mask
@@ -299,7 +320,7 @@ def truncated_importance_weights(
         valid = mask > 0
         info = {
             "tis_mean_abs_log_ratio": masked_mean(log_ratio.abs(), mask).item(),
-            "tis_max_ratio": ratio[valid].max().item() if valid.any() else 1.0,
+            "tis_ratio_max": ratio[valid].max().item() if valid.any() else 1.0,
             "tis_frac_capped": masked_mean((ratio > cap).float(), mask).item(),
         }
     return weights, info

@@ -190,3 +190,19 @@ def response_logprobs(
             start = len(p[b]) - 1
             out.append(lp[b, start : start + len(r[b])].tolist())
     return out
+
+
+def disable_dropout(model) -> None:
+    """Turn every dropout off, in modules and in the config values some attention code reads at call time (e.g.
+    Llama's attention_dropout, GPT-2's attn_pdrop): the policy and critic train in train mode, where dropout would
+    make the first PPO ratio differ from 1 and add noise the algorithms do not account for (as OpenRLHF and TRL)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout", "attn_pdrop"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    for config in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values():
+        for name, value in list(vars(config).items()):
+            if isinstance(value, float) and ("dropout" in name or name.endswith("pdrop")):
+                setattr(config, name, 0.0)

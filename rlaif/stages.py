@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from actors.group import split_batch
+from rlaif.batch import Batch
 from rlaif.config import Config
 from rlaif.data import PromptLoader
 from rlaif.human_labels import HumanPair, atomic_write_text, build_pyrit_human_set, load_human_labels, write_jsonl
@@ -59,7 +60,7 @@ def sample_and_label(cfg: Config, roles, loader: PromptLoader) -> dict[str, list
     """Two responses per prompt from the current policy, compared by the AI labeler (RL-CAI's feedback step)."""
     prompts = [p.text for p in loader.next(cfg.preference_model.label_prompts)]
     s = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 10**6), "rollout.generate (pairs)")
-    firsts, seconds = s["response_text"][0::2], s["response_text"][1::2]
+    firsts, seconds = s.texts["response"][0::2], s.texts["response"][1::2]
     labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds), "labeler.compare (pairs)")
     return {"prompt": prompts, "first": firsts, "second": seconds, "labels": labels}
 
@@ -212,8 +213,8 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
         rng.shuffle(examples)
         for i in range(0, len(examples) - step_size + 1, step_size):
             chunk = examples[i : i + step_size]
-            batch = {"prompt_ids": [e[0] for e in chunk], "response_ids": [e[1] for e in chunk]}
-            step = roles.policy.call_sharded("sft", split_batch(batch, len(roles.policy.actors)), sc.lr)
+            batch = Batch.from_token_lists([e[0] for e in chunk], [e[1] for e in chunk], tok.pad_token_id)
+            step = roles.policy.call_sharded("sft", batch.split(len(roles.policy.actors)), sc.lr)
             losses.append(sum(m["sft/loss"] for m in step) / len(step))
             tracker.log({"sft/loss": losses[-1], "sft/step": float(len(losses))}, step=0)
     metrics |= {"sft/loss_first": losses[0], "sft/loss_last": losses[-1], "sft/steps": float(len(losses)),

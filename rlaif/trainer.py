@@ -14,13 +14,23 @@ import torch
 from tqdm import tqdm
 
 from actors.critic import CriticWorker
-from actors.group import ActorGroup, get, split_batch
+from actors.group import ActorGroup, get
 from actors.labeler import LabelerWorker
-from actors.policy import PolicyWorker
+from actors.policy import PolicyWorker, reduce_stats
 from actors.preference import PreferenceModelWorker
 from actors.reference import ReferenceWorker
 from actors.rollout import RolloutWorker
-from rlaif.algorithms import ALGORITHMS, load_reward_functions, make_experience, shape_scores
+from rlaif.algorithms import (
+    ALGORITHMS,
+    batch_denominator,
+    load_reward_functions,
+    make_experience,
+    needs_old_logprobs,
+    needs_reference,
+    reward_function_scores,
+    shape_scores,
+)
+from rlaif.batch import Batch
 from rlaif.config import Config, save_config
 from rlaif.data import PromptLoader, load_prompts, split_prompts
 from rlaif.human_labels import write_human_labels
@@ -55,7 +65,7 @@ class Roles:
 
         self.rollout = actor(RolloutWorker, r.gpus_per_rollout)
         self.labeler = actor(LabelerWorker, r.gpus_per_aux) if stage != "sl-cai" else None
-        self.reference = actor(ReferenceWorker, r.gpus_per_aux) if rl else None
+        self.reference = actor(ReferenceWorker, r.gpus_per_aux) if rl and needs_reference(cfg.rl) else None
         use_pm = rl and cfg.rl.use_preference_model
         self.pm = group(PreferenceModelWorker, cfg.preference_model.num_ranks, r.gpus_per_aux, "pm") if use_pm else None
         self.policy = group(PolicyWorker, cfg.policy.num_ranks, r.gpus_per_policy_rank, "policy") \
@@ -79,9 +89,9 @@ class Roles:
                 grp.shutdown()
 
 
-def sharded(group: ActorGroup, method: str, batch: dict[str, list], *args) -> list:
-    """Start `method` on every rank with its contiguous slice of the batch; returns the object refs."""
-    return [getattr(a, method).remote(s, *args) for a, s in zip(group.actors, split_batch(batch, len(group.actors)))]
+def sharded(group: ActorGroup, method: str, batch: Batch, *args) -> list:
+    """Start `method` on every rank with its contiguous shard of the batch; returns the object refs."""
+    return [getattr(a, method).remote(s, *args) for a, s in zip(group.actors, batch.split(len(group.actors)))]
 
 
 @dataclass
@@ -93,74 +103,70 @@ class RLState:
     reward_fns: list = field(default_factory=list)
 
 
-def total_reward(state: RLState, pm_scores: list[float] | None, prompts: list[str], texts: list[str]):
-    """Preference-model score plus every rule-based reward function; also each part's mean, for logging."""
+def reward(cfg: Config, roles: Roles, state: RLState, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training reward of each response: preference-model score + rule-based reward functions + the labeler's
+    direct rating (rl.use_labeler_rating); also each part's mean, for logging."""
+    prompts, texts = batch.texts["prompt"], batch.texts["response"]
+    rating_ref = roles.labeler.rate.remote(prompts, texts) if cfg.rl.use_labeler_rating else None
     total, parts = torch.zeros(len(texts)), {}
-    if pm_scores is not None:
-        total += torch.tensor(pm_scores)
-        parts["pm"] = sum(pm_scores) / len(pm_scores)
+    if roles.pm is not None:
+        pm = torch.tensor(score_pm(roles, prompts, texts))
+        total, parts["pm"] = total + pm, pm.mean().item()
     for fn in state.reward_fns:
-        values = torch.tensor(fn(prompts, texts), dtype=torch.float32)
-        if values.shape != total.shape:
-            raise ValueError(f"reward function {fn.__module__}.{fn.__name__} returned {values.numel()} values "
-                             f"for {len(texts)} responses")
-        total += values
-        parts[fn.__name__] = values.mean().item()
+        values = reward_function_scores(fn, prompts, texts)
+        total, parts[fn.__name__] = total + values, values.mean().item()
+    if rating_ref is not None:
+        rating = torch.tensor(roles.get(rating_ref, "labeler.rate"))
+        total, parts["labeler_rating"] = total + rating, rating.mean().item()
     return total, parts
 
 
 def evaluate(cfg: Config, roles: Roles, state: RLState, prompts: list[str]) -> dict[str, float]:
-    """Reward on held-out prompts the optimizer never trains on, with a fixed sampling seed."""
-    s = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 4242), "rollout.generate (eval)")
-    per_sample = [p for p in prompts for _ in range(2)]
-    pm = score_pm(roles, per_sample, s["response_text"]) if roles.pm else None
-    total, parts = total_reward(state, pm, per_sample, s["response_text"])
+    """The training reward on held-out prompts the optimizer never trains on, with a fixed sampling seed."""
+    batch = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 4242), "rollout.generate (eval)")
+    total, parts = reward(cfg, roles, state, batch)
     return {"eval/reward": total.mean().item(), **{f"eval/{k}": v for k, v in parts.items()},
-            "eval/length": sum(map(len, s["response_ids"])) / len(s["response_ids"])}
+            "eval/length": batch["response_len"].float().mean().item()}
 
 
 def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, step: int) -> tuple[dict, list[dict]]:
     """One RL-CAI step: sample -> score -> AI-label -> experience -> ZeRO update -> weight sync into vLLM."""
-    n, timings = cfg.rollout.n_samples, {}
+    rl, n, timings = cfg.rl, cfg.rollout.n_samples, {}
     t = time.perf_counter()
-    prompts = [p.text for p in loader.next(cfg.rl.prompts_per_step)]
-    samples = roles.get(roles.rollout.generate.remote(prompts, n, cfg.seed + step * 7919), "rollout.generate")
-    P, R, texts = samples["prompt_ids"], samples["response_ids"], samples["response_text"]
+    prompts = [p.text for p in loader.next(rl.prompts_per_step)]
+    batch = roles.get(roles.rollout.generate.remote(prompts, n, cfg.seed + step * 7919), "rollout.generate")
     timings["time/generate"] = time.perf_counter() - t
 
     # Score, label and compute log-probs (and values) concurrently: each is a different actor.
     t = time.perf_counter()
-    seqs = {"prompt_ids": P, "response_ids": R}
-    per_sample = [p for p in prompts for _ in range(n)]
-    rating_ref = roles.labeler.rate.remote(per_sample, texts) \
-        if cfg.rl.use_labeler_rating else None
-    label_ref = roles.labeler.compare.remote([p for p in prompts for _ in range(n // 2)], texts[0::2], texts[1::2])
-    ref_ref = roles.reference.logprobs.remote(P, R)
-    old_refs = sharded(roles.policy, "logprobs", seqs)
-    value_refs = sharded(roles.critic, "values", seqs) if roles.critic else []
-    pm_scores = score_pm(roles, per_sample, texts) if roles.pm else None  # blocks; the others already run
-    scores, _ = total_reward(state, pm_scores, per_sample, texts)
-    if rating_ref is not None:
-        scores += torch.tensor(roles.get(rating_ref, "labeler.rate"))
-    labels, ref_lp = roles.get([label_ref, ref_ref], "labeler/reference")
-    old_lp = [x for part in roles.get(old_refs, "policy.logprobs") for x in part]
-    values = [x for part in roles.get(value_refs, "critic.values") for x in part] if value_refs else None
+    shared = ray.put(batch)
+    texts, pair_prompts = batch.texts["response"], batch.texts["prompt"][0::2]
+    label_ref = roles.labeler.compare.remote(pair_prompts, texts[0::2], texts[1::2]) \
+        if step % rl.label_every == 0 else None
+    ref_ref = roles.reference.logprobs.remote(shared) if roles.reference else None
+    old_refs = sharded(roles.policy, "logprobs", batch) if needs_old_logprobs(rl) else []
+    value_refs = sharded(roles.critic, "values", batch) if roles.critic else []
+    raw, reward_parts = reward(cfg, roles, state, batch)  # blocks on the PM; the others already run
+    labels = roles.get(label_ref, "labeler.compare") if label_ref else []
+    if ref_ref:
+        batch["ref_logprobs"] = roles.get(ref_ref, "reference.logprobs")
+    if old_refs:
+        batch["old_logprobs"] = torch.cat(roles.get(old_refs, "policy.logprobs"))
+    if value_refs:
+        batch["values"] = torch.cat(roles.get(value_refs, "critic.values"))
+    if labels:
+        batch["p_first"] = torch.tensor([lab["p_first"] for lab in labels]).repeat_interleave(2)
     timings["time/score"] = time.perf_counter() - t
 
-    raw = scores.clone()
-    scores = shape_scores(cfg.rl, scores, torch.tensor([len(r) for r in R], dtype=torch.float32),
-                          torch.tensor(samples["finished"]), state.moments)
-    exp, exp_stats = make_experience(cfg.rl, n, state.kl.value, scores, old_lp, ref_lp, values,
-                                     [lab["p_first"] for lab in labels])
-    batch = {**seqs, "old_logprobs": old_lp, "sampler_logprobs": samples["logprobs"], "ref_logprobs": ref_lp, **exp}
-    if values is not None:
-        batch["values"] = values
+    batch["scores"] = shape_scores(rl, raw, batch["response_len"].float(), batch["finished"], state.moments)
+    exp_stats = make_experience(rl, n, state.kl.value, batch)
+    batch.meta["denom"] = batch_denominator(rl, batch)
 
     t = time.perf_counter()
     policy_refs = sharded(roles.policy, "train", batch, state.kl.value)
     critic_refs = sharded(roles.critic, "train", batch) if roles.critic else []
-    train_metrics = roles.get(policy_refs, "policy.train")
-    critic_metrics = roles.get(critic_refs, "critic.train")
+    train_metrics = reduce_stats(roles.get(policy_refs, "policy.train"))
+    critic_metrics = reduce_stats(roles.get(critic_refs, "critic.train")) if critic_refs else {}
     timings["time/train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -170,26 +176,29 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, ste
     timings["time/weight_sync"] = time.perf_counter() - t
 
     kl_coef = state.kl.value
-    state.kl.update(exp_stats["kl/policy_ref"], len(R))
-    mismatch = [abs(a - b) for v, o in zip(samples["logprobs"], old_lp) for a, b in zip(v, o)]
+    state.kl.update(exp_stats["kl/policy_ref"], len(batch))
+    lengths = batch["response_len"].float()
     metrics = {
-        "reward/score": raw.mean().item(), "reward/shaped": scores.mean().item(), **exp_stats, "kl/coef": kl_coef,
-        "response/length": sum(map(len, R)) / len(R), "response/finished": sum(samples["finished"]) / len(R),
-        "logprob/vllm_vs_trainer_abs_diff": sum(mismatch) / max(len(mismatch), 1),
-        **{f"policy/{k}": sum(m[k] for m in train_metrics) / len(train_metrics) for k in train_metrics[0]},
-        **{k: sum(m[k] for m in critic_metrics) / len(critic_metrics) for k in (critic_metrics or [{}])[0]},
-        **label_stats(labels, prefix="labels/"), **timings,
-        "rollout/tokens_per_second": samples["stats"]["gen_tokens"] / samples["stats"]["gen_seconds"],
+        "reward/score": raw.mean().item(), "reward/shaped": batch["scores"].mean().item(),
+        **{f"reward/{k}": v for k, v in reward_parts.items()}, **exp_stats, "kl/coef": kl_coef,
+        "response/length": lengths.mean().item(), "response/finished": batch["finished"].float().mean().item(),
+        **{f"policy/{k}": v for k, v in train_metrics.items()}, **critic_metrics, **timings,
+        "rollout/tokens_per_second": batch.meta["gen_tokens"] / batch.meta["gen_seconds"],
     }
-    # Does the reward rank each pair the way the AI labeler does? Falling agreement is a reward-hacking alarm.
-    agree = [(raw[2 * i] > raw[2 * i + 1]).item() == (lab["p_first"] > 0.5) for i, lab in enumerate(labels)]
-    metrics["labels/reward_agreement"] = sum(agree) / len(agree)
-    rows = [
-        {"step": step + 1, "prompt": prompts[i // (n // 2)], "response_1": texts[2 * i], "response_2": texts[2 * i + 1],
-         "principle": lab["principle"], "ai_label_p1": round(lab["p_first"], 4),
-         "reward_1": round(raw[2 * i].item(), 4), "reward_2": round(raw[2 * i + 1].item(), 4)}
-        for i, lab in enumerate(labels[: cfg.trainer.log_samples])
-    ]
+    if "tis_mean_abs_log_ratio" in train_metrics:
+        metrics["logprob/vllm_vs_trainer_abs_diff"] = train_metrics["tis_mean_abs_log_ratio"]
+    rows = []
+    if labels:
+        metrics.update(label_stats(labels, prefix="labels/"))
+        if reward_parts:  # does the reward rank each pair as the AI labeler does? Falling agreement: reward hacking
+            agree = [(raw[2 * i] > raw[2 * i + 1]).item() == (lab["p_first"] > 0.5) for i, lab in enumerate(labels)]
+            metrics["labels/reward_agreement"] = sum(agree) / len(agree)
+        rows = [
+            {"step": step + 1, "prompt": pair_prompts[i], "response_1": texts[2 * i], "response_2": texts[2 * i + 1],
+             "principle": lab["principle"], "ai_label_p1": round(lab["p_first"], 4),
+             "reward_1": round(raw[2 * i].item(), 4), "reward_2": round(raw[2 * i + 1].item(), 4)}
+            for i, lab in enumerate(labels[: cfg.trainer.log_samples])
+        ]
     return metrics, rows
 
 

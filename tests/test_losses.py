@@ -255,7 +255,10 @@ def test_kl_loss_hand_values():
     # k3 at log r = 0.5 and -1.0: e^-0.5 - 1 + 0.5 and e^1 - 1 - 1
     k3 = [math.exp(-0.5) - 0.5, math.exp(1.0) - 2.0]
     assert kl_loss(logp, ref, mask).item() == pytest.approx(sum(k3) / 2)
-    assert kl_loss(logp, ref, mask, "k1").item() == pytest.approx((0.5 - 1.0) / 2)
+    with pytest.raises(ValueError, match="k1"):  # zero expected gradient: refused as a loss
+        kl_loss(logp, ref, mask, "k1")
+    # a batch-wide denominator (e.g. 4 tokens in the whole batch) replaces this micro-batch's own count of 2
+    assert kl_loss(logp, ref, mask, denom=4.0).item() == pytest.approx(sum(k3) / 4)
     assert kl_loss(logp, ref, mask, "k2", loss_agg="seq-mean-token-sum-norm", norm_len=4).item() == pytest.approx(
         (0.125 + 0.5) / 4)
 
@@ -318,7 +321,7 @@ def test_truncated_importance_weights_hand_values():
     # log ratios 0.1, -1.0, 1.3 (padding: 0) -> ratios e^0.1, e^-1, e^1.3 = 3.67 capped at 2, padding 1
     assert w.tolist()[0] == pytest.approx([math.exp(0.1), math.exp(-1.0), 2.0, 1.0])
     assert info["tis_mean_abs_log_ratio"] == pytest.approx((0.1 + 1.0 + 1.3) / 3)
-    assert info["tis_max_ratio"] == pytest.approx(math.exp(1.3))
+    assert info["tis_ratio_max"] == pytest.approx(math.exp(1.3))
     assert info["tis_frac_capped"] == pytest.approx(1 / 3)
     assert not w.requires_grad
 
