@@ -50,7 +50,7 @@ class RolloutWorker:
         return out
 
     def generate(self, texts: list[str], n: int, seed: int, temperature: float | None = None,
-                 max_new_tokens: int | None = None) -> Batch:
+                 max_new_tokens: int | None = None, top_p: float | None = None) -> Batch:
         """n samples per prompt, grouped contiguously, as one Batch: token ids, texts, the sampler's log-probs and
         whether each response finished. The log-probs are vLLM's "processed" ones: of the distribution actually
         sampled from (temperature, top-p), which batch.meta records for the trainer to use the same."""
@@ -59,7 +59,7 @@ class RolloutWorker:
         rc = self.cfg.rollout
         temperature = rc.temperature if temperature is None else temperature
         greedy = temperature == 0  # vLLM's greedy log-probs are the raw (T = 1, no top-p) ones
-        top_p = 1.0 if greedy else rc.top_p
+        top_p = 1.0 if greedy else rc.top_p if top_p is None else top_p
         prompt_ids = self.encode_prompts(texts)
         params = [
             SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens or rc.max_new_tokens,

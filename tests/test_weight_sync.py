@@ -1,7 +1,8 @@
-"""After a real DeepSpeed ZeRO-3 update on two ranks, vLLM generates exactly what transformers does with the
-trained weights: same greedy tokens, same log-probs."""
+"""The trainer and vLLM agree: at T = 0.7 with top-p the policy's and the reference's log-probs of vLLM's samples are
+vLLM's own; after a real DeepSpeed ZeRO-3 update on two ranks, vLLM generates exactly what transformers does with
+the trained weights (same greedy tokens, same log-probs)."""
 
-import random
+import dataclasses
 
 import pytest
 import ray
@@ -9,9 +10,11 @@ import torch
 
 from actors.group import ActorGroup, get
 from actors.policy import PolicyWorker
+from actors.reference import ReferenceWorker
 from actors.rollout import RolloutWorker
 from rlaif.config import load_config
-from rlaif.models import load_causal_lm, token_logprobs
+from rlaif.logprobs import batch_logprobs
+from rlaif.models import load_causal_lm
 
 from .conftest import REPO
 
@@ -20,35 +23,57 @@ PROMPTS = ["How do I bake bread?", "Write a short poem about the sea.", "How do 
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def roles(tmp_path_factory):
+    cfg = load_config(REPO / "configs/debug.yaml", [
+        f"output_dir={tmp_path_factory.mktemp('sync')}", "policy.zero_stage=3", "policy.num_ranks=2",
+        "policy.lr=0.05", "rl.prompts_per_step=4", "rollout.n_samples=2", "policy.micro_batch_size=2",
+        "rollout.max_new_tokens=24",
+    ])
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
+    policy = ActorGroup(PolicyWorker, 2, cfg, timeout=300, name="policy")
+    rollout = ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg)
+    yield cfg, policy, rollout
+    policy.shutdown()
     ray.shutdown()
+
+
+def logprobs(policy, batch):
+    return torch.cat(policy.call_sharded("logprobs", batch.split(2)))
+
+
+def masked_max_diff(a, b, batch):
+    return ((a - b).abs() * batch.response_mask).max().item()
+
+
+# Runs first: the reference must still equal the policy's starting weights.
+def test_trainer_and_reference_logprobs_describe_what_vllm_sampled(roles):
+    cfg, policy, rollout = roles
+    batch = get(rollout.generate.remote(PROMPTS, 2, 5, temperature=0.7, top_p=0.9), 300, "sample")
+    assert batch.meta["temperature"] == 0.7 and batch.meta["top_p"] == 0.9 and batch.token_count() > 40
+    mine = logprobs(policy, batch)
+    assert masked_max_diff(mine, batch["sampler_logprobs"], batch) < 1e-4
+    reference = ReferenceWorker(cfg)
+    raw = batch_logprobs(reference.model, batch, 4)  # T = 1, no top-p
+    assert masked_max_diff(raw, batch["sampler_logprobs"], batch) > 0.05  # what a trainer ignoring T would use
+
+    # The reference: the sampling temperature, no nucleus of its own (it did not sample).
+    batch = get(rollout.generate.remote(PROMPTS, 2, 6, temperature=0.7, top_p=1.0), 300, "sample")
+    ref = reference.logprobs(batch)
+    assert masked_max_diff(ref, batch["sampler_logprobs"], batch) < 1e-4
 
 
 def greedy(rollout, seed=0):
     return get(rollout.generate.remote(PROMPTS, 1, seed, temperature=0.0, max_new_tokens=16), 300, "greedy")
 
 
-def test_vllm_matches_transformers_after_a_zero3_update(local_ray, tmp_path):
-    cfg = load_config(REPO / "configs/debug.yaml", [
-        f"output_dir={tmp_path}", "policy.zero_stage=3", "policy.num_ranks=2", "policy.lr=0.05",
-        "rl.prompts_per_step=4", "rollout.n_samples=2", "policy.micro_batch_size=2",
-    ])
-    policy = ActorGroup(PolicyWorker, 2, cfg, timeout=300, name="policy")
-    rollout = ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg)
+def test_vllm_matches_transformers_after_a_zero3_update(roles, tmp_path):
+    cfg, policy, rollout = roles
     before = greedy(rollout)
-
-    samples = get(rollout.generate.remote(PROMPTS, 2, 1), 300, "sample")
-    batch = {"prompt_ids": samples["prompt_ids"], "response_ids": samples["response_ids"]}
-    shards = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
-    old = [x for part in policy.call_sharded("logprobs", shards) for x in part]
-    rng = random.Random(0)
-    batch.update(old_logprobs=old, sampler_logprobs=samples["logprobs"],
-                 advantages=[[rng.choice([-1.0, 1.0])] * len(r) for r in samples["response_ids"]])
-    shards = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
-    metrics = policy.call_sharded("train", shards, 0.0)
-    assert all(m["loss"] == m["loss"] for m in metrics)
+    batch = get(rollout.generate.remote(PROMPTS, 2, 1), 300, "sample")
+    batch["advantages"] = torch.where(torch.arange(8) % 2 == 0, 1.0, -1.0)[:, None] * batch.response_mask
+    batch.meta["denom"] = float(batch.token_count())
+    metrics = policy.call_sharded("train", batch.split(2), 0.0)
+    assert all(abs(m["approx_kl_old"]) < 1e-6 for m in metrics)  # first step: ratio 1 (one optimizer step)
 
     refs = [a.state_dict.remote() for a in policy.actors]
     get(rollout.load_weights.remote(refs[0], 1), 300, "load_weights")
@@ -57,18 +82,18 @@ def test_vllm_matches_transformers_after_a_zero3_update(local_ray, tmp_path):
     assert checkpoint is not None
 
     model = load_causal_lm(checkpoint).eval()
+    prompts, responses = after.prompt_lists(), after.response_lists()
+    hf_lp = batch_logprobs(model, after, 4)
     changed = 0
     for i in range(len(PROMPTS)):
-        prompt, vllm_ids = after["prompt_ids"][i], after["response_ids"][i]
         with torch.no_grad():
-            hf = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, pad_token_id=0,
+            hf = model.generate(torch.tensor([prompts[i]]), max_new_tokens=16, do_sample=False, pad_token_id=0,
                                 eos_token_id=None)
-        hf_ids = hf[0, len(prompt):].tolist()[: len(vllm_ids)]
-        assert vllm_ids == hf_ids, f"prompt {i}: vLLM greedy {vllm_ids} != transformers greedy {hf_ids}"
-        ids = torch.tensor([prompt + vllm_ids])
-        with torch.no_grad():
-            hf_lp = token_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt) - 1 :].tolist()
-        assert after["logprobs"][i] == pytest.approx(hf_lp, abs=1e-4)
-        changed += before["logprobs"][i] != pytest.approx(after["logprobs"][i], abs=1e-3)
+        hf_ids = hf[0, len(prompts[i]):].tolist()[: len(responses[i])]
+        assert responses[i] == hf_ids, f"prompt {i}: vLLM greedy {responses[i]} != transformers greedy {hf_ids}"
+        n = len(responses[i])
+        assert after["sampler_logprobs"][i, :n].tolist() == pytest.approx(hf_lp[i, :n].tolist(), abs=1e-4)
+        changed += not torch.allclose(before["sampler_logprobs"][i], after["sampler_logprobs"][i], atol=1e-3)
     assert changed == len(PROMPTS), "the update did not reach vLLM"
-    policy.shutdown()
+    # the trained policy's own log-probs (through DeepSpeed) agree with the checkpoint's in transformers
+    assert masked_max_diff(logprobs(policy, dataclasses.replace(after)), hf_lp, after) < 1e-4
