@@ -86,6 +86,29 @@ class PolicyWorker:
             losses.append(loss.item())
         return {"sft/loss": sum(losses) / len(losses), "sft/tokens": float(shard.token_count())}
 
+    def init_weight_sync(self, backend: str, host: str, port: int, world_size: int, timeout_s: float) -> None:
+        """Rank 0 founds the weight-sync broadcast group (as its rank 0) with every vLLM worker."""
+        from actors.weight_sync import BroadcastGroup, Param, plan_buckets
+
+        module = self.engine.module
+        self.sync_params = [(n, p) for n, p in module.named_parameters()]
+        shapes = [Param(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.sync_params]
+        self.sync_buckets = plan_buckets(shapes, self.cfg.rollout.sync_bucket_mb << 20)
+        self.sync_group = BroadcastGroup(backend, host, port, 0, world_size, timeout_s, self.engine.device) \
+            if self.rank == 0 else None
+
+    def weight_buckets(self) -> list:
+        return self.sync_buckets
+
+    def send_weights(self) -> dict[str, float]:
+        """Every rank takes part (ZeRO-3 gathers bucket by bucket); rank 0 broadcasts each bucket to the engines."""
+        from actors.weight_sync import send_buckets
+
+        t0 = time.perf_counter()
+        sent = send_buckets(self.sync_group, self.sync_params, self.sync_buckets, self.cfg.policy.zero_stage == 3,
+                            self.engine.device)
+        return {"bytes": float(sent), "seconds": time.perf_counter() - t0}
+
     def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Every rank must call this (ZeRO-3 gathers collectively); rank 0 returns full CPU tensors."""
         import deepspeed
@@ -97,9 +120,6 @@ class PolicyWorker:
             if self.rank != 0:
                 return None
             return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-    def state_dict(self) -> dict[str, torch.Tensor] | None:
-        return self._full_state_dict()
 
     def save(self, out_dir: str) -> str | None:
         state = self._full_state_dict()

@@ -34,7 +34,9 @@ class RolloutWorker:
             model=self.path, dtype=mc.dtype, seed=cfg.seed, enforce_eager=cfg.rollout.enforce_eager,
             max_model_len=max(cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
                               cfg.sl_cai.max_context_tokens if cfg.sl_cai.enabled else 0),
-            trust_remote_code=mc.trust_remote_code, logprobs_mode="processed_logprobs", **kwargs,
+            trust_remote_code=mc.trust_remote_code, logprobs_mode="processed_logprobs",
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            worker_extension_cls="actors.weight_sync.WeightReceiver", **kwargs,
         )
         self.weight_version = 0
 
@@ -49,11 +51,13 @@ class RolloutWorker:
             out.append(list(ids)[-self.cfg.data.max_prompt_tokens :])
         return out
 
-    def generate(self, texts: list[str], n: int, seed: int, temperature: float | None = None,
+    def generate(self, texts: list[str], n: int, seed: int | list[int], temperature: float | None = None,
                  max_new_tokens: int | None = None, top_p: float | None = None) -> Batch:
         """n samples per prompt, grouped contiguously, as one Batch: token ids, texts, the sampler's log-probs and
         whether each response finished. The log-probs are vLLM's "processed" ones: of the distribution actually
-        sampled from (temperature, top-p), which batch.meta records for the trainer to use the same."""
+        sampled from (temperature, top-p), which batch.meta records for the trainer to use the same.
+
+        seed: one seed per prompt, or a base from which prompt i gets seed + i * n."""
         from vllm import SamplingParams
 
         rc = self.cfg.rollout
@@ -63,8 +67,8 @@ class RolloutWorker:
         prompt_ids = self.encode_prompts(texts)
         params = [
             SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens or rc.max_new_tokens,
-                           logprobs=0, seed=seed + i * n)
-            for i in range(len(texts))
+                           logprobs=0, seed=s)
+            for s in per_item_seeds(seed, len(texts), n)
         ]
         t0 = time.perf_counter()
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
@@ -87,7 +91,8 @@ class RolloutWorker:
                           gen_tokens=batch.token_count(), weight_version=self.weight_version)
         return batch
 
-    def chat(self, conversations: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> list[str]:
+    def chat(self, conversations: list[list[dict]], seed: int | list[int], temperature: float,
+             max_new_tokens: int) -> list[str]:
         """One assistant reply per conversation (SL-CAI's answers, critiques and revisions), batched.
 
         A conversation too long for the engine keeps its end: the latest turns matter most.
@@ -100,13 +105,101 @@ class RolloutWorker:
             ids = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
             ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
             prompts.append({"prompt_token_ids": ids[-limit:]})
-        params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed + i)
-                  for i in range(len(prompts))]
+        params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=s)
+                  for s in per_item_seeds(seed, len(prompts), 1)]
         return [o.outputs[0].text.strip() for o in self.llm.generate(prompts, params, use_tqdm=False)]
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
-        """Swap in the trainer's weights, then drop the prefix cache: its KV entries came from the old weights."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
+    def init_weight_sync(self, backend: str, host: str, port: int, first_rank: int, world_size: int,
+                         timeout_s: float) -> None:
+        """Join the weight-sync broadcast group: this engine's workers take ranks first_rank.. (one per TP rank)."""
+        self.llm.collective_rpc("init_weight_sync", args=(backend, host, port, first_rank, world_size, timeout_s))
+
+    def receive_weights(self, buckets: list, version: int) -> float:
+        """Reload the policy's weights as policy rank 0 broadcasts them, then drop the prefix cache (its KV entries
+        came from the old weights). Returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("receive_weights", args=(buckets,))
         self.llm.reset_prefix_cache()
         self.weight_version = version
-        return version
+        return time.perf_counter() - t0
+
+    def tensor_parallel_size(self) -> int:
+        return self.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size
+
+
+def per_item_seeds(seed: int | list[int], items: int, n: int) -> list[int]:
+    if isinstance(seed, int):
+        return [seed + i * n for i in range(items)]
+    if len(seed) != items:
+        raise ValueError(f"{len(seed)} seeds for {items} prompts")
+    return list(seed)
+
+
+def balance(costs: list[int], bins: int) -> list[list[int]]:
+    """Indices split into `bins` groups of near-equal total cost (longest first, each to the lightest group)."""
+    groups: list[list[int]] = [[] for _ in range(bins)]
+    loads = [0] * bins
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        k = loads.index(min(loads))
+        groups[k].append(i)
+        loads[k] += costs[i]
+    return [sorted(g) for g in groups]
+
+
+class Pending:
+    """Generation in flight on the engines; result() gathers the parts back into the prompts' order."""
+
+    def __init__(self, refs: list, groups: list[list[int]], timeout: float) -> None:
+        self.refs, self.groups, self.timeout = refs, groups, timeout
+
+    def result(self) -> Batch:
+        from actors.group import get
+
+        parts = get(self.refs, self.timeout, "rollout.generate")
+        batch = Batch.concat(parts)
+        n = len(batch) // sum(len(g) for g in self.groups)
+        order = [i for g in self.groups for i in g]  # prompt index of each part's prompt, in concatenation order
+        rows = [0] * len(batch)
+        for pos, prompt in enumerate(order):
+            for j in range(n):
+                rows[prompt * n + j] = pos * n + j
+        out = batch.select(rows)
+        out.meta["gen_seconds"] = max(p.meta["gen_seconds"] for p in parts)
+        out.meta["gen_tokens"] = out.token_count()
+        return out
+
+
+class RolloutEngines:
+    """`rollout.num_engines` vLLM engines (data parallel) behind one call: each prompt goes to one engine, prompts
+    balanced by token count, each keeps its own seed (so samples do not depend on the number of engines), results
+    come back in the prompts' order. Every engine receives every weight update."""
+
+    def __init__(self, cfg: Config, num_gpus: float, timeout: float, stage: str = "rl") -> None:
+        import ray
+
+        self.cfg, self.timeout = cfg, timeout
+        self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus).remote(cfg)
+                       for _ in range(cfg.rollout.num_engines)]
+
+    def submit(self, texts: list[str], n: int, seed: int, **kwargs) -> Pending:
+        seeds = per_item_seeds(seed, len(texts), n)
+        groups = [g for g in balance([len(t) for t in texts], len(self.actors)) if g] or [[]]
+        refs = [a.generate.remote([texts[i] for i in g], n, [seeds[i] for i in g], **kwargs)
+                for a, g in zip(self.actors, groups)]
+        return Pending(refs, groups, self.timeout)
+
+    def generate(self, texts: list[str], n: int, seed: int, **kwargs) -> Batch:
+        return self.submit(texts, n, seed, **kwargs).result()
+
+    def chat(self, conversations: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> list[str]:
+        from actors.group import get
+
+        seeds = per_item_seeds(seed, len(conversations), 1)
+        groups = [g for g in balance([len(str(c)) for c in conversations], len(self.actors)) if g]
+        refs = [a.chat.remote([conversations[i] for i in g], [seeds[i] for i in g], temperature, max_new_tokens)
+                for a, g in zip(self.actors, groups)]
+        out: list[str] = [""] * len(conversations)
+        for g, replies in zip(groups, get(refs, self.timeout, "rollout.chat")):
+            for i, r in zip(g, replies):
+                out[i] = r
+        return out

@@ -47,7 +47,9 @@ class ConstitutionConfig:
 
 @dataclass
 class RolloutConfig:
-    num_engines: int = 1
+    num_engines: int = 1  # vLLM engines (data parallel): each step's prompts are balanced across them by length
+    tensor_parallel_size: int = 1  # GPUs per engine (vLLM tensor parallelism; 1 on CPU)
+    sync_bucket_mb: int = 64  # weight sync streams the policy's weights into the engines in buckets of this size
     n_samples: int = 2  # responses per prompt; pairs for the labeler come from these
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -184,6 +186,9 @@ class TrainerConfig:
     eval_every: int = 0  # > 0: score the held-out prompts every this many steps (and before the first, after the last)
     progress: bool = True
     timeout_s: float = 600.0  # every ray.get is bounded: a hung actor fails the run instead of hanging it
+    # One step off-policy: generate step t+1's samples (with the weights of t-1) while step t trains, corrected by
+    # truncated importance sampling (rl.tis_cap). Written `async` in YAML and on the command line.
+    async_: bool = field(default=False, metadata={"key": "async"})
 
 
 @dataclass
@@ -270,14 +275,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
+def _key(f: dataclasses.Field) -> str:
+    """A field's name in YAML (a Python keyword such as `async` is spelt `async_` in the dataclass)."""
+    return f.metadata.get("key", f.name)
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {_key(f): f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if key not in hints:
-            raise ConfigError(f"unknown config key '{prefix}{key}'; allowed keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(prefix + key, value, hints[key])
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; allowed keys here: {', '.join(fields)}")
+        kwargs[fields[key]] = _coerce(prefix + key, value, hints[fields[key]])
     return cls(**kwargs)
 
 
@@ -395,8 +405,10 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"ray.{key}: must be 0 when device is 'cpu'")
 
 
-def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as YAML would spell it."""
+    return {_key(f): to_dict(v) if dataclasses.is_dataclass(v := getattr(cfg, f.name)) else v
+            for f in dataclasses.fields(cfg)}
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -59,7 +59,7 @@ def human_eval_pairs(cfg: Config) -> list[HumanPair]:
 def sample_and_label(cfg: Config, roles, loader: PromptLoader) -> dict[str, list]:
     """Two responses per prompt from the current policy, compared by the AI labeler (RL-CAI's feedback step)."""
     prompts = [p.text for p in loader.next(cfg.preference_model.label_prompts)]
-    s = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 10**6), "rollout.generate (pairs)")
+    s = roles.rollout.generate(prompts, 2, cfg.seed + 10**6)
     firsts, seconds = s.texts["response"][0::2], s.texts["response"][1::2]
     labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds), "labeler.compare (pairs)")
     return {"prompt": prompts, "first": firsts, "second": seconds, "labels": labels}
@@ -177,8 +177,7 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
 
     def chat(conversations: list[list[dict]]) -> list[str]:
         seed = cfg.seed + 1000 * next(calls)
-        ref = roles.rollout.chat.remote(conversations, seed, sc.temperature, sc.max_new_tokens)
-        return roles.get(ref, "rollout.chat (SL-CAI)")
+        return roles.rollout.chat(conversations, seed, sc.temperature, sc.max_new_tokens)
 
     t0 = time.perf_counter()
     provenance = {"model": cfg.policy.model.path, "model_path": path, "seed": cfg.seed, "rounds": sc.rounds,

@@ -19,7 +19,8 @@ from actors.labeler import LabelerWorker
 from actors.policy import PolicyWorker, reduce_stats
 from actors.preference import PreferenceModelWorker
 from actors.reference import ReferenceWorker
-from actors.rollout import RolloutWorker
+from actors.rollout import Pending, RolloutEngines
+from actors.weight_sync import WeightSync
 from rlaif.algorithms import (
     ALGORITHMS,
     batch_denominator,
@@ -63,7 +64,7 @@ class Roles:
         def group(cls, ranks: int, gpus: float, name: str) -> ActorGroup:
             return ActorGroup(cls, ranks, cfg, num_gpus=gpus, timeout=t, name=name)
 
-        self.rollout = actor(RolloutWorker, r.gpus_per_rollout)
+        self.rollout = RolloutEngines(cfg, r.gpus_per_rollout, t, stage)
         self.labeler = actor(LabelerWorker, r.gpus_per_aux) if stage != "sl-cai" else None
         self.reference = actor(ReferenceWorker, r.gpus_per_aux) if rl and needs_reference(cfg.rl) else None
         use_pm = rl and cfg.rl.use_preference_model
@@ -74,14 +75,15 @@ class Roles:
         self.critic = group(CriticWorker, cfg.critic.num_ranks, r.gpus_per_policy_rank, "critic") if needs_critic \
             else None
         # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
-        singles = [a for a in (self.rollout, self.labeler, self.reference) if a is not None]
+        singles = [a for a in (*self.rollout.actors, self.labeler, self.reference) if a is not None]
         get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler and reference actors")
+        self.sync_weights = WeightSync(cfg, self.policy, self.rollout.actors) if rl else None
 
     def get(self, refs, what: str):
         return get(refs, self.timeout, what)
 
     def shutdown(self) -> None:
-        for handle in (self.rollout, self.labeler, self.reference):
+        for handle in (*self.rollout.actors, self.labeler, self.reference):
             if handle is not None:
                 ray.kill(handle)
         for grp in (self.pm, self.policy, self.critic):
@@ -123,19 +125,21 @@ def reward(cfg: Config, roles: Roles, state: RLState, batch: Batch) -> tuple[tor
 
 def evaluate(cfg: Config, roles: Roles, state: RLState, prompts: list[str]) -> dict[str, float]:
     """The training reward on held-out prompts the optimizer never trains on, with a fixed sampling seed."""
-    batch = roles.get(roles.rollout.generate.remote(prompts, 2, cfg.seed + 4242), "rollout.generate (eval)")
+    batch = roles.rollout.generate(prompts, 2, cfg.seed + 4242)
     total, parts = reward(cfg, roles, state, batch)
     return {"eval/reward": total.mean().item(), **{f"eval/{k}": v for k, v in parts.items()},
             "eval/length": batch["response_len"].float().mean().item()}
 
 
-def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, step: int) -> tuple[dict, list[dict]]:
-    """One RL-CAI step: sample -> score -> AI-label -> experience -> ZeRO update -> weight sync into vLLM."""
+def generate(cfg: Config, roles: Roles, loader: PromptLoader, step: int) -> Pending:
+    """Start sampling the step's prompts on the vLLM engines (n per prompt, a fixed seed per step)."""
+    prompts = [p.text for p in loader.next(cfg.rl.prompts_per_step)]
+    return roles.rollout.submit(prompts, cfg.rollout.n_samples, cfg.seed + step * 7919)
+
+
+def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) -> tuple[dict, list[dict]]:
+    """One RL-CAI step on sampled responses: score -> AI-label -> experience -> ZeRO update -> weight sync."""
     rl, n, timings = cfg.rl, cfg.rollout.n_samples, {}
-    t = time.perf_counter()
-    prompts = [p.text for p in loader.next(rl.prompts_per_step)]
-    batch = roles.get(roles.rollout.generate.remote(prompts, n, cfg.seed + step * 7919), "rollout.generate")
-    timings["time/generate"] = time.perf_counter() - t
 
     # Score, label and compute log-probs (and values) concurrently: each is a different actor.
     t = time.perf_counter()
@@ -170,9 +174,7 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, ste
     timings["time/train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    weight_refs = [a.state_dict.remote() for a in roles.policy.actors]  # all ranks: ZeRO-3 gathers collectively
-    roles.get(roles.rollout.load_weights.remote(weight_refs[0], step + 1), "weight sync policy -> rollout")
-    roles.get(weight_refs, "policy.state_dict")
+    sync = roles.sync_weights(version=step + 1)  # waits for a generation still in flight (async mode)
     timings["time/weight_sync"] = time.perf_counter() - t
 
     kl_coef = state.kl.value
@@ -182,8 +184,10 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, ste
         "reward/score": raw.mean().item(), "reward/shaped": batch["scores"].mean().item(),
         **{f"reward/{k}": v for k, v in reward_parts.items()}, **exp_stats, "kl/coef": kl_coef,
         "response/length": lengths.mean().item(), "response/finished": batch["finished"].float().mean().item(),
-        **{f"policy/{k}": v for k, v in train_metrics.items()}, **critic_metrics, **timings,
+        **{f"policy/{k}": v for k, v in train_metrics.items()}, **critic_metrics, **timings, **sync,
+        "time/generate": batch.meta["gen_seconds"],
         "rollout/tokens_per_second": batch.meta["gen_tokens"] / batch.meta["gen_seconds"],
+        "rollout/staleness": float(step - batch.meta["weight_version"]),  # updates behind the policy it trains
     }
     if "tis_mean_abs_log_ratio" in train_metrics:
         metrics["logprob/vllm_vs_trainer_abs_diff"] = train_metrics["tis_mean_abs_log_ratio"]
@@ -291,9 +295,21 @@ def train(cfg: Config) -> Path:
         if every and eval_texts:
             tracker.log(evaluate(cfg, roles, state, eval_texts), step=0)
         bar = tqdm(range(cfg.trainer.steps), desc="RL", disable=not cfg.trainer.progress, dynamic_ncols=True)
+        # Synchronous: generate step t's samples, then train on them. Async (one step off-policy): step t + 1's
+        # samples are generated, with the weights of t - 1, while step t trains; the weight sync after step t waits
+        # for that generation; truncated importance sampling corrects for the one-update lag.
+        pending = generate(cfg, roles, loader, 0) if cfg.trainer.steps else None
         for step in bar:
             t = time.perf_counter()
-            metrics, rows = rl_step(cfg, roles, loader, state, step)
+            samples = pending.result()
+            gen_wait = time.perf_counter() - t
+            last = step + 1 == cfg.trainer.steps
+            if cfg.trainer.async_ and not last:
+                pending = generate(cfg, roles, loader, step + 1)
+            metrics, rows = rl_step(cfg, roles, state, step, samples)
+            if not cfg.trainer.async_ and not last:
+                pending = generate(cfg, roles, loader, step + 1)
+            metrics["time/generate_wait"] = gen_wait
             metrics["time/step"] = time.perf_counter() - t
             tracker.log(metrics, step=step + 1)
             tracker.log_table("samples", rows, step=step + 1)

@@ -12,6 +12,7 @@ from actors.group import ActorGroup, get
 from actors.policy import PolicyWorker
 from actors.reference import ReferenceWorker
 from actors.rollout import RolloutWorker
+from actors.weight_sync import WeightSync
 from rlaif.config import load_config
 from rlaif.logprobs import batch_logprobs
 from rlaif.models import load_causal_lm
@@ -27,7 +28,7 @@ def roles(tmp_path_factory):
     cfg = load_config(REPO / "configs/debug.yaml", [
         f"output_dir={tmp_path_factory.mktemp('sync')}", "policy.zero_stage=3", "policy.num_ranks=2",
         "policy.lr=0.05", "rl.prompts_per_step=4", "rollout.n_samples=2", "policy.micro_batch_size=2",
-        "rollout.max_new_tokens=24",
+        "rollout.max_new_tokens=24", "rollout.sync_bucket_mb=1",  # several buckets for a 2.2 MB model
     ])
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     policy = ActorGroup(PolicyWorker, 2, cfg, timeout=300, name="policy")
@@ -62,6 +63,10 @@ def test_trainer_and_reference_logprobs_describe_what_vllm_sampled(roles):
     assert masked_max_diff(ref, batch["sampler_logprobs"], batch) < 1e-4
 
 
+def rollout_path(rollout) -> str:
+    return get(rollout.__ray_call__.remote(lambda self: self.path), 60, "path")
+
+
 def greedy(rollout, seed=0):
     return get(rollout.generate.remote(PROMPTS, 1, seed, temperature=0.0, max_new_tokens=16), 300, "greedy")
 
@@ -75,8 +80,10 @@ def test_vllm_matches_transformers_after_a_zero3_update(roles, tmp_path):
     metrics = policy.call_sharded("train", batch.split(2), 0.0)
     assert all(abs(m["approx_kl_old"]) < 1e-6 for m in metrics)  # first step: ratio 1 (one optimizer step)
 
-    refs = [a.state_dict.remote() for a in policy.actors]
-    get(rollout.load_weights.remote(refs[0], 1), 300, "load_weights")
+    sync = WeightSync(cfg, policy, [rollout])  # gloo broadcast, bucketed, from both ZeRO-3 ranks' shards
+    metrics = sync(version=1)
+    params = load_causal_lm(rollout_path(rollout)).parameters()
+    assert metrics["weight_sync/bytes"] == sum(p.numel() * 4 for p in params)  # every parameter, once
     after = greedy(rollout)
     checkpoint = policy.call("save", str(tmp_path / "ckpt"))[0]
     assert checkpoint is not None
