@@ -26,7 +26,7 @@ class CriticWorker:
         torch.manual_seed(self.cfg.seed + 17)
         model = load_scalar_model(self.path, cc.model.dtype, cc.model.trust_remote_code)
         disable_dropout(model)
-        self.world_size = world_size
+        self.world_size, self.rank = world_size, rank
         per_rank = self.cfg.rl.prompts_per_step * self.cfg.rollout.n_samples // world_size
         self.engine = zero_engine(model, cc.lr, cc.zero_stage, mb, per_rank // mb, self.cfg.policy.grad_clip,
                                   cc.model.dtype)
@@ -58,3 +58,11 @@ class CriticWorker:
         return {"critic/value_loss": sum(losses) / len(losses), "critic/clip_frac": sum(clips) / len(clips),
                 "critic/seconds": time.perf_counter() - t0}
 
+
+    def save_checkpoint(self, folder: str) -> None:
+        self.engine.save_checkpoint(folder, tag="critic", save_latest=False)
+
+    def load_checkpoint(self, folder: str) -> None:
+        path, _ = self.engine.load_checkpoint(folder, tag="critic", load_optimizer_states=True)
+        if path is None:
+            raise FileNotFoundError(f"critic rank {self.rank}: no DeepSpeed checkpoint in {folder}")

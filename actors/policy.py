@@ -109,6 +109,16 @@ class PolicyWorker:
                             self.engine.device)
         return {"bytes": float(sent), "seconds": time.perf_counter() - t0}
 
+    def save_checkpoint(self, folder: str) -> None:
+        """Every rank writes its own ZeRO shards: weights and optimizer states."""
+        self.engine.save_checkpoint(folder, tag="policy", save_latest=False)
+
+    def load_checkpoint(self, folder: str) -> None:
+        path, _ = self.engine.load_checkpoint(folder, tag="policy", load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"policy rank {self.rank}: no DeepSpeed checkpoint in {folder}")
+
     def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Every rank must call this (ZeRO-3 gathers collectively); rank 0 returns full CPU tensors."""
         import deepspeed

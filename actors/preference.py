@@ -30,6 +30,7 @@ class PreferenceModelWorker:
         self.tokenizer = load_tokenizer(self.path, pc.model.trust_remote_code)
         self.engine = zero_engine(model, pc.lr, pc.zero_stage, pc.batch_size, 1, 1.0, pc.model.dtype)
         self.engine.eval()
+        self.scoring_model = self.engine.module
 
     def encode(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
         """(prompt ids, response ids) in the PM's own chat template; the response ends with the end-of-turn token."""
@@ -43,7 +44,9 @@ class PreferenceModelWorker:
     def _scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         enc = [self.encode(p, r) for p, r in zip(prompts, responses)]
         ids, attn, _ = pad_sequences([e[0] for e in enc], [e[1] for e in enc], self.tokenizer.pad_token_id)
-        return last_token_scores(self.engine.module, ids.to(self.engine.device), attn.to(self.engine.device))
+        model = self.scoring_model
+        device = next(model.parameters()).device
+        return last_token_scores(model, ids.to(device), attn.to(device))
 
     def train(self, pairs: dict[str, list]) -> dict[str, float]:
         """pairs: prompt, first, second (texts), p_first. Soft-target Bradley-Terry. Every rank gets the same
@@ -76,6 +79,9 @@ class PreferenceModelWorker:
     def set_normalization(self, mean: float, std: float) -> None:
         self.mean, self.std = mean, max(std, 1e-6)
 
+    def normalization(self) -> tuple[float, float]:
+        return self.mean, self.std
+
     def save(self, out_dir: str) -> str | None:
         import deepspeed
 
@@ -88,3 +94,16 @@ class PreferenceModelWorker:
                 return None
             state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         return str(save_pretrained_atomic(module, self.tokenizer, out_dir, state_dict=state))
+
+
+class PreferenceScorer(PreferenceModelWorker):
+    """The trained preference model scoring responses during RL: plain torch, no DeepSpeed group, everything set up
+    in the constructor, so Ray can restart it after a crash (it reloads the saved model) and a resumed run starts
+    it from the checkpoint's copy."""
+
+    def __init__(self, cfg: Config, path: str, mean: float, std: float) -> None:
+        self.cfg, self.path = cfg, path
+        mc = cfg.preference_model.model
+        self.scoring_model = load_scalar_model(path, mc.dtype, mc.trust_remote_code).to(cfg.device).eval()
+        self.tokenizer = load_tokenizer(path, mc.trust_remote_code)
+        self.set_normalization(mean, std)
