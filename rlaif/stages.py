@@ -181,7 +181,7 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     the model's own answers to helpfulness prompts. Returns the SFT checkpoint that RL starts from.
 
     Only the train side of rlaif.splits' plan is used (held-out prompts never reach SFT); sl_cai/sft_examples.jsonl
-    records every example the optimizer trains on."""
+    records every example SFT draws from (an epoch skips the remainder that does not fill a step)."""
     from rlaif.constitution import load_constitution
     from rlaif.models import load_tokenizer, resolve_model_path
     from rlaif.slcai import revise, revision_stats, sft_examples, sft_token_ids
