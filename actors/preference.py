@@ -11,7 +11,7 @@ import torch
 
 from actors.group import join_group, zero_engine
 from rlaif.config import Config
-from rlaif.data import pad_sequences
+from rlaif.data import fit_chat, pad_sequences
 from rlaif.losses import preference_loss
 from rlaif.models import last_token_scores, load_scalar_model, load_tokenizer, resolve_model_path
 
@@ -33,13 +33,14 @@ class PreferenceModelWorker:
         self.scoring_model = self.engine.module
 
     def encode(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
-        """(prompt ids, response ids) in the PM's own chat template; the response ends with the end-of-turn token."""
-        prompt_ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
-                                                        add_generation_prompt=True)
-        prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
+        """(prompt ids, response ids) in the PM's own chat template, preference_model.max_tokens in all: the prompt
+        takes at most half (cut inside its text, the template kept), the response the rest; the response ends with
+        the end-of-turn token unless it is cut."""
         max_len = self.cfg.preference_model.max_tokens
+        prompt_ids, _ = fit_chat(self.tokenizer, [{"role": "user", "content": prompt}], max_len // 2,
+                                 "preference_model.max_tokens / 2")
         response_ids = self.tokenizer.encode(response, add_special_tokens=False) + [self.tokenizer.eos_token_id]
-        return prompt_ids[-max_len // 2 :], response_ids[: max_len - min(len(prompt_ids), max_len // 2)]
+        return prompt_ids, response_ids[: max_len - len(prompt_ids)]
 
     def _scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         enc = [self.encode(p, r) for p, r in zip(prompts, responses)]

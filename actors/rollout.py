@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -9,18 +10,21 @@ import torch
 
 from rlaif.batch import Batch, pad_rows
 from rlaif.config import Config
+from rlaif.data import fit_chat
 from rlaif.models import load_tokenizer, resolve_model_path
+
+log = logging.getLogger("rlaif")
 
 
 class RolloutWorker:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, stage: str = "rl") -> None:
         # In-process engine: weights can be swapped by collective_rpc in this same process, and it starts in
         # seconds. Without a KV-cache size vLLM-CPU would reserve ~9 GiB.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.rollout.kv_cache_gib)
         from vllm import LLM
 
-        self.cfg = cfg
+        self.cfg, self.warned_truncation = cfg, False
         mc = cfg.policy.model
         self.path = resolve_model_path(mc.path, cfg.cache_dir)
         self.tokenizer = load_tokenizer(self.path, mc.trust_remote_code)
@@ -32,24 +36,32 @@ class RolloutWorker:
             kwargs = {"enable_chunked_prefill": False}
         self.llm = LLM(
             model=self.path, dtype=mc.dtype, seed=cfg.seed, enforce_eager=cfg.rollout.enforce_eager,
-            max_model_len=max(cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-                              cfg.sl_cai.max_context_tokens if cfg.sl_cai.enabled else 0),
+            # Sized for the stage that runs: SL-CAI's few-shot critique/revision conversations, or RL's prompts.
+            max_model_len=cfg.sl_cai.max_context_tokens if stage == "sl-cai"
+            else cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
             trust_remote_code=mc.trust_remote_code, logprobs_mode="processed_logprobs",
             tensor_parallel_size=cfg.rollout.tensor_parallel_size,
             worker_extension_cls="actors.weight_sync.WeightReceiver", **kwargs,
         )
         self.weight_version = 0
 
-    def encode_prompts(self, texts: list[str]) -> list[list[int]]:
-        """Chat-template the user turn and truncate from the left to data.max_prompt_tokens."""
-        out = []
+    def encode_prompts(self, texts: list[str]) -> tuple[list[list[int]], int]:
+        """Each text as a user turn in the chat template, within data.max_prompt_tokens; and how many were cut.
+
+        An over-long prompt keeps the template and the end of its text (rlaif.data.fit_chat); the first cut warns.
+        """
+        out, cut = [], 0
         for text in texts:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-            )
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-            out.append(list(ids)[-self.cfg.data.max_prompt_tokens :])
-        return out
+            ids, was_cut = fit_chat(self.tokenizer, [{"role": "user", "content": text}],
+                                    self.cfg.data.max_prompt_tokens, "data.max_prompt_tokens")
+            out.append(ids)
+            cut += was_cut
+        if cut and not self.warned_truncation:
+            self.warned_truncation = True
+            log.warning("%d of %d prompts are longer than data.max_prompt_tokens = %d: the start of their text is cut "
+                        "(the chat template is kept); counted in data/prompts_truncated, this warning shown once",
+                        cut, len(texts), self.cfg.data.max_prompt_tokens)
+        return out, cut
 
     def generate(self, texts: list[str], n: int, seed: int | list[int], temperature: float | None = None,
                  max_new_tokens: int | None = None, top_p: float | None = None) -> Batch:
@@ -64,7 +76,7 @@ class RolloutWorker:
         temperature = rc.temperature if temperature is None else temperature
         greedy = temperature == 0  # vLLM's greedy log-probs are the raw (T = 1, no top-p) ones
         top_p = 1.0 if greedy else rc.top_p if top_p is None else top_p
-        prompt_ids = self.encode_prompts(texts)
+        prompt_ids, truncated = self.encode_prompts(texts)
         params = [
             SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens or rc.max_new_tokens,
                            logprobs=0, seed=s)
@@ -88,26 +100,34 @@ class RolloutWorker:
         batch["sampler_logprobs"] = pad_rows(logprobs, torch.float32)
         batch["finished"] = torch.tensor(finished, dtype=torch.bool)
         batch.meta.update(temperature=1.0 if greedy else temperature, top_p=top_p, gen_seconds=seconds,
-                          gen_tokens=batch.token_count(), weight_version=self.weight_version)
+                          gen_tokens=batch.token_count(), weight_version=self.weight_version,
+                          prompts_truncated=truncated)
         return batch
 
     def chat(self, conversations: list[list[dict]], seed: int | list[int], temperature: float,
-             max_new_tokens: int) -> list[str]:
+             max_new_tokens: int) -> dict:
         """One assistant reply per conversation (SL-CAI's answers, critiques and revisions), batched.
 
-        A conversation too long for the engine keeps its end: the latest turns matter most.
+        Returns {"replies", "truncated": conversations cut to fit, "max_tokens": the longest conversation sent}. A
+        conversation too long for the engine loses its oldest turns first (rlaif.data.fit_chat), never silently.
         """
         from vllm import SamplingParams
 
         limit = self.llm.llm_engine.model_config.max_model_len - max_new_tokens
-        prompts = []
+        prompts, cut, longest = [], 0, 0
         for conv in conversations:
-            ids = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-            prompts.append({"prompt_token_ids": ids[-limit:]})
+            ids, was_cut = fit_chat(self.tokenizer, conv, limit, "sl_cai.max_context_tokens")
+            longest = max(longest, len(ids))
+            cut += was_cut
+            prompts.append({"prompt_token_ids": ids})
+        if cut:
+            log.warning("%d of %d conversations are longer than the engine's context less the reply (%d tokens): "
+                        "their oldest turns were dropped; raise sl_cai.max_context_tokens", cut, len(conversations),
+                        limit)
         params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=s)
                   for s in per_item_seeds(seed, len(prompts), 1)]
-        return [o.outputs[0].text.strip() for o in self.llm.generate(prompts, params, use_tqdm=False)]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return {"replies": [o.outputs[0].text.strip() for o in outs], "truncated": cut, "max_tokens": longest}
 
     def init_weight_sync(self, backend: str, host: str, port: int, first_rank: int, world_size: int,
                          timeout_s: float) -> None:
@@ -165,6 +185,7 @@ class Pending:
                 rows[prompt * n + j] = pos * n + j
         out = batch.select(rows)
         out.meta["gen_seconds"] = max(p.meta["gen_seconds"] for p in parts)
+        out.meta["prompts_truncated"] = sum(p.meta["prompts_truncated"] for p in parts)
         out.meta["gen_tokens"] = out.token_count()
         return out
 
@@ -178,7 +199,7 @@ class RolloutEngines:
         import ray
 
         self.cfg, self.timeout = cfg, timeout
-        self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus).remote(cfg)
+        self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus).remote(cfg, stage)
                        for _ in range(cfg.rollout.num_engines)]
 
     def submit(self, texts: list[str], n: int, seed: int, **kwargs) -> Pending:
@@ -191,15 +212,18 @@ class RolloutEngines:
     def generate(self, texts: list[str], n: int, seed: int, **kwargs) -> Batch:
         return self.submit(texts, n, seed, **kwargs).result()
 
-    def chat(self, conversations: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> list[str]:
+    def chat(self, conversations: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> dict:
+        """RolloutWorker.chat over the engines: replies in the conversations' order, truncations summed."""
         from actors.group import get
 
         seeds = per_item_seeds(seed, len(conversations), 1)
         groups = [g for g in balance([len(str(c)) for c in conversations], len(self.actors)) if g]
         refs = [a.chat.remote([conversations[i] for i in g], [seeds[i] for i in g], temperature, max_new_tokens)
                 for a, g in zip(self.actors, groups)]
-        out: list[str] = [""] * len(conversations)
-        for g, replies in zip(groups, get(refs, self.timeout, "rollout.chat")):
-            for i, r in zip(g, replies):
-                out[i] = r
-        return out
+        replies: list[str] = [""] * len(conversations)
+        parts = get(refs, self.timeout, "rollout.chat")
+        for g, part in zip(groups, parts):
+            for i, r in zip(g, part["replies"]):
+                replies[i] = r
+        return {"replies": replies, "truncated": sum(p["truncated"] for p in parts),
+                "max_tokens": max((p["max_tokens"] for p in parts), default=0)}

@@ -49,13 +49,13 @@ def rollout_overhead(rounds: int, overrides: list[str]) -> tuple[float, float, f
 
     from actors.rollout import RolloutWorker
     from rlaif.config import load_config
-    from rlaif.data import load_prompts
+    from rlaif.sources import load_prompt_mix
 
     cfg = load_config(REPO / "configs/debug.yaml", overrides)
-    texts = [p.text for p in load_prompts(cfg.data.prompts)[:32]]
+    texts = [p.text for p in load_prompt_mix(cfg.data.prompts).prompts[:32]]
     n, max_new = cfg.rollout.n_samples, cfg.rollout.max_new_tokens
     direct = RolloutWorker(cfg)  # the same engine class, called in this process without Ray
-    prompt_ids = direct.encode_prompts(texts)
+    prompt_ids, _ = direct.encode_prompts(texts)
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     actor = ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg)
     ray.get(actor.__ray_ready__.remote(), timeout=300)

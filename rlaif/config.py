@@ -31,11 +31,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # JSONL ({"prompt": ...} per line) or plain text (one prompt per line); "builtin:debug" is the project's own set.
+    # RL prompts: a .jsonl/.csv/.parquet/.txt file or a builtin ("builtin:debug", "builtin:benign", ...); the record
+    # format is in rlaif/sources.py.
     prompts: str = "builtin:debug"
-    max_prompt_tokens: int = 128
-    seed: int = 0
-    # Held-out prompts the optimizer never sees, for eval/*: a file, or a fraction split off `prompts`.
+    max_prompt_tokens: int = 128  # longer prompts lose the start of their text (counted in data/prompts_truncated)
+    seed: int = 0  # of the held-out split
+    # Held-out prompts, which no optimizer sees (rlaif/splits.py): the prompts whose content hash falls below
+    # eval_fraction, in every source (data.prompts, sl_cai.red_team, sl_cai.helpful) alike, plus every prompt in
+    # eval_prompts (a file or builtin), wherever it appears. eval/* scores data.prompts' share and eval_prompts.
     eval_prompts: str = ""
     eval_fraction: float = 0.2
 
@@ -165,13 +168,14 @@ class SLCAIConfig:
     enabled: bool = False  # `rlaif train` runs this first and starts RL from its checkpoint
     red_team: list[str] = field(default_factory=lambda: ["builtin:harmbench", "builtin:advbench"])
     helpful: list[str] = field(default_factory=lambda: ["builtin:benign"])
-    num_prompts: int = 64  # red-team prompts critiqued and revised
-    heldout_fraction: float = 0.1  # red-team prompts kept out of SL-CAI for evaluation (split by content hash)
+    num_prompts: int = 64  # red-team prompts critiqued and revised (held-out ones never: see data.eval_fraction)
     rounds: int = 4  # critique -> revision rounds, a freshly sampled principle each (CAI used 4)
     few_shot: int = 2  # worked examples from the constitution prepended to every conversation
     max_new_tokens: int = 64
     temperature: float = 1.0
-    max_context_tokens: int = 1536  # the rollout engine's context while revising
+    # The rollout engine's context in the SL-CAI stage; a longer conversation loses its oldest turns first (counted
+    # in sl_cai/truncated_conversations).
+    max_context_tokens: int = 1536
     targets: Literal["all", "last"] = "all"  # SFT on the revisions of every round, or only the last
     helpful_ratio: float = 0.25  # share of SFT examples that are the model's own answers to helpfulness prompts
     epochs: int = 2
@@ -380,6 +384,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sl_cai.helpful_ratio: must be in [0, 1), got {cfg.sl_cai.helpful_ratio}")
     if cfg.sl_cai.rounds < 1 or cfg.sl_cai.num_prompts < 1:
         raise ConfigError("sl_cai.rounds and sl_cai.num_prompts: must be >= 1")
+    if cfg.sl_cai.max_context_tokens <= cfg.sl_cai.max_new_tokens:
+        raise ConfigError(f"sl_cai.max_context_tokens: must exceed sl_cai.max_new_tokens = {cfg.sl_cai.max_new_tokens} "
+                          f"(the conversation and the reply share it), got {cfg.sl_cai.max_context_tokens}")
     if not 0.0 <= cfg.data.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {cfg.data.eval_fraction}")
     if cfg.rl.algorithm == "online-dpo" and (cfg.policy.micro_batch_size % 2 or per_rank % 2):

@@ -1,13 +1,10 @@
-"""Prompt sources and the padding that turns (prompt, response) token lists into training tensors."""
+"""Prompts in memory, the resumable loader, chat-template encoding within a token budget, and the padding that turns
+(prompt, response) token lists into training tensors. Prompt files are read by rlaif.sources."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import torch
 
@@ -22,47 +19,42 @@ class Prompt:
     text: str
 
 
-def load_prompts(source: str) -> list[Prompt]:
-    """JSONL (one {"prompt": str, "id"?: str} per line) or .txt (one prompt per line); blank lines skipped."""
-    if source == "builtin:debug":
-        path = "builtin:debug"
-        lines = resources.files("rlaif").joinpath("assets/debug_prompts.jsonl").read_text().splitlines()
-        jsonl = True
-    else:
-        p = Path(source)
-        if not p.is_file():
-            raise DataError(f"prompt file not found: {source}")
-        path, lines, jsonl = str(p), p.read_text(encoding="utf-8").splitlines(), p.suffix == ".jsonl"
-    prompts = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if jsonl:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise DataError(f'{path}:{lineno}: expected an object with a string "prompt" field')
-            text, pid = record["prompt"], str(record.get("id", f"{path}:{lineno}"))
-        else:
-            text, pid = line, f"{path}:{lineno}"
-        if not text.strip():
-            raise DataError(f"{path}:{lineno}: empty prompt")
-        prompts.append(Prompt(pid, text.strip()))
-    if not prompts:
-        raise DataError(f"{path}: no prompts found (the file is empty)")
-    return prompts
+def chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` in the tokenizer's chat template, opening the assistant's turn."""
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def split_prompts(prompts: list[Prompt], fraction: float, seed: int) -> tuple[list[Prompt], list[Prompt]]:
-    """(train, held-out): a seeded split by prompt id, so the same id always lands on the same side."""
-    if fraction <= 0:
-        return prompts, []
-    order = sorted(prompts, key=lambda p: hashlib.sha256(f"{seed}:{p.id}".encode()).hexdigest())
-    k = max(1, round(len(prompts) * fraction))
-    held = {p.id for p in order[:k]}
-    return [p for p in prompts if p.id not in held], [p for p in prompts if p.id in held]
+def fit_chat(tokenizer, messages: list[dict[str, str]], max_tokens: int, key: str) -> tuple[list[int], bool]:
+    """`chat_ids` within `max_tokens`, and whether anything was cut.
+
+    The template's own tokens (the turn headers, BOS) are never cut: a prompt cut from the left of its token ids
+    would lose its chat header. What goes, in order: the oldest (user, assistant) exchanges after any system
+    message, then the start of the last user turn's text (its end, the request itself, is kept). `key` names the
+    budget in the error raised when even the template leaves no room for text.
+    """
+    ids = chat_ids(tokenizer, messages)
+    if len(ids) <= max_tokens:
+        return ids, False
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    msgs = list(messages)
+    while len(msgs) - head > 1:  # user, assistant, ..., user: dropping a pair keeps the turns alternating
+        msgs = msgs[:head] + msgs[head + 2 :]
+        ids = chat_ids(tokenizer, msgs)
+        if len(ids) <= max_tokens:
+            return ids, True
+    last = msgs[-1]
+    overhead = len(chat_ids(tokenizer, msgs[:-1] + [{**last, "content": ""}]))
+    text_ids = tokenizer.encode(last["content"], add_special_tokens=False)
+    keep = max_tokens - overhead
+    while keep > 0:
+        text = tokenizer.decode(text_ids[-keep:]).lstrip("\ufffd")  # a cut through a UTF-8 character
+        ids = chat_ids(tokenizer, msgs[:-1] + [{**last, "content": text}])
+        if len(ids) <= max_tokens:
+            return ids, True
+        keep -= len(ids) - max_tokens  # re-tokenising the cut text can merge or split a token at the seam
+    raise ValueError(f"{key} = {max_tokens} leaves no room for the prompt: the chat template alone takes "
+                     f"{overhead} tokens")
 
 
 class PromptLoader:

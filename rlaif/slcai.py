@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from rlaif.constitution import Constitution
+from rlaif.data import fit_chat
 
 Chat = Callable[[list[list[dict[str, str]]]], list[str]]
 
@@ -106,21 +107,38 @@ def revise(
     return records
 
 
-def sft_examples(records: list[Revision], targets: str) -> list[tuple[str, str]]:
-    """(prompt, target) pairs: the revision of every round ("all") or only the last; never the critique, nor a
-    revision that merely repeats it (small models do: it would teach the policy to answer with critiques)."""
+def sft_examples(records: list[Revision], targets: str) -> list[tuple[str, str, str]]:
+    """(prompt id, prompt, target) triples: the revision of every round ("all") or only the last; never the
+    critique, nor a revision that merely repeats it (small models do: it would teach the policy to answer with
+    critiques)."""
     out = []
     for r in records:
         chosen = r.rounds if targets == "all" else r.rounds[-1:]
-        out += [(r.prompt, rd.revision) for rd in chosen if rd.revision.strip() and not rd.copies_critique]
+        out += [(r.id, r.prompt, rd.revision) for rd in chosen if rd.revision.strip() and not rd.copies_critique]
     return out
 
 
-def sft_token_ids(tokenizer, prompt: str, target: str, max_tokens: int) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids) in the chat template; the target ends with the end-of-turn token and is the only
-    part the SFT loss sees."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
-                                        add_generation_prompt=True)
-    prompt_ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+def revision_stats(records: list[Revision], targets: str) -> dict[str, float]:
+    """What the critique -> revision loop produced. Rates are over every round's critique and revision (the loop
+    runs them all whatever `targets` says); `revisions` counts the SFT candidates that `targets` selects."""
+    rounds = [rd for r in records for rd in r.rounds]
+    n = max(len(rounds), 1)
+    return {
+        "sl_cai/prompts": float(len(records)),
+        "sl_cai/critiques": float(len(rounds)),
+        "sl_cai/revisions": float(len(rounds) if targets == "all" else sum(1 for r in records if r.rounds)),
+        "sl_cai/no_change_rate": sum(rd.no_change for rd in rounds) / n,
+        "sl_cai/revision_copies_critique_rate": sum(rd.copies_critique for rd in rounds) / n,
+        "sl_cai/revision_changed_rate": sum(r.final != r.original for r in records) / max(len(records), 1),
+    }
+
+
+def sft_token_ids(tokenizer, prompt: str, target: str, max_tokens: int) -> tuple[list[int], list[int], bool]:
+    """(prompt ids, target ids, whether either was cut) in the chat template, max_tokens in all; the target ends
+    with the end-of-turn token and is the only part the SFT loss sees. The prompt takes at most half, cut inside its
+    text (the template kept); the target the rest."""
+    prompt_ids, cut = fit_chat(tokenizer, [{"role": "user", "content": prompt}], max_tokens // 2,
+                               "sl_cai.max_tokens / 2")
     target_ids = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id]
-    return prompt_ids[-(max_tokens // 2) :], target_ids[: max_tokens - min(len(prompt_ids), max_tokens // 2)]
+    room = max_tokens - len(prompt_ids)
+    return prompt_ids, target_ids[:room], cut or len(target_ids) > room

@@ -169,10 +169,15 @@ def dedupe(records: Iterable[PromptRecord]) -> DedupResult:
     return DedupResult(kept, dropped)
 
 
-def heldout_score(prompt: Prompt, seed: int = 0) -> float:
-    """A uniform number in [0, 1) fixed by the prompt's key and the seed."""
-    digest = hashlib.sha256(f"rlaif-split:{seed}\0{prompt_key(prompt)}".encode()).digest()
+def key_score(key: str, seed: int = 0) -> float:
+    """A uniform number in [0, 1) fixed by a content key and the seed: below the held-out fraction is held out."""
+    digest = hashlib.sha256(f"rlaif-split:{seed}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def heldout_score(prompt: Prompt, seed: int = 0) -> float:
+    """`key_score` of the prompt's key."""
+    return key_score(prompt_key(prompt), seed)
 
 
 def split_heldout(prompts: Sequence[Prompt], fraction: float, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
@@ -390,6 +395,8 @@ def load_csv(path: str | Path, source: str | None = None) -> list[PromptRecord]:
     lines: list[int] = []  # the line each data row starts on
     try:
         raw_header = next(reader)
+        header = [h.strip() for h in raw_header]
+        _check_columns(p, header)  # before the rows: a file without a prompt column fails on that, first
         end = reader.line_num
         for row in reader:
             start, end = end + 1, reader.line_num
@@ -402,8 +409,6 @@ def load_csv(path: str | Path, source: str | None = None) -> list[PromptRecord]:
             lines.append(start)
     except csv.Error as exc:
         raise DataError(f"{p}: line {reader.line_num}: malformed CSV: {exc}") from exc
-    header = [h.strip() for h in raw_header]
-    _check_columns(p, header)
     if not lines:
         raise _no_records(p)
     # Every cell as a string: ids like "007" stay intact and "NA" stays text.

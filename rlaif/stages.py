@@ -30,6 +30,7 @@ from rlaif.integrity import (
     write_html_report,
     write_report_json,
 )
+from rlaif.splits import PMPair, plan_pairs, plan_prompts
 from rlaif.tracking import Tracker
 
 log = logging.getLogger("rlaif")
@@ -95,17 +96,30 @@ def feedback_integrity(cfg: Config, roles, pairs: dict[str, list], tracker: Trac
 
 
 def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: Tracker) -> dict[str, float]:
-    """Fit the PM on AI-labelled pairs (plus human pairs, if given); report held-out accuracy and calibration."""
+    """Fit the PM on AI-labelled pairs (plus human pairs, if given); report held-out accuracy and calibration.
+
+    The pairs are planned by rlaif.splits.plan_pairs: labeler.human_eval's pairs never train the PM, a duplicate is
+    kept once, and each pair sits on one side of the held-out split. feedback/pm_pairs.jsonl records every pair with
+    its side ("train", "heldout", "unused": left over by equal shards, "human_eval": removed, "duplicate").
+    """
     pc, ranks = cfg.preference_model, len(roles.pm.actors)
-    rows = [(p, a, b, lab["p_first"]) for p, a, b, lab in zip(pairs["prompt"], pairs["first"], pairs["second"],
-                                                               pairs["labels"])]
-    if pc.human_pairs:
-        rows += [(h.prompt, h.response_a, h.response_b, h.p_a) for h in load_human_labels(pc.human_pairs)]
-    random.Random(cfg.seed).shuffle(rows)
-    n_eval = round(len(rows) * pc.eval_fraction)
-    held, train = rows[:n_eval], rows[n_eval:]
-    train = train[: len(train) - len(train) % ranks]  # equal shards: every rank takes the same collective steps
-    batch = {k: [r[i] for r in train] for i, k in enumerate(("prompt", "first", "second", "p_first"))}
+    ai = [PMPair(p, a, b, lab["p_first"], "ai", f"ai:{i:05d}")
+          for i, (p, a, b, lab) in enumerate(zip(pairs["prompt"], pairs["first"], pairs["second"], pairs["labels"]))]
+    human = [PMPair.from_human(h) for h in load_human_labels(pc.human_pairs)] if pc.human_pairs else []
+    human_eval = human_eval_pairs(cfg)
+    plan = plan_pairs(ai, human, human_eval, pc.eval_fraction, cfg.data.seed)
+    if plan.excluded:
+        log.warning("preference model: %d pair(s) of preference_model.human_pairs are held out by labeler.human_eval "
+                    "and were removed from its data", len(plan.excluded))
+    if plan.duplicates:
+        log.info("preference model: %d duplicate pair(s) dropped (a human label wins over the AI's)",
+                 len(plan.duplicates))
+    train = list(plan.train)
+    random.Random(cfg.seed).shuffle(train)
+    unused = train[len(train) - len(train) % ranks :] if len(train) % ranks else []
+    train = train[: len(train) - len(unused)]  # equal shards: every rank takes the same collective steps
+    batch = {"prompt": [r.prompt for r in train], "first": [r.first for r in train],
+             "second": [r.second for r in train], "p_first": [r.p_first for r in train]}
     metrics = roles.pm.call_sharded("train", split_batch(batch, ranks))[0]
     raw = score_pm(roles, batch["prompt"] * 2, batch["first"] + batch["second"], normalize=False)
     mean = sum(raw) / len(raw)
@@ -113,24 +127,31 @@ def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: 
     if pc.normalize_rewards:
         roles.pm.call("set_normalization", mean, std)
     plots = []
-    if held:
-        m, bins = _pm_eval(roles, held, "pm/heldout_")
+    for origin, prefix, title in (("ai", "pm/heldout_", "PM on held-out AI-labelled pairs"),
+                                  ("human", "pm/heldout_human_pairs_", "PM on held-out preference_model.human_pairs")):
+        held = [(r.prompt, r.first, r.second, r.p_first) for r in plan.heldout if r.origin == origin]
+        if held:
+            m, bins = _pm_eval(roles, held, prefix)
+            metrics |= m
+            plots.append(svg_reliability(bins, title=title))
+    if human_eval:
+        m, bins = _pm_eval(roles, [(h.prompt, h.response_a, h.response_b, h.p_a) for h in human_eval], "pm/human_")
         metrics |= m
-        plots.append(svg_reliability(bins, title="PM on held-out AI-labelled pairs"))
-    human = human_eval_pairs(cfg)
-    if human:
-        m, bins = _pm_eval(roles, [(h.prompt, h.response_a, h.response_b, h.p_a) for h in human], "pm/human_")
-        metrics |= m
-        plots.append(svg_reliability(bins, title="PM on held-out human-labelled pairs"))
+        plots.append(svg_reliability(bins, title="PM on held-out human-labelled pairs (labeler.human_eval)"))
     figures = "".join(f"<li>{html.escape(k)}: {v:.4g}</li>" for k, v in sorted(metrics.items()))
     atomic_write_text(Path(cfg.output_dir) / "feedback" / "pm_calibration.html",
                       f"<!doctype html><html><head><meta charset='utf-8'><title>Preference model calibration</title>"
                       f"</head><body><h1>Preference model calibration</h1><ul>{figures}</ul>{''.join(plots)}"
                       f"</body></html>")
-    metrics |= {"pm/train_pairs": float(len(train)), "pm/heldout_pairs": float(len(held))}
+    metrics |= {"pm/train_pairs": float(len(train)), "pm/heldout_pairs": float(len(plan.heldout)),
+                "pm/removed_human_eval_pairs": float(len(plan.excluded)),
+                "pm/duplicate_pairs": float(len(plan.duplicates))}
     tracker.log(metrics, step=0)
+    sides = [(train, "train"), (plan.heldout, "heldout"), (unused, "unused"), (plan.excluded, "human_eval"),
+             (plan.duplicates, "duplicate")]
     write_jsonl(Path(cfg.output_dir) / "feedback" / "pm_pairs.jsonl",
-                [{"prompt": p, "first": a, "second": b, "p_first": y} for p, a, b, y in rows])
+                [{"id": r.id, "origin": r.origin, "split": side, "prompt": r.prompt, "first": r.first,
+                  "second": r.second, "p_first": r.p_first} for rows, side in sides for r in rows])
     return metrics
 
 
@@ -158,26 +179,31 @@ def _pm_eval(roles, rows: list[tuple], prefix: str) -> tuple[dict[str, float], l
 
 def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     """Constitutional AI phase 1: critique -> revision on red-team prompts, then SFT on the revisions mixed with
-    the model's own answers to helpfulness prompts. Returns the SFT checkpoint that RL starts from."""
+    the model's own answers to helpfulness prompts. Returns the SFT checkpoint that RL starts from.
+
+    Only the train side of rlaif.splits' plan is used (held-out prompts never reach SFT); sl_cai/sft_examples.jsonl
+    records every example SFT draws from (an epoch skips the remainder that does not fill a step)."""
     from rlaif.constitution import load_constitution
     from rlaif.models import load_tokenizer, resolve_model_path
-    from rlaif.slcai import revise, sft_examples, sft_token_ids
-    from rlaif.sources import load_prompt_mix, split_heldout
+    from rlaif.slcai import revise, revision_stats, sft_examples, sft_token_ids
 
     sc, out = cfg.sl_cai, Path(cfg.output_dir) / "sl_cai"
     rng = random.Random(cfg.seed)
-    red, _ = split_heldout(load_prompt_mix(sc.red_team).prompts, sc.heldout_fraction, cfg.seed)
-    red = rng.sample(red, min(sc.num_prompts, len(red)))
+    plan = plan_prompts(cfg, ("red_team", "helpful") if sc.helpful_ratio > 0 else ("red_team",))
+    red = rng.sample(plan.red_team.train, min(sc.num_prompts, len(plan.red_team.train)))
     n_revisions = len(red) * (sc.rounds if sc.targets == "all" else 1)
-    helpful = load_prompt_mix(sc.helpful).prompts if sc.helpful_ratio > 0 else []
+    helpful = plan.helpful.train
     helpful = rng.sample(helpful, min(len(helpful), round(n_revisions * sc.helpful_ratio / (1 - sc.helpful_ratio))))
     path = resolve_model_path(cfg.policy.model.path, cfg.cache_dir)
 
-    calls = iter(range(10**6))
+    calls, context = iter(range(10**6)), {"truncated": 0, "max_tokens": 0}
 
     def chat(conversations: list[list[dict]]) -> list[str]:
         seed = cfg.seed + 1000 * next(calls)
-        return roles.rollout.chat(conversations, seed, sc.temperature, sc.max_new_tokens)
+        got = roles.rollout.chat(conversations, seed, sc.temperature, sc.max_new_tokens)
+        context["truncated"] += got["truncated"]
+        context["max_tokens"] = max(context["max_tokens"], got["max_tokens"])
+        return got["replies"]
 
     t0 = time.perf_counter()
     provenance = {"model": cfg.policy.model.path, "model_path": path, "seed": cfg.seed, "rounds": sc.rounds,
@@ -186,6 +212,10 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     records = revise(red, chat, load_constitution(cfg.constitution.path), sc.rounds, sc.few_shot, rng, provenance)
     answers = chat([[{"role": "user", "content": p.text}] for p in helpful]) if helpful else []
     gen_seconds = time.perf_counter() - t0
+    if context["truncated"]:
+        log.warning("SL-CAI: %d conversation(s) were longer than sl_cai.max_context_tokens = %d less the reply and "
+                    "lost their oldest turns; raise sl_cai.max_context_tokens", context["truncated"],
+                    sc.max_context_tokens)
     tok = load_tokenizer(path, cfg.policy.model.trust_remote_code)
     texts = [t for r in records for t in [r.original] + [x for rd in r.rounds for x in (rd.critique, rd.revision)]]
     gen_tokens = sum(len(tok.encode(t, add_special_tokens=False)) for t in texts + answers)
@@ -193,20 +223,23 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     write_jsonl(out / "helpful.jsonl",
                 [{"id": p.id, "prompt": p.text, "response": a} for p, a in zip(helpful, answers)])
 
-    pairs = sft_examples(records, sc.targets) + [(p.text, a) for p, a in zip(helpful, answers) if a.strip()]
-    examples = [sft_token_ids(tok, p, t, sc.max_tokens) for p, t in pairs]
+    pairs = [("revision", *e) for e in sft_examples(records, sc.targets)]
+    pairs += [("helpful", p.id, p.text, a) for p, a in zip(helpful, answers) if a.strip()]
+    encoded = [sft_token_ids(tok, p, t, sc.max_tokens) for _, _, p, t in pairs]
+    write_jsonl(out / "sft_examples.jsonl", [{"kind": k, "id": i, "prompt": p, "target": t, "truncated": e[2]}
+                                             for (k, i, p, t), e in zip(pairs, encoded)])
+    examples = [(e[0], e[1]) for e in encoded]
     step_size = cfg.rl.prompts_per_step * cfg.rollout.n_samples  # the policy group's batch geometry
     if len(examples) < step_size:
         raise ValueError(f"SL-CAI produced {len(examples)} SFT examples, fewer than one optimizer step of "
                          f"{step_size}: raise sl_cai.num_prompts or sl_cai.rounds")
-    no_change = sum(rd.no_change for r in records for rd in r.rounds)
-    copies = sum(rd.copies_critique for r in records for rd in r.rounds)
-    metrics = {"sl_cai/prompts": float(len(records)), "sl_cai/revisions": float(n_revisions),
-               "sl_cai/helpful": float(len(answers)), "sl_cai/no_change_rate": no_change / max(n_revisions, 1),
-               "sl_cai/revision_copies_critique_rate": copies / max(n_revisions, 1),
-               "sl_cai/gen_seconds": gen_seconds,
-               "sl_cai/gen_tokens_per_second": gen_tokens / gen_seconds, "sl_cai/revision_changed_rate":
-               sum(r.final != r.original for r in records) / len(records)}
+    metrics = revision_stats(records, sc.targets) | {
+        "sl_cai/helpful": float(len(answers)), "sl_cai/gen_seconds": gen_seconds,
+        "sl_cai/gen_tokens_per_second": gen_tokens / gen_seconds,
+        "sl_cai/truncated_conversations": float(context["truncated"]),
+        "sl_cai/max_conversation_tokens": float(context["max_tokens"]),
+        "sl_cai/sft_examples_truncated": float(sum(e[2] for e in encoded)),
+    }
     losses, t0 = [], time.perf_counter()
     for _ in range(sc.epochs):
         rng.shuffle(examples)

@@ -33,10 +33,11 @@ from rlaif.algorithms import (
 )
 from rlaif.batch import Batch
 from rlaif.config import Config, save_config
-from rlaif.data import PromptLoader, load_prompts, split_prompts
-from rlaif.human_labels import write_human_labels
+from rlaif.data import PromptLoader
+from rlaif.human_labels import load_human_labels, write_human_labels, write_jsonl
 from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
 from rlaif.models import resolve_model_path
+from rlaif.splits import plan_prompts
 from rlaif.stages import (
     feedback_integrity,
     label_stats,
@@ -58,13 +59,13 @@ class Roles:
         r, t = cfg.ray, cfg.trainer.timeout_s
         self.timeout = t
 
-        def actor(cls, gpus: float):
-            return ray.remote(cls).options(num_cpus=1, num_gpus=gpus).remote(cfg)
+        def actor(cls, gpus: float, *args):
+            return ray.remote(cls).options(num_cpus=1, num_gpus=gpus).remote(cfg, *args)
 
         def group(cls, ranks: int, gpus: float, name: str) -> ActorGroup:
             return ActorGroup(cls, ranks, cfg, num_gpus=gpus, timeout=t, name=name)
 
-        self.rollout = RolloutEngines(cfg, r.gpus_per_rollout, t, stage)
+        self.rollout = RolloutEngines(cfg, r.gpus_per_rollout, t, stage)  # its context is sized for the stage
         self.labeler = actor(LabelerWorker, r.gpus_per_aux) if stage != "sl-cai" else None
         self.reference = actor(ReferenceWorker, r.gpus_per_aux) if rl and needs_reference(cfg.rl) else None
         use_pm = rl and cfg.rl.use_preference_model
@@ -188,6 +189,7 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
         "time/generate": batch.meta["gen_seconds"],
         "rollout/tokens_per_second": batch.meta["gen_tokens"] / batch.meta["gen_seconds"],
         "rollout/staleness": float(step - batch.meta["weight_version"]),  # updates behind the policy it trains
+        "data/prompts_truncated": float(batch.meta["prompts_truncated"]),
     }
     if "tis_mean_abs_log_ratio" in train_metrics:
         metrics["logprob/vllm_vs_trainer_abs_diff"] = train_metrics["tis_mean_abs_log_ratio"]
@@ -217,23 +219,29 @@ def init_ray(cfg: Config) -> None:
                  include_dashboard=False, runtime_env={"env_vars": env})
 
 
-def prepare(cfg: Config) -> tuple[list, list, list]:
-    """Fail on bad input before anything is started or written; then create the run folder."""
-    prompts, held_out = split_prompts(load_prompts(cfg.data.prompts), cfg.data.eval_fraction, cfg.data.seed)
-    if cfg.data.eval_prompts:
-        held_out = load_prompts(cfg.data.eval_prompts)
+def prepare(cfg: Config, stage: str = "rl") -> tuple[list, list, list]:
+    """Fail on bad input before anything is started or written; then create the run folder.
+
+    Returns the RL prompts, the held-out eval prompts (rlaif.splits: one split for every prompt source; both
+    written to data/) and the reward functions."""
+    sl_cai_runs = stage == "sl-cai" or (stage == "rl" and cfg.sl_cai.enabled)
+    plan = plan_prompts(cfg, ("rl", "red_team", "helpful") if sl_cai_runs else ("rl",))
+    if cfg.preference_model.human_pairs and stage == "rl":
+        load_human_labels(cfg.preference_model.human_pairs)
     reward_fns = load_reward_functions(cfg.rl.reward_functions)
     for mc in (cfg.policy.model, cfg.labeler.model, cfg.preference_model.model, cfg.critic.model):
         if mc.path:
             resolve_model_path(mc.path, cfg.cache_dir)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    return prompts, held_out, reward_fns
+    for name, records in (("train_prompts", plan.rl.train), ("eval_prompts", plan.rl.heldout)):
+        write_jsonl(Path(cfg.output_dir) / "data" / f"{name}.jsonl", [r.to_dict() for r in records])
+    return plan.rl.train, plan.rl.heldout, reward_fns
 
 
 def label(cfg: Config) -> Path:
     """`rlaif label`: AI-label pairs sampled from the policy and write them with the feedback-integrity report."""
-    prompts, _, _ = prepare(cfg)
+    prompts, _, _ = prepare(cfg, stage="label")
     init_ray(cfg)
     tracker = Tracker(cfg, Path(cfg.output_dir))
     try:
@@ -253,7 +261,7 @@ def label(cfg: Config) -> Path:
 
 def sl_cai_only(cfg: Config) -> Path:
     """`rlaif sl-cai`: critique -> revision data and the SFT checkpoint, nothing else."""
-    prepare(cfg)
+    prepare(cfg, stage="sl-cai")
     init_ray(cfg)
     tracker = Tracker(cfg, Path(cfg.output_dir))
     try:

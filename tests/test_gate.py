@@ -4,7 +4,9 @@
    measured agreement on stderr, and still writes the integrity report and the audit sheet.
 2. `rlaif train` with the same bar stops before the preference model and RL: no checkpoint folder.
 3. A reviewer fills `human_choice` in the exported audit sheet; `rlaif import-audit` turns it into human labels that
-   load back with rlaif.human_labels.load_human_labels, and a short `rlaif train` mixes them into the PM's data.
+   load back with rlaif.human_labels.load_human_labels.
+4. A short `rlaif train` mixes them into the PM's data, each once, on one side of its split, while pairs that
+   labeler.human_eval holds out never train it.
 
 The labeler uses the transformers backend here (one vLLM engine fewer per run; the backends agree, see
 tests/test_labeler.py); everything else is the debug config on a local Ray.
@@ -17,7 +19,10 @@ import sys
 
 import pytest
 
-from rlaif.human_labels import load_human_labels
+from rlaif.config import load_config
+from rlaif.human_labels import load_human_labels, write_human_labels
+from rlaif.splits import pair_key
+from rlaif.stages import human_eval_pairs
 
 from .conftest import REPO
 
@@ -80,13 +85,36 @@ def test_gate_stops_label_and_train_then_audit_round_trip(tmp_path):
         assert (h.prompt, h.response_a, h.response_b) == (r["prompt"], r["response_a"], r["response_b"])
         assert h.annotator == "test-reviewer" and h.source == "audit:audit.jsonl"
 
+    # 4. train on them, with 4 of labeler.human_eval's held-out pairs slipped into the same file (responses swapped):
+    # those must not train the PM, and the audited pairs, which this run's AI pairs repeat (same config and seeds),
+    # must sit on one side of the PM's split once, with the person's label
     run = tmp_path / "train-human"
+    cfg = load_config(REPO / "configs/debug.yaml", [f"output_dir={run}", "trainer.steps=1", *FAST])
+    held_human = human_eval_pairs(cfg)[:4]
+    mixed = tmp_path / "human-mixed.jsonl"
+    write_human_labels(mixed, human + [h.swapped() for h in held_human])
     proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={run}", "trainer.steps=1",
-                   f"preference_model.human_pairs={human_path}", *FAST)
+                   f"preference_model.human_pairs={mixed}", *FAST)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (run / "checkpoint" / "model.safetensors").is_file()
+    assert "4 pair(s) of preference_model.human_pairs are held out by labeler.human_eval" in proc.stderr
     pm_rows = [json.loads(line) for line in (run / "feedback" / "pm_pairs.jsonl").read_text().splitlines()]
-    pm_data = {(r["prompt"], r["first"], r["second"], r["p_first"]) for r in pm_rows}
-    for h in human:  # every reviewed pair went into the PM's data (its training or held-out share)
-        assert (h.prompt, h.response_a, h.response_b, h.p_a) in pm_data
-    assert len(pm_rows) == 16 + len(human)  # preference_model.label_prompts AI-labelled pairs plus the reviewed ones
+    assert len(pm_rows) == 16 + len(human) + 4  # every pair is recorded, with its side
+    side: dict[str, list[dict]] = {}
+    for r in pm_rows:
+        side.setdefault(pair_key(r["prompt"], r["first"], r["second"]), []).append(r)
+    used = {k: [r for r in rows if r["split"] in ("train", "heldout", "unused")] for k, rows in side.items()}
+    assert all(len(rows) == 1 for rows in used.values() if rows)  # one side, once
+    for h in held_human:
+        assert [r["split"] for r in side[pair_key(h.prompt, h.response_a, h.response_b)]] == ["human_eval"]
+    for h in human:  # every reviewed pair went into the PM's data (its training or held-out share), as reviewed
+        (r,) = used[pair_key(h.prompt, h.response_a, h.response_b)]
+        assert r["origin"] == "human" and (r["prompt"], r["first"], r["second"], r["p_first"]) == \
+            (h.prompt, h.response_a, h.response_b, h.p_a)
+    duplicates = [r for r in pm_rows if r["split"] == "duplicate"]
+    assert len(duplicates) == len(human) and all(r["origin"] == "ai" for r in duplicates)
+    # the AI pairs came from RL's train prompts, never from its eval prompts
+    prompts = {s: {json.loads(x)["prompt"] for x in (run / "data" / f"{s}_prompts.jsonl").read_text().splitlines()}
+               for s in ("train", "eval")}
+    ai_prompts = {r["prompt"] for r in pm_rows if r["origin"] == "ai"}
+    assert ai_prompts <= prompts["train"] and not ai_prompts & prompts["eval"] and prompts["eval"]

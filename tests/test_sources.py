@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlaif import sources
-from rlaif.data import DataError, Prompt, PromptLoader, split_prompts
+from rlaif.data import DataError, Prompt, PromptLoader
 from rlaif.sources import (
     PromptRecord,
     SourceUnavailableError,
@@ -264,6 +264,9 @@ def test_missing_column_names_it_and_the_columns_found(tmp_path, no_network):
 
     with pytest.raises(DataError, match=r"c\.csv: missing required column \"prompt\".*columns found: \['id', 'text'\]"):
         load_file(_write(tmp_path / "c.csv", "id,text\n1,hello\n"))
+    # a row with more fields than the header (commas in unquoted text) must not hide the missing column
+    with pytest.raises(DataError, match=r"d\.csv: missing required column \"prompt\".*columns found: \['text'\]"):
+        load_file(_write(tmp_path / "d.csv", "text\nhello, world\n"))
     pq.write_table(pa.table({"question": ["q"]}), tmp_path / "c.parquet")
     with pytest.raises(DataError, match=r"c\.parquet: missing required column \"prompt\".*\['question'\]"):
         load_file(tmp_path / "c.parquet")
@@ -361,7 +364,7 @@ def test_split_is_disjoint_keeps_duplicates_together_and_is_stable():
 
 def test_records_work_with_the_data_module():
     mix = load_prompt_mix(["builtin:benign", "builtin:debug"])
-    train, held = split_prompts(mix.prompts, 0.1, seed=0)
+    train, held = split_heldout(mix.prompts, 0.1, seed=0)
     assert len(train) + len(held) == len(mix)
     batch = PromptLoader(train, seed=0).next(5)
     assert all(isinstance(p, PromptRecord) and p.text for p in batch)
