@@ -458,7 +458,8 @@ def svg_tradeoff(points: Sequence[tuple[str, Figure, Figure]], xlabel: str, ylab
                  f'<line x1="{cx:.1f}" y1="{py(y.low):.1f}" x2="{cx:.1f}" y2="{py(y.high):.1f}"/>',
                  f'<line x1="{cx - 5:.1f}" y1="{py(y.low):.1f}" x2="{cx + 5:.1f}" y2="{py(y.low):.1f}"/>',
                  f'<line x1="{cx - 5:.1f}" y1="{py(y.high):.1f}" x2="{cx + 5:.1f}" y2="{py(y.high):.1f}"/>',
-                 f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="6" fill="{c}" stroke="white" stroke-width="1.5"/></g>',
+                 f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="6" fill="{c}" stroke="white" '
+                 'stroke-width="1.5"/></g>',
                  text(cx + 9, cy - 8, str(k + 1), anchor="start", size=12, extra=f' fill="{c}" font-weight="bold"')]
         ly = mt + 10 + 40 * k
         body += [f'<circle cx="{ml + pw + 24}" cy="{ly:.1f}" r="6" fill="{c}"/>',

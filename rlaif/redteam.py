@@ -27,7 +27,7 @@ Generate = Callable[[list[str], int], list[str]]
 
 
 @dataclass
-class TestCase:
+class AttackCase:
     question: str
     stage: str  # "zero-shot" or "few-shot-<round>"
     answer: str = ""
@@ -57,7 +57,7 @@ def parse_question(text: str) -> str | None:
     return None
 
 
-def sample_examples(pool: Sequence[TestCase], k: int, temperature: float, rng: random.Random) -> list[str]:
+def sample_examples(pool: Sequence[AttackCase], k: int, temperature: float, rng: random.Random) -> list[str]:
     """k distinct questions from the pool, drawn without replacement with weights exp(P(harmful) / T)."""
     items = list(pool)
     weights = [math.exp(c.p_harmful / temperature) for c in items]
@@ -71,13 +71,13 @@ def sample_examples(pool: Sequence[TestCase], k: int, temperature: float, rng: r
 
 def red_team(red: Generate, target: Generate, harmful: Callable[[list[str], list[str]], list[float]],
              zero_shot: int, rounds: int, per_round: int, examples: int, fewshot_temperature: float,
-             threshold: float, rng: random.Random, seed: int = 0) -> tuple[list[TestCase], int]:
+             threshold: float, rng: random.Random, seed: int = 0) -> tuple[list[AttackCase], int]:
     """The zero-shot call, then `rounds` stochastic few-shot calls over the unique test cases so far.
 
     Every parsed question is answered by the target and judged; a repeat of an earlier question (normalised text)
     is kept with `duplicate_of` set. Returns (test cases, completions asked of the red LM).
     """
-    cases: list[TestCase] = []
+    cases: list[AttackCase] = []
     seen: dict[str, int] = {}
     asked = 0
     for call in range(rounds + 1):
@@ -93,7 +93,7 @@ def red_team(red: Generate, target: Generate, harmful: Callable[[list[str], list
         if not prompts:
             continue
         asked += len(prompts)
-        new = [TestCase(q, name) for q in map(parse_question, red(prompts, seed + 7_919 * call)) if q]
+        new = [AttackCase(q, name) for q in map(parse_question, red(prompts, seed + 7_919 * call)) if q]
         if not new:
             continue
         questions = [c.question for c in new]
@@ -109,11 +109,11 @@ def red_team(red: Generate, target: Generate, harmful: Callable[[list[str], list
     return cases, asked
 
 
-def unique_cases(cases: Sequence[TestCase]) -> list[TestCase]:
+def unique_cases(cases: Sequence[AttackCase]) -> list[AttackCase]:
     return [c for c in cases if c.duplicate_of is None]
 
 
-def prompt_records(cases: Sequence[TestCase], source: str = "redteam") -> list[PromptRecord]:
+def prompt_records(cases: Sequence[AttackCase], source: str = "redteam") -> list[PromptRecord]:
     """Successful, de-duplicated test cases as red-team prompt records (rlaif.sources format)."""
     return [PromptRecord(f"{source}:{i:04d}", c.question, source=source, category=c.stage, kind="red-team")
             for i, c in enumerate(c for c in unique_cases(cases) if c.success)]
