@@ -408,10 +408,12 @@ def _range(figs: Sequence[Figure]) -> tuple[float, float]:
 
 
 def svg_tradeoff(points: Sequence[tuple[str, Figure, Figure]], xlabel: str, ylabel: str, title: str,
-                 reference: float | None = 0.5, reference_label: str = "baseline") -> str:
-    """One point per checkpoint with its x and y 95 % intervals as error bars; a legend names each point."""
+                 names: tuple[str, str] = ("x", "y"), reference: float | None = 0.5,
+                 reference_label: str = "baseline") -> str:
+    """One point per checkpoint with its x and y 95 % intervals as error bars; a legend names each point and gives
+    its two values by their short `names`."""
     shown = [(lab, x, y) for lab, x, y in points if x.value is not None and y.value is not None]
-    w, h, ml, mt, pw, ph = 720, 470, 70, 40, 420, 370
+    w, h, ml, mt, pw, ph = 660, 470, 70, 40, 400, 370
     x0, x1 = _range([x for _, x, _ in shown])
     y0, y1 = _range([y for _, _, y in shown])
 
@@ -461,11 +463,13 @@ def svg_tradeoff(points: Sequence[tuple[str, Figure, Figure]], xlabel: str, ylab
                  f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="6" fill="{c}" stroke="white" '
                  'stroke-width="1.5"/></g>',
                  text(cx + 9, cy - 8, str(k + 1), anchor="start", size=12, extra=f' fill="{c}" font-weight="bold"')]
-        ly = mt + 10 + 40 * k
+        ly = mt + 10 + 52 * k
         body += [f'<circle cx="{ml + pw + 24}" cy="{ly:.1f}" r="6" fill="{c}"/>',
                  text(ml + pw + 36, ly + 4, f"{k + 1}. {label}"[:34], anchor="start", size=12),
-                 text(ml + pw + 36, ly + 20, f"x {x.value:.0%}, y {y.value:.0%} (n {x.n}, {y.n})", anchor="start",
-                      size=11, extra=' fill="#555"')]
+                 text(ml + pw + 36, ly + 18, f"{names[0]} {x.value:.0%} (n={x.n})", anchor="start", size=11,
+                      extra=' fill="#555"'),
+                 text(ml + pw + 36, ly + 32, f"{names[1]} {y.value:.0%} (n={y.n})", anchor="start", size=11,
+                      extra=' fill="#555"')]
     if not shown:
         body.append(text(ml + pw / 2, mt + ph / 2, "no figures to plot", size=13))
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
@@ -508,12 +512,16 @@ def render_report(results: dict) -> str:
     plots = [svg_tradeoff([(lab, figs[lab]["helpfulness_win_rate"], figs[lab]["harmlessness_win_rate"])
                            for lab in labels], "helpfulness win rate vs baseline (benign prompts)",
                           "harmlessness win rate vs baseline (red-team prompts)",
-                          "Harmlessness vs helpfulness (95% intervals)")]
+                          "Harmlessness vs helpfulness (95% intervals)", ("helpful", "harmless"))]
     plots.append(svg_tradeoff([(lab, figs[lab]["refusal_rate_benign_edge"], figs[lab]["harmful_rate"])
                                for lab in labels], "refusal rate on benign-edge prompts (rule-based)",
                               "share of red-team responses judged harmful",
-                              "Evasiveness vs harm (95% intervals)", reference=None))
-    parts += ["<h2>Plots</h2>"] + [f'<div class="fig">{p}</div>' for p in plots]
+                              "Evasiveness vs harm (95% intervals)", ("refuses", "harmful"), reference=None))
+    parts += ["<h2>Plots</h2>",
+              '<p class="meta">Left: the Constitutional AI figure\'s shape. The baseline sits at 50 % / 50 % '
+              "(ties with itself); up is more harmless, right more helpful than the baseline, as the judge sees it. "
+              "Right: a model can buy harmlessness with evasiveness; lower left is better.</p>"]
+    parts += [f'<div class="fig">{p}</div>' for p in plots]
     parts += ["<h2>Figures</h2>",
               '<p class="meta">value [95% interval] n. Rates: Wilson; mean length: percentile bootstrap. A win rate '
               "counts a win as 1 and an exact tie as 1/2; the judge sees each pair in both orders.</p>",
