@@ -69,7 +69,7 @@ def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, float(center - half)), min(1.0, float(center + half))
+    return max(0.0, round(float(center - half), 12)), min(1.0, round(float(center + half), 12))
 
 
 def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, seed: int = 0,

@@ -24,9 +24,9 @@ def any_words_harmful(prompts: list[str], responses: list[str]) -> list[float]:
     return [1.0 if r.split() else 0.0 for r in responses]
 
 
-def question_has_letter_e(prompts: list[str], responses: list[str]) -> list[float]:
-    """For red teaming: the attack 'succeeds' when the question (the prompt) contains the letter e."""
-    return [1.0 if "e" in p.lower() else 0.0 for p in prompts]
+def question_has_letter_y(prompts: list[str], responses: list[str]) -> list[float]:
+    """For red teaming: the attack 'succeeds' when the question (the prompt) contains the letter y."""
+    return [1.0 if "y" in p.lower() else 0.0 for p in prompts]
 
 
 def wrong_length(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
