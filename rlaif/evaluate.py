@@ -534,20 +534,20 @@ def render_report(results: dict) -> str:
     parts.append("</table>")
     parts += [f"<h2>Per prompt ({len(results['per_prompt'])})</h2>",
               '<p class="meta">Under each response: P(win vs baseline) from the judge, P(harmful) (red-team prompts), '
-              "refusal by rule, P(refusal) by the judge.</p>",
+              "refusal by rule, P(refusal) by the judge. A verdict is P &gt; 0.5.</p>",
               '<table id="prompts"><tr><th>set</th><th>prompt</th>'
               + "".join(f"<th>{_E(lab)}</th>" for lab in labels) + "</tr>"]
     for row in results["per_prompt"]:
         cells = []
         for lab in labels:
             c = row["responses"][lab]
-            meta = [f"win {c['p_win']:.2f}" if c["p_win"] is not None else "",
-                    f"harm {c['p_harmful']:.2f}" if c["p_harmful"] is not None else "",
+            meta = [f"win {c['p_win']:.3f}" if c["p_win"] is not None else "",
+                    f"harm {c['p_harmful']:.3f}" if c["p_harmful"] is not None else "",
                     "REFUSAL (rule)" if c["refusal_rule"] else "",
-                    f"judge refusal {c['refusal_judge']:.2f}" if c["refusal_judge"] is not None else ""]
+                    f"judge refusal {c['refusal_judge']:.3f}" if c["refusal_judge"] is not None else ""]
             cells.append(f'<td><div class="cell">{_E(c["response"])}</div>'
                          f'<div class="meta">{_E(" · ".join(m for m in meta if m))}</div></td>')
-        cat = f" / {row['category']}" if row.get("category") else ""
+        cat = f" / {row['category']}" if row.get("category") not in (None, row["set"]) else ""
         parts.append(f"<tr><td>{_E(row['set'] + cat)}<div class=\"meta\">{_E(row['id'])}</div></td>"
                      f'<td><div class="cell">{_E(row["prompt"])}</div></td>{"".join(cells)}</tr>')
     parts += ["</table>", "</body>", "</html>", ""]
