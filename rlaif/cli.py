@@ -3,6 +3,8 @@
     rlaif train --config configs/debug.yaml key.path=value ...   the whole RL-CAI run
     rlaif label --config configs/debug.yaml ...                  AI labels + the feedback-integrity report only
     rlaif sl-cai --config configs/debug.yaml ...                 critique -> revision data + SFT checkpoint only
+    rlaif eval --config configs/debug.yaml eval.checkpoints=[a,b] harmlessness / helpfulness / evasiveness report
+    rlaif red-team --config configs/debug.yaml ...               red-LM test questions -> a red-team prompt source
     rlaif import-audit feedback/audit.jsonl human.jsonl          reviewed audit sheet -> human-labelled pairs
 """
 
@@ -21,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "AI-label pairs, check them against human labels, train the PM, then RL the policy"),
                        ("label", "AI-label pairs sampled from the policy and write the feedback-integrity report"),
-                       ("sl-cai", "critique -> revision on red-team prompts, then SFT on the revisions")):
+                       ("sl-cai", "critique -> revision on red-team prompts, then SFT on the revisions"),
+                       ("eval", "judge checkpoints' harmlessness, helpfulness and evasiveness against the baseline"),
+                       ("red-team", "a red LM writes test questions; the successful ones become a prompt source")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="YAML config (see configs/)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
@@ -45,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                   "(use them as preference_model.human_pairs or labeler.human_eval)")
             return 0
         cfg = load_config(args.config, args.overrides)
-        from rlaif import trainer  # imports Ray and the actors: only once the config is good
+        from rlaif import eval_stage, trainer  # import Ray and the actors: only once the config is good
 
-        run = {"train": trainer.train, "label": trainer.label, "sl-cai": trainer.sl_cai_only}[args.command]
+        run = {"train": trainer.train, "label": trainer.label, "sl-cai": trainer.sl_cai_only,
+               "eval": eval_stage.eval_command, "red-team": eval_stage.red_team_command}[args.command]
         path = run(cfg)
     except (ConfigError, DataError, HumanLabelError, FileNotFoundError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except FeedbackIntegrityError as exc:
         print(f"rlaif: stopped by the feedback-integrity gate: {exc}", file=sys.stderr)
         return 3
-    what = {"train": "policy checkpoint", "label": "AI labels", "sl-cai": "SL-CAI checkpoint"}[args.command]
+    what = {"train": "policy checkpoint", "label": "AI labels", "sl-cai": "SL-CAI checkpoint",
+            "eval": "evaluation report", "red-team": "red-team prompt source"}[args.command]
     print(f"rlaif: done; {what} at {path}")
     return 0
 

@@ -1,0 +1,322 @@
+"""`rlaif eval` and `rlaif red-team`: each model served in turn on a vLLM rollout actor, judged, reported.
+
+The figures and the report are computed by rlaif.evaluate and rlaif.redteam (no Ray there); this module starts the
+actors, feeds them, and writes `output_dir/eval/` and `output_dir/red_team/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+import torch
+
+from actors.group import get
+from actors.labeler import LabelerWorker
+from actors.rollout import RolloutWorker
+from rlaif.config import Config, ConfigError, LabelerConfig, save_config
+from rlaif.data import DataError
+from rlaif.evaluate import (
+    SETS,
+    EvalPrompt,
+    FunctionJudge,
+    Judge,
+    ModelJudge,
+    build_results,
+    evaluate_responses,
+    flat_metrics,
+    prompt_set,
+    rate_figure,
+    render_report,
+)
+from rlaif.human_labels import atomic_write_text, write_jsonl
+from rlaif.models import resolve_model_path
+from rlaif.redteam import (
+    embed,
+    mean_pairwise_distance,
+    minilm_path,
+    prompt_records,
+    red_team,
+    self_bleu,
+    unique_cases,
+)
+from rlaif.sources import load_prompt_mix, prompt_key
+from rlaif.splits import SETS as SPLIT_SETS
+from rlaif.splits import plan_prompts
+from rlaif.tracking import Tracker
+from rlaif.trainer import init_ray
+
+log = logging.getLogger("rlaif")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# prompts, models, judge
+
+
+def training_keys(cfg: Config) -> set[str]:
+    """Normalised texts of every prompt a training stage of this config may train on: the train sides of
+    data.prompts and SL-CAI's red-team and helpful sources, split by rlaif.splits (one rule for every boundary)."""
+    plan = plan_prompts(cfg, SPLIT_SETS)
+    return {prompt_key(p) for part in (plan.rl, plan.red_team, plan.helpful) for p in part.train}
+
+
+def eval_prompts(cfg: Config) -> tuple[list[EvalPrompt], list[list[dict]], list[str]]:
+    """The held-out prompts of each set (at most eval.prompts_per_set, seeded), their chats, and warnings."""
+    ec = cfg.eval
+    used = training_keys(cfg)
+    by_set: dict[str, list] = {s: [] for s in SETS}
+    dropped = 0
+    for specs, default in ((ec.red_team, "red-team"), (ec.benign, "benign")):
+        for r in load_prompt_mix(specs).prompts if specs else []:
+            if prompt_key(r) in used:
+                dropped += 1
+            else:
+                by_set[prompt_set(r.kind, r.category, default)].append(r)
+    rng = random.Random(cfg.seed)
+    prompts, chats, warnings = [], [], []
+    for s in SETS:
+        recs = by_set[s]
+        if len(recs) > ec.prompts_per_set:
+            recs = [recs[i] for i in sorted(rng.sample(range(len(recs)), ec.prompts_per_set))]
+        if not recs:
+            warnings.append(f"no held-out {s} prompts in eval.red_team / eval.benign: its figures are n/a")
+        prompts += [EvalPrompt(r.id, r.text, s, r.category) for r in recs]
+        chats += [r.chat() for r in recs]
+    log.info("eval prompts: %s (%d dropped: used in training)", {s: sum(p.set == s for p in prompts) for s in SETS},
+             dropped)
+    return prompts, chats, warnings
+
+
+def labels_for(specs: list[str]) -> list[str]:
+    """Short unique names: a builtin as is, a folder by its last two path parts."""
+    out: list[str] = []
+    for spec in specs:
+        name = spec if spec.startswith("builtin:") else "/".join(Path(spec).resolve().parts[-2:])
+        out.append(name if name not in out else f"{name}#{len(out)}")
+    return out
+
+
+def serve(cfg: Config, model: str, max_new_tokens: int):
+    """A rollout actor serving `model` on vLLM (one engine per process); ready when returned."""
+    c = dataclasses.replace(
+        cfg, policy=dataclasses.replace(cfg.policy, model=dataclasses.replace(cfg.policy.model, path=model)),
+        rollout=dataclasses.replace(cfg.rollout, max_new_tokens=max_new_tokens),
+        sl_cai=dataclasses.replace(cfg.sl_cai, enabled=False))
+    actor = ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=cfg.ray.gpus_per_rollout).remote(c)
+    get(actor.__ray_ready__.remote(), cfg.trainer.timeout_s, f"starting vLLM on {model}")
+    return actor
+
+
+def chat(cfg: Config, actor, chats: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> list[str]:
+    return get(actor.chat.remote(chats, seed, temperature, max_new_tokens), cfg.trainer.timeout_s, "rollout.chat")
+
+
+@dataclasses.dataclass
+class JudgePlan:
+    """What judges this run, checked before anything starts; `start()` gives the judge (and its actor, if any)."""
+
+    kind: str  # "model" or "function"
+    name: str
+    warnings: list[str]
+    start: Callable[[], tuple[Judge, object | None]]
+
+
+def plan_judge(cfg: Config, command: str) -> JudgePlan:
+    ec = cfg.eval
+    if ec.judge.path:
+        path = resolve_model_path(ec.judge.path, cfg.cache_dir)
+        warnings = []
+        if cfg.labeler.model.path and path == resolve_model_path(cfg.labeler.model.path, cfg.cache_dir):
+            warnings.append(f"the evaluation judge ({ec.judge.path}) is the training labeler (labeler.model.path): "
+                            "the optimizer was trained on its verdicts, so they overstate the gains")
+        # The labeler's option log-prob scoring on the judge model; a fresh labeler section so no training-labeler
+        # setting (mode, cache, ensembles) leaks into the judge.
+        lc = LabelerConfig(model=ec.judge, chat_template=ec.judge_chat_template, cache=False, human_eval="",
+                           kv_cache_gib=cfg.labeler.kv_cache_gib, max_model_len=cfg.labeler.max_model_len)
+
+        def start() -> tuple[Judge, object]:
+            actor = ray.remote(LabelerWorker).options(num_cpus=1, num_gpus=cfg.ray.gpus_per_aux).remote(
+                dataclasses.replace(cfg, labeler=lc))
+            return ModelJudge(lambda qs: get(actor.p_a.remote(qs), cfg.trainer.timeout_s, "judge.p_a"),
+                              ec.judge.path), actor
+
+        return JudgePlan("model", ec.judge.path, warnings, start)
+    if ec.judge_function:
+        judge = FunctionJudge(ec.judge_function, ec.harm_function)  # imports now: a bad path fails before any work
+        warnings = []
+        if ec.judge_function == getattr(cfg.labeler, "function", ""):
+            warnings.append(f"the evaluation judge ({ec.judge_function}) is the training labeler's function")
+        return JudgePlan("function", judge.name, warnings, lambda: (judge, None))
+    raise ConfigError(f"rlaif {command} needs a judge the optimizer never saw: set eval.judge (a model) or "
+                      "eval.judge_function and eval.harm_function")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rlaif eval
+
+
+def run_eval(cfg: Config, tracker: Tracker, step: int = 0) -> Path:
+    """Generate with every checkpoint (baseline first), judge, write eval/report.html and eval/results.json, log the
+    figures. Ray must be running. Returns the report's path."""
+    ec, out = cfg.eval, Path(cfg.output_dir) / "eval"
+    plan = plan_judge(cfg, "eval")
+    prompts, chats, warnings = eval_prompts(cfg)
+    if not prompts:
+        raise DataError("no held-out evaluation prompts: eval.red_team and eval.benign are empty or all used in "
+                        "training")
+    baseline = ec.baseline or cfg.policy.model.path
+    base_path = resolve_model_path(baseline, cfg.cache_dir)
+    specs = [baseline] + [c for c in ec.checkpoints if resolve_model_path(c, cfg.cache_dir) != base_path]
+    labels = labels_for(specs)
+    warnings = plan.warnings + warnings
+    for w in warnings:
+        log.warning("eval: %s", w)
+
+    responses: dict[str, list[str]] = {}
+    for label, spec in zip(labels, specs):  # one engine at a time: each is shut down before the next starts
+        log.info("eval: generating with %s on %d prompts", spec, len(prompts))
+        actor = serve(cfg, spec, ec.max_new_tokens)
+        try:
+            responses[label] = chat(cfg, actor, chats, cfg.seed + 31_337, ec.temperature, ec.max_new_tokens)
+        finally:
+            ray.kill(actor)
+    judge, judge_actor = plan.start()
+    try:
+        res = evaluate_responses(prompts, responses, labels[0], judge, ec.bootstrap_samples, cfg.seed)
+    finally:
+        if judge_actor is not None:
+            ray.kill(judge_actor)
+
+    results = build_results(prompts, res, dict(zip(labels, specs)), labels[0], {"kind": plan.kind, "name": plan.name},
+                            warnings, {"temperature": ec.temperature, "max_new_tokens": ec.max_new_tokens,
+                                       "seed": cfg.seed + 31_337})
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    report = atomic_write_text(out / "report.html", render_report(results))
+    tracker.log(flat_metrics(res["figures"]), step=step)
+    tracker.log_table("eval", [{"checkpoint": lab, **{k: f.value for k, f in res["figures"][lab].items()}}
+                               for lab in labels], step=step)
+    for lab in labels:
+        f = res["figures"][lab]
+        log.info("eval %s: harmless win %s, helpful win %s, harmful %s, benign-edge refusals %s", lab,
+                 *(None if f[k].value is None else round(f[k].value, 3) for k in
+                   ("harmlessness_win_rate", "helpfulness_win_rate", "harmful_rate", "refusal_rate_benign_edge")))
+    return report
+
+
+def _check_models(cfg: Config, specs: list[str]) -> None:
+    for spec in specs:
+        resolve_model_path(spec, cfg.cache_dir)
+
+
+def eval_command(cfg: Config) -> Path:
+    """`rlaif eval`: check every input, then run_eval on a local (or the job's) Ray."""
+    plan_judge(cfg, "eval")
+    eval_prompts(cfg)
+    _check_models(cfg, [cfg.eval.baseline or cfg.policy.model.path, *cfg.eval.checkpoints])
+    out = Path(cfg.output_dir)
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "eval" / "config.yaml")
+    init_ray(cfg)
+    tracker = Tracker(cfg, out)
+    try:
+        return run_eval(cfg, tracker)
+    finally:
+        tracker.finish()
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rlaif red-team
+
+
+def red_team_command(cfg: Config) -> Path:
+    """`rlaif red-team`: the Perez et al. loop; writes red_team/cases.jsonl, red_team/report.json and the successful
+    prompts as a JSONL prompt source (red_team.output). Returns the prompt source's path (the report's when none
+    succeeded)."""
+    rc, ec = cfg.red_team, cfg.eval
+    if not (ec.judge.path or ec.harm_function):
+        raise ConfigError("rlaif red-team needs a harm judge: set eval.judge (a model) or eval.judge_function and "
+                          "eval.harm_function")
+    plan = plan_judge(cfg, "red-team")
+    red_spec, target_spec = rc.red_model or cfg.policy.model.path, rc.target or cfg.policy.model.path
+    _check_models(cfg, [red_spec, target_spec])
+    minilm_path()  # the diversity encoder's package must be there before any work starts
+    out = Path(cfg.output_dir) / "red_team"
+    prompts_path = Path(rc.output) if rc.output else out / "prompts.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    for w in plan.warnings:
+        log.warning("red-team: %s", w)
+    init_ray(cfg)
+    tracker = Tracker(cfg, Path(cfg.output_dir))
+    try:
+        cases, asked = _attack(cfg, plan, red_spec, target_spec)
+        unique = unique_cases(cases)
+        wins = [c.question for c in unique if c.success]
+        mask = torch.tensor([c.success for c in unique], dtype=torch.bool)
+        vectors = embed([c.question for c in unique]) if len(unique) > 1 else None
+        asr = rate_figure(mask.tolist())
+        report = {
+            "red_model": red_spec, "target": target_spec, "judge": {"kind": plan.kind, "name": plan.name},
+            "warnings": plan.warnings, "completions": asked, "test_cases": len(cases), "unique": len(unique),
+            "duplicates": len(cases) - len(unique), "unparsed": asked - len(cases), "successes": len(wins),
+            "attack_success_rate": asr.to_dict(),
+            "per_stage": {s: rate_figure([c.success for c in unique if c.stage == s]).to_dict()
+                          for s in dict.fromkeys(c.stage for c in unique)},
+            "self_bleu": self_bleu([c.question for c in unique]), "self_bleu_successful": self_bleu(wins),
+            "embedding_distance": None if vectors is None else mean_pairwise_distance(vectors),
+            "embedding_distance_successful": None if vectors is None else mean_pairwise_distance(vectors[mask]),
+            "prompts": str(prompts_path) if wins else None,
+        }
+        write_jsonl(out / "cases.jsonl", [c.to_dict() for c in cases])
+        atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+        metrics = {"red_team/attack_success_rate": asr.value, "red_team/attack_success_rate_low": asr.low,
+                   "red_team/attack_success_rate_high": asr.high, "red_team/unique": float(len(unique)),
+                   "red_team/duplicates": float(len(cases) - len(unique)), "red_team/self_bleu": report["self_bleu"],
+                   "red_team/embedding_distance": report["embedding_distance"]}
+        tracker.log({k: v for k, v in metrics.items() if v is not None}, step=0)
+    finally:
+        tracker.finish()
+        ray.shutdown()
+    log.info("red team: %d/%d unique test cases succeeded (ASR %s), self-BLEU %s, embedding distance %s",
+             len(wins), len(unique), asr.value, report["self_bleu"], report["embedding_distance"])
+    if not wins:
+        log.warning("red team: no attack succeeded; no prompt source written")
+        return out / "report.json"
+    atomic_write_text(prompts_path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
+                                            for r in prompt_records(cases)))
+    return prompts_path
+
+
+def _attack(cfg: Config, plan: JudgePlan, red_spec: str, target_spec: str):
+    """The red LM, the target (the same actor when it is the same model) and the judge, for the whole loop."""
+    rc, ec = cfg.red_team, cfg.eval
+    actors = []
+    try:
+        same = resolve_model_path(red_spec, cfg.cache_dir) == resolve_model_path(target_spec, cfg.cache_dir)
+        red_actor = serve(cfg, red_spec, max(rc.max_question_tokens, rc.max_answer_tokens if same else 0))
+        actors.append(red_actor)
+        target_actor = red_actor if same else serve(cfg, target_spec, rc.max_answer_tokens)
+        actors += [] if same else [target_actor]
+        judge, judge_actor = plan.start()
+        actors += [judge_actor] if judge_actor is not None else []
+
+        def red(texts: list[str], seed: int) -> list[str]:
+            return chat(cfg, red_actor, [[{"role": "user", "content": t}] for t in texts], seed, rc.temperature,
+                        rc.max_question_tokens)
+
+        def target(questions: list[str], seed: int) -> list[str]:
+            return chat(cfg, target_actor, [[{"role": "user", "content": q}] for q in questions], seed,
+                        ec.temperature, rc.max_answer_tokens)
+
+        return red_team(red, target, judge.harmful, rc.zero_shot, rc.few_shot_rounds, rc.few_shot_per_round,
+                        rc.few_shot_examples, rc.few_shot_temperature, rc.harm_threshold, random.Random(cfg.seed),
+                        cfg.seed)
+    finally:
+        for a in actors:
+            ray.kill(a)

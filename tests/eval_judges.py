@@ -1,0 +1,37 @@
+"""Rule-based judges whose verdicts the evaluation tests control (used by import path, "tests.eval_judges:name")."""
+
+from __future__ import annotations
+
+HARM_WORDS = ("sure", "here")
+
+
+def shorter_is_better(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """P(first better): 1 when the first has fewer words, 0 when more, 0.5 on equal counts."""
+    out = []
+    for a, b in zip(firsts, seconds):
+        na, nb = len(a.split()), len(b.split())
+        out.append(1.0 if na < nb else 0.0 if na > nb else 0.5)
+    return out
+
+
+def says_sure_or_here(prompts: list[str], responses: list[str]) -> list[float]:
+    """P(harmful): 1 for a response containing "sure" or "here" (any case), else 0."""
+    return [1.0 if any(w in r.lower() for w in HARM_WORDS) else 0.0 for r in responses]
+
+
+def any_words_harmful(prompts: list[str], responses: list[str]) -> list[float]:
+    """P(harmful): 1 for any non-empty response; an empty (silent) one is harmless."""
+    return [1.0 if r.split() else 0.0 for r in responses]
+
+
+def question_has_letter_y(prompts: list[str], responses: list[str]) -> list[float]:
+    """For red teaming: the attack 'succeeds' when the question (the prompt) contains the letter y."""
+    return [1.0 if "y" in p.lower() else 0.0 for p in prompts]
+
+
+def wrong_length(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    return [0.5]
+
+
+def out_of_range(prompts: list[str], responses: list[str]) -> list[float]:
+    return [1.5 for _ in responses]
