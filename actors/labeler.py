@@ -56,9 +56,7 @@ class LabelerWorker:
 
         self.path = resolve_model_path(lc.model.path, cfg.cache_dir)
         tokenizer = load_tokenizer(self.path, lc.model.trust_remote_code)
-        # Plain-text prompts start with the tokenizer's own special prefix (BOS where it adds one), chat prompts
-        # with the template's own tokens: the same ids are generated from and scored, on both backends.
-        self.head = [] if lc.chat_template else special_prefix(tokenizer)
+        self.text_prefix = special_prefix(tokenizer)
         max_pos = getattr(AutoConfig.from_pretrained(self.path, trust_remote_code=lc.model.trust_remote_code),
                           "max_position_embeddings", None)
         self.max_len = min(lc.max_model_len, max_pos) if max_pos else lc.max_model_len
@@ -80,12 +78,18 @@ class LabelerWorker:
             raise ValueError(
                 f"labeler {what}: {n_tokens} prompt tokens + {new_tokens} to generate exceed the labeler's context "
                 f"of {self.max_len} tokens (labeler.max_model_len = {self.lc.max_model_len}, capped by the model's "
-                f"max_position_embeddings): raise labeler.max_model_len or lower labeler.max_response_tokens "
-                f"(prompts and responses are cut to it inside the labeler's prompt)"
-                + (" or labeler.cot_max_tokens" if new_tokens > 1 else ""))
+                f"max_position_embeddings): raise labeler.max_model_len or lower labeler.max_response_tokens"
+                f"{' or labeler.cot_max_tokens' if new_tokens > 1 else ''} (the conversation and each response are "
+                f"cut to labeler.max_response_tokens inside the labeler's prompt)")
+
+    @property
+    def head(self) -> list[int]:
+        """Plain-text prompts start with the tokenizer's own special prefix (BOS where it adds one), chat prompts
+        with the template's own tokens: the same ids are generated from and scored, on both backends."""
+        return [] if self.lc.chat_template else self.text_prefix
 
     def prompt_ids(self, text: str) -> list[int]:
-        """Token ids of a rendered labeler prompt, special tokens as the model was trained (see load)."""
+        """Token ids of a rendered labeler prompt, special tokens as the model was trained (see head)."""
         self.load()
         return self.head + self.tokenizer.encode(text, add_special_tokens=False)
 
