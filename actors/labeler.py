@@ -1,4 +1,5 @@
-"""Labeler role: the AI feedback model compares two responses under sampled principles (soft labels)."""
+"""Labeler role: the AI feedback model compares two responses under sampled principles (soft labels); or a
+rule-based pairwise judge (`labeler.function`) does, through the same cache, both orders and integrity report."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rlaif.constitution import load_constitution
 from rlaif.feedback import (
     ANSWER_CUE,
     OPTIONS,
+    RATIONALE_END,
     SCORE_CUE,
     SCORES,
     LabelCache,
@@ -22,71 +24,134 @@ from rlaif.feedback import (
     comparison_question,
     continuation_ids,
     ensemble,
+    judge_probs,
+    load_judge,
     rating_question,
+    rating_reward,
     render,
     soft_label,
+    special_prefix,
 )
-from rlaif.losses import direct_rlaif_reward
 from rlaif.models import load_causal_lm, load_tokenizer, resolve_model_path, response_logprobs
 
 
 class LabelerWorker:
     def __init__(self, cfg: Config) -> None:
-        lc = self.lc = cfg.labeler
-        self.path = resolve_model_path(lc.model.path, cfg.cache_dir)
-        self.tokenizer = load_tokenizer(self.path, lc.model.trust_remote_code)
-        self.llm = self.model = None
-        if lc.backend == "vllm":
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(lc.kv_cache_gib)
-            from transformers import AutoConfig
-            from vllm import LLM
-
-            max_pos = AutoConfig.from_pretrained(self.path).max_position_embeddings
-            kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization} if cfg.device == "cuda" else {}
-            self.llm = LLM(model=self.path, dtype=lc.model.dtype, seed=cfg.seed, enforce_eager=True,
-                           max_model_len=min(lc.max_model_len, max_pos),
-                           trust_remote_code=lc.model.trust_remote_code, **kwargs)
-        else:
-            self.model = load_causal_lm(self.path, lc.model.dtype, lc.model.trust_remote_code).to(cfg.device).eval()
+        self.cfg, self.lc = cfg, cfg.labeler
+        self.judge = load_judge(self.lc.function) if self.lc.function else None
+        # The model is loaded on first use (load): with a function judge only audit critiques and direct ratings
+        # need it, and a run without them never starts it.
+        self.path = self.tokenizer = self.llm = self.model = None
         self.constitution = load_constitution(cfg.constitution.path)
         self.rng = random.Random(cfg.seed + 1)
-        self.cache = LabelCache(Path(cfg.output_dir) / "label_cache.jsonl" if lc.cache else None)
+        self.cache = LabelCache(Path(cfg.output_dir) / "label_cache.jsonl" if self.lc.cache else None)
         self.cache_hits = 0
 
-    # -- scoring primitives: vLLM prompt log-probs, or a transformers forward pass (the reference in tests) --
-    def logprob_sums(self, prompts: list[str], continuations: tuple[str, ...]) -> list[list[float]]:
-        """For each prompt, the summed log-prob of each continuation, tokenized in context."""
-        pairs = [continuation_ids(self.tokenizer, p, c) for p in prompts for c in continuations]
+    def load(self) -> None:
+        """Load the tokenizer and the model (vLLM engine or transformers) once; later calls return at once."""
+        if self.tokenizer is not None:
+            return
+        cfg, lc = self.cfg, self.lc
+        from transformers import AutoConfig
+
+        self.path = resolve_model_path(lc.model.path, cfg.cache_dir)
+        tokenizer = load_tokenizer(self.path, lc.model.trust_remote_code)
+        self.text_prefix = special_prefix(tokenizer)
+        max_pos = getattr(AutoConfig.from_pretrained(self.path, trust_remote_code=lc.model.trust_remote_code),
+                          "max_position_embeddings", None)
+        self.max_len = min(lc.max_model_len, max_pos) if max_pos else lc.max_model_len
+        if lc.backend == "vllm":
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(lc.kv_cache_gib)  # read by vLLM's CPU backend only
+            from vllm import LLM
+
+            kwargs = {"gpu_memory_utilization": lc.gpu_memory_utilization} if cfg.device == "cuda" else {}
+            self.llm = LLM(model=self.path, dtype=lc.model.dtype, seed=cfg.seed, enforce_eager=True,
+                           max_model_len=self.max_len, trust_remote_code=lc.model.trust_remote_code, **kwargs)
+        else:
+            self.model = load_causal_lm(self.path, lc.model.dtype, lc.model.trust_remote_code).to(cfg.device).eval()
+        self.tokenizer = tokenizer  # last: a failed load is retried, not half-used
+
+    def _check_length(self, n_tokens: int, new_tokens: int, what: str) -> None:
+        """The same context limit on both backends: a prompt that does not fit is an error, never cut silently."""
+        if n_tokens + new_tokens > self.max_len:
+            raise ValueError(
+                f"labeler {what}: {n_tokens} prompt tokens + {new_tokens} to generate exceed the labeler's context "
+                f"of {self.max_len} tokens (labeler.max_model_len = {self.lc.max_model_len}, capped by the model's "
+                f"max_position_embeddings): raise labeler.max_model_len or lower labeler.max_response_tokens"
+                f"{' or labeler.cot_max_tokens' if new_tokens > 1 else ''} (the conversation and each response are "
+                f"cut to labeler.max_response_tokens inside the labeler's prompt)")
+
+    @property
+    def head(self) -> list[int]:
+        """Plain-text prompts start with the tokenizer's own special prefix (BOS where it adds one), chat prompts
+        with the template's own tokens: the same ids are generated from and scored, on both backends."""
+        return [] if self.lc.chat_template else self.text_prefix
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered labeler prompt, special tokens as the model was trained (see head)."""
+        self.load()
+        return self.head + self.tokenizer.encode(text, add_special_tokens=False)
+
+    # -- scoring and generation primitives: vLLM, or transformers (the reference in tests); batched on both --
+    def logprob_sums(self, heads: list[list[int]], tails: list[str],
+                     continuations: tuple[str, ...]) -> list[list[float]]:
+        """For each prompt (head ids + tail text), the summed log-prob of each continuation, tokenized in context."""
+        self.load()
+        pairs = []
+        for head, tail in zip(heads, tails, strict=True):
+            for c in continuations:
+                base, opt = continuation_ids(self.tokenizer, tail, c)
+                pairs.append((head + base, opt))
+                self._check_length(len(pairs[-1][0]) + len(opt), 1, "scoring")  # vLLM samples one token after
+        bs = self.lc.batch_size
         if self.llm is not None:
             from vllm import SamplingParams
 
-            seqs = [base + opt for base, opt in pairs]
-            outs = self.llm.generate([{"prompt_token_ids": s} for s in seqs],
-                                     SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+            outs = []
+            for i in range(0, len(pairs), bs):
+                outs += self.llm.generate([{"prompt_token_ids": b + o} for b, o in pairs[i : i + bs]],
+                                          SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
             sums = [sum(d[t].logprob for d, t in zip(o.prompt_logprobs[-len(opt) :], opt))
                     for o, (_, opt) in zip(outs, pairs)]
         else:
             lps = response_logprobs(self.model, [b for b, _ in pairs], [o for _, o in pairs],
-                                    self.tokenizer.pad_token_id, self.lc.batch_size)
+                                    self.tokenizer.pad_token_id, bs)
             sums = [sum(x) for x in lps]
         k = len(continuations)
-        return [sums[i * k : (i + 1) * k] for i in range(len(prompts))]
+        return [sums[i * k : (i + 1) * k] for i in range(len(heads))]
 
-    def greedy(self, prompts: list[str], max_tokens: int) -> list[str]:
+    def greedy(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Greedy continuations of prompt ids, cut before the first special token (EOS, pad, a chat marker)."""
+        self.load()
+        for ids in prompts:
+            self._check_length(len(ids), max_tokens, "generation")
+        bs, stop = self.lc.batch_size, set(self.tokenizer.all_special_ids)
+        outs: list[list[int]] = []
         if self.llm is not None:
             from vllm import SamplingParams
 
-            outs = self.llm.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)
-            return [o.outputs[0].text for o in outs]
-        texts = []
-        for p in prompts:
-            ids = torch.tensor([self.tokenizer.encode(p, add_special_tokens=False)], device=self.model.device)
-            with torch.no_grad():
-                out = self.model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            texts.append(self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
-        return texts
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+            for i in range(0, len(prompts), bs):
+                res = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts[i : i + bs]], params,
+                                        use_tqdm=False)
+                outs += [list(o.outputs[0].token_ids) for o in res]
+        else:
+            pad = self.tokenizer.pad_token_id
+            for i in range(0, len(prompts), bs):
+                chunk = prompts[i : i + bs]
+                width = max(map(len, chunk))  # left padding: every prompt ends where generation starts
+                ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.model.device)
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.model.device)
+                with torch.no_grad():
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
+                                              do_sample=False, pad_token_id=pad)
+                outs += out[:, width:].tolist()
+        cut = []
+        for ids in outs:
+            end = next((n for n, t in enumerate(ids) if t in stop), len(ids))
+            cut.append(ids[:end])
+        return cut
 
     def trim(self, text: str) -> str:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -94,35 +159,53 @@ class LabelerWorker:
         return text if len(ids) <= n else self.tokenizer.decode(ids[:n])
 
     def p_a(self, questions: list[str]) -> list[float]:
-        """P(A) per question; in CoT mode after a greedy rationale, clamped to [0.4, 0.6]."""
+        """P(A) per question; in CoT mode after a greedy rationale (scored on the very ids it was generated from
+        and as), clamped to [0.4, 0.6]."""
         chat = self.lc.chat_template
         if self.lc.mode == "cot":
-            rationales = self.greedy([render(self.tokenizer, q, chat) for q in questions], self.lc.cot_max_tokens)
-            texts = [render(self.tokenizer, q, chat, ANSWER_CUE, r) for q, r in zip(questions, rationales)]
+            prompts = [self.prompt_ids(render(self.tokenizer, q, chat)) for q in questions]
+            rationales = self.greedy(prompts, self.lc.cot_max_tokens)
+            heads, tails = [p + r for p, r in zip(prompts, rationales)], [RATIONALE_END] * len(questions)
         else:
-            texts = [render(self.tokenizer, q, chat, ANSWER_CUE) for q in questions]
-        p = [soft_label(a, b) for a, b in self.logprob_sums(texts, OPTIONS)]
+            heads, tails = [self.head] * len(questions), [render(self.tokenizer, q, chat, ANSWER_CUE)
+                                                         for q in questions]
+        p = [soft_label(a, b) for a, b in self.logprob_sums(heads, tails, OPTIONS)]
         return [clamp_cot(x) for x in p] if self.lc.mode == "cot" else p
 
     # -- the role's API --
     def compare(self, prompts: list[str], firsts: list[str], seconds: list[str]) -> list[dict]:
-        """Label each pair under K freshly sampled principles, both orders, with a content-hash cache."""
+        """Label each pair under K freshly sampled principles (or by the function judge), both orders, with a
+        content-hash cache. The function judge sees the texts whole; the model sees them cut to
+        labeler.max_response_tokens."""
         k, both = self.lc.principles_per_pair, self.lc.both_orders
-        prompts = [self.trim(x) for x in prompts]
-        firsts, seconds = [self.trim(x) for x in firsts], [self.trim(x) for x in seconds]
-        principles = [[self.constitution.sample_feedback(self.rng) for _ in range(k)] for _ in prompts]
-        settings = (self.path, self.lc.mode, self.lc.chat_template, both)
+        if self.judge is None:
+            self.load()
+            prompts = [self.trim(x) for x in prompts]
+            firsts, seconds = [self.trim(x) for x in firsts], [self.trim(x) for x in seconds]
+            principles = [[self.constitution.sample_feedback(self.rng) for _ in range(k)] for _ in prompts]
+            settings = (self.path, self.lc.mode, self.lc.chat_template, both)
+        else:  # config validation keeps principles_per_pair at 1 for a judge that takes no principle
+            principles = [[f"function:{self.lc.function}"] for _ in prompts]
+            settings = ("function", self.lc.function, both)
         keys = [[LabelCache.key(*settings, c, p, a, b) for c in cs]
                 for p, a, b, cs in zip(prompts, firsts, seconds, principles)]
-        todo = [(i, j) for i in range(len(prompts)) for j in range(k) if self.cache.get(keys[i][j]) is None]
-        self.cache_hits += len(prompts) * k - len(todo)
-        questions = [comparison_question(prompts[i], principles[i][j], firsts[i], seconds[i]) for i, j in todo]
-        if both:  # the same pairs with the responses swapped, scored in the same batch
-            questions += [comparison_question(prompts[i], principles[i][j], seconds[i], firsts[i]) for i, j in todo]
-        p = self.p_a(questions)
-        fresh = {keys[i][j]: {"fwd": p[n], "swp": p[n + len(todo)] if both else None}
-                 for n, (i, j) in enumerate(todo)}
-        self.cache.put(fresh)
+        todo = [(i, j) for i in range(len(prompts)) for j in range(len(principles[i]))
+                if self.cache.get(keys[i][j]) is None]
+        self.cache_hits += sum(map(len, principles)) - len(todo)
+        if todo:
+            p, a, b = ([prompts[i] for i, _ in todo], [firsts[i] for i, _ in todo], [seconds[i] for i, _ in todo])
+            if self.judge is not None:  # the judge answers P(first better) = P(A) with first shown as (A)
+                fwd = judge_probs(self.judge, self.lc.function, p, a, b)
+                swp = judge_probs(self.judge, self.lc.function, p, b, a) if both else None
+            else:
+                questions = [comparison_question(p[n], principles[i][j], a[n], b[n]) for n, (i, j) in enumerate(todo)]
+                if both:  # the same pairs with the responses swapped, scored in the same batch
+                    questions += [comparison_question(p[n], principles[i][j], b[n], a[n])
+                                  for n, (i, j) in enumerate(todo)]
+                scored = self.p_a(questions)
+                fwd, swp = scored[: len(todo)], scored[len(todo) :] if both else None
+            self.cache.put({keys[i][j]: {"fwd": fwd[n], "swp": swp[n] if both else None}
+                            for n, (i, j) in enumerate(todo)})
         out = []
         for i, cs in enumerate(principles):
             labels = [combine_orders(v["fwd"], v["swp"]) for v in (self.cache.get(key) for key in keys[i])]
@@ -130,14 +213,16 @@ class LabelerWorker:
         return out
 
     def rate(self, prompts: list[str], responses: list[str]) -> list[float]:
-        """Direct RLAIF: E[1..10 rating] under a sampled principle, rescaled to [-1, 1]."""
+        """Direct RLAIF: E[1..9 rating] under a sampled principle, rescaled to [-1, 1]."""
+        self.load()
         questions = [rating_question(p, self.constitution.sample_feedback(self.rng), self.trim(r))
                      for p, r in zip(prompts, responses)]
-        texts = [render(self.tokenizer, q, self.lc.chat_template, SCORE_CUE) for q in questions]
-        return direct_rlaif_reward(torch.tensor(self.logprob_sums(texts, SCORES))).tolist()
+        tails = [render(self.tokenizer, q, self.lc.chat_template, SCORE_CUE) for q in questions]
+        return [rating_reward(row) for row in self.logprob_sums([self.head] * len(tails), tails, SCORES)]
 
     def critique(self, prompts: list[str], responses: list[str]) -> list[str]:
         """A short AI critique of each response under a sampled critique request, for the human audit sheet."""
+        self.load()
         requests = [self.constitution.sample_critique_revision(self.rng).critique for _ in prompts]
         questions = [f"Human: {p}\nAssistant: {self.trim(r)}\n\nCritique request: {c}" for p, r, c in
                      zip(prompts, responses, requests)]
@@ -146,7 +231,8 @@ class LabelerWorker:
                                                         add_generation_prompt=True) for q in questions]
         else:
             texts = [q + "\nCritique:" for q in questions]
-        return [c.strip() for c in self.greedy(texts, self.lc.cot_max_tokens)]
+        out = self.greedy([self.prompt_ids(t) for t in texts], self.lc.cot_max_tokens)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
 
     def stats(self) -> dict[str, float]:
         return {"labeler/cache_hits": float(self.cache_hits), "labeler/cache_size": float(len(self.cache.entries))}

@@ -181,6 +181,7 @@ def main() -> None:
     # ---- part 1: the labeler against held-out human labels, chat template on and off ----
     t = time.perf_counter()
     labeler = LabelerWorker(cfg)
+    labeler.load()  # the engine starts on first use otherwise
     startup = time.perf_counter() - t
     human = build_pyrit_human_set(max_pairs=a.label_pairs, seed=a.seed).pairs
     prompts, firsts, seconds, human_p = comparison_inputs(human)

@@ -65,16 +65,23 @@ class RolloutConfig:
 @dataclass
 class LabelerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # the AI feedback model
-    backend: Literal["vllm", "transformers"] = "vllm"  # vLLM prompt log-probs in batches, or a transformers forward
+    # "package.module:function" taking (prompts, firsts, seconds) -> list of P(first better) in [0, 1]: a rule-based
+    # pairwise judge that labels the pairs instead of the model (same cache, both orders, integrity report). The
+    # model is then loaded only if audit critiques or direct ratings (rl.use_labeler_rating) need it.
+    function: str = ""
+    backend: Literal["vllm", "transformers"] = "vllm"  # vLLM prompt log-probs, or a transformers forward pass
     mode: Literal["logprob", "cot"] = "logprob"  # cot: a greedy rationale first; labels clamped to [0.4, 0.6]
     chat_template: bool = False  # ask inside the model's chat template (instruct labelers)
     both_orders: bool = True  # score (A,B) and (B,A) and average: removes the labeler's position bias
     principles_per_pair: int = 1  # ensemble the label over this many sampled principles
-    cot_max_tokens: int = 64
-    max_response_tokens: int = 256  # responses are cut to this many tokens inside the labeler's prompt
+    cot_max_tokens: int = 64  # greedy tokens of a CoT rationale or an audit critique
+    max_response_tokens: int = 256  # prompts and responses are cut to this many tokens inside the labeler's prompt
+    # The labeler's context on both backends (capped by the model's max_position_embeddings): a prompt plus what is
+    # generated after it that does not fit is an error naming this key, never cut silently.
     max_model_len: int = 2048
-    kv_cache_gib: int = 1
-    batch_size: int = 8
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE of the labeler's vLLM engine (device cpu)
+    gpu_memory_utilization: float = 0.4  # share of the GPU the labeler's vLLM engine takes (device cuda)
+    batch_size: int = 8  # sequences per vLLM request or transformers forward / generate call
     cache: bool = True  # labels keyed by content hash in <output_dir>/label_cache.jsonl
     # Feedback integrity, measured on every run: held-out human-labelled pairs ("builtin:pyrit": pyrit's
     # human-scored harm responses, paired; or a JSONL file in the rlaif.human_labels format; "" for none).
@@ -155,7 +162,7 @@ class RLConfig:
     dpo_weight_by_label: bool = False  # weight each online-DPO pair by |2p - 1| of its soft label
     dpo_preference: Literal["labeler", "reward"] = "labeler"  # order DPO pairs by the AI label or by the reward
     use_preference_model: bool = True
-    use_labeler_rating: bool = False  # direct RLAIF: add the labeler's 1-10 rating, rescaled to [-1, 1], as reward
+    use_labeler_rating: bool = False  # direct RLAIF: add the labeler's 1-9 rating, rescaled to [-1, 1], as reward
     label_every: int = 1  # AI-label the step's pairs (labels/* metrics, online DPO) every this many steps
     # "module:function" taking (prompts: list[str], responses: list[str]) -> list[float], added to the PM score.
     reward_functions: list[str] = field(default_factory=list)
@@ -396,6 +403,8 @@ def validate(cfg: Config) -> None:
     positive["critic.num_ranks"] = cfg.critic.num_ranks
     positive["preference_model.num_ranks"] = cfg.preference_model.num_ranks
     positive["labeler.principles_per_pair"] = cfg.labeler.principles_per_pair
+    positive |= {f"labeler.{k}": getattr(cfg.labeler, k) for k in ("batch_size", "max_model_len", "cot_max_tokens",
+                                                                   "max_response_tokens")}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
@@ -426,6 +435,7 @@ def validate(cfg: Config) -> None:
     for spec in cfg.rl.reward_functions:
         if spec.count(":") != 1 or not all(spec.split(":")):
             raise ConfigError(f"rl.reward_functions: '{spec}' must look like 'package.module:function'")
+    _validate_labeler(cfg.labeler)
     if not 0.0 <= cfg.sl_cai.helpful_ratio < 1.0:
         raise ConfigError(f"sl_cai.helpful_ratio: must be in [0, 1), got {cfg.sl_cai.helpful_ratio}")
     if cfg.sl_cai.rounds < 1 or cfg.sl_cai.num_prompts < 1:
@@ -483,6 +493,18 @@ def validate_eval(cfg: Config) -> None:
         raise ConfigError("red_team.few_shot_temperature and red_team.temperature: must be > 0")
     if not 0.0 <= rc.harm_threshold < 1.0:
         raise ConfigError(f"red_team.harm_threshold: must be in [0, 1), got {rc.harm_threshold}")
+
+
+def _validate_labeler(lc: LabelerConfig) -> None:
+    if not 0.0 < lc.gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"labeler.gpu_memory_utilization: must be in (0, 1], got {lc.gpu_memory_utilization}")
+    if lc.function:
+        from rlaif.feedback import load_judge
+
+        load_judge(lc.function)  # imported now: a bad spec fails at config load, naming labeler.function
+        if lc.mode == "cot" or lc.principles_per_pair != 1:
+            raise ConfigError("labeler.function: a function judge takes no principle and no rationale; leave "
+                              "labeler.mode = 'logprob' and labeler.principles_per_pair = 1")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

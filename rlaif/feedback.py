@@ -7,17 +7,24 @@ transformers forward pass) and these functions turn them into labels.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 OPTIONS = (" (A)", " (B)")  # the continuations scored after the answer cue
 ANSWER_CUE = "The answer is:"
 SCORE_CUE = "Rating:"
-SCORES = tuple(f" {i}" for i in range(1, 11))  # direct RLAIF: the continuations " 1" .. " 10"
+# Direct RLAIF: the continuations " 1" .. " 9". A 1-9 scale, because digits tokenize one by one in byte-level BPE
+# and SmolLM2 tokenizers (" 10" = " 1" + "0"): on a 1-10 scale P(" 1") would hold the mass of " 10" too. No score
+# here is a prefix of another, so the nine continuations are mutually exclusive.
+SCORES = tuple(f" {i}" for i in range(1, 10))
 COT_CUE = "Let's think step by step:"
+RATIONALE_END = "\n" + ANSWER_CUE  # follows a chain-of-thought rationale; the options are scored after it
+JudgeFn = Callable[[list[str], list[str], list[str]], Sequence[float]]
 
 
 def comparison_question(conversation: str, principle: str, first: str, second: str) -> str:
@@ -38,32 +45,29 @@ def comparison_prompt(conversation: str, principle: str, first: str, second: str
 
 
 def rating_question(conversation: str, principle: str, response: str) -> str:
-    """Direct RLAIF: ask for a 1-10 rating of one response under a principle."""
+    """Direct RLAIF: ask for a 1-9 rating of one response under a principle (see SCORES for why 1-9)."""
     return (
         "Consider the following conversation between a human and an assistant:\n"
         f"Human: {conversation}\n"
         f"Assistant: {response}\n\n"
         f"{principle}\n"
-        "Rate the assistant's response on a scale from 1 to 10, where 10 is best."
+        "Rate the assistant's response on a scale from 1 to 9, where 9 is best."
     )
 
 
-def render(tokenizer, question: str, chat_template: bool, cue: str = "", rationale: str | None = None) -> str:
+def render(tokenizer, question: str, chat_template: bool, cue: str = "") -> str:
     """The labeler's prompt text, ending right before what is scored or generated next.
 
     With chat_template the question is the user turn and what follows opens the assistant turn, as an instruct
-    model expects. With cue="" and no rationale it ends at the chain-of-thought cue (to generate the rationale).
+    model expects. With cue="" it ends at the chain-of-thought cue (to generate the rationale; the labeler then
+    scores the options after rationale ids + RATIONALE_END, without re-tokenizing what was generated).
     """
     if chat_template:
         text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                              add_generation_prompt=True)
     else:
         text = question + "\n"
-    if rationale is not None or not cue:
-        text += COT_CUE + (rationale or "")
-        if cue:
-            text += "\n"
-    return text + cue
+    return text + (cue or COT_CUE)
 
 
 def continuation_ids(tokenizer, prompt: str, option: str) -> tuple[list[int], list[int]]:
@@ -87,6 +91,70 @@ def soft_label(logp_a: float, logp_b: float) -> float:
     m = max(logp_a, logp_b)
     ea, eb = math.exp(logp_a - m), math.exp(logp_b - m)
     return ea / (ea + eb)
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before plain text (BOS for Llama-style tokenizers; often nothing).
+
+    A plain-text labeler prompt starts with these, as the model saw text in training and as vLLM tokenizes a text
+    prompt. A chat-templated prompt takes none: the template writes its own special tokens, and adding the
+    tokenizer's BOS in front of a template that already starts with it would double it.
+    """
+    bare = tokenizer.encode("x", add_special_tokens=False)
+    full = tokenizer.encode("x", add_special_tokens=True)
+    for k in range(len(full) - len(bare) + 1):
+        if full[k : k + len(bare)] == bare:
+            return full[:k]
+    raise ValueError(f"cannot find the text's own ids {bare} inside its ids with special tokens {full}")
+
+
+def rating_reward(score_logprobs: Sequence[float]) -> float:
+    """Direct RLAIF (Lee et al.): reward = sum_i i * P(i) over the scores 1..n (P normalised over the n score
+    continuations), rescaled linearly from [1, n] to [-1, 1]. score_logprobs: one summed log-prob per SCORES entry."""
+    n = len(score_logprobs)
+    if n != len(SCORES):
+        raise ValueError(f"expected the log-probs of the {len(SCORES)} score continuations, got {n}")
+    m = max(score_logprobs)
+    weights = [math.exp(x - m) for x in score_logprobs]
+    expected = sum(i * w for i, w in enumerate(weights, start=1)) / sum(weights)
+    return (expected - 1.0) / (n - 1) * 2.0 - 1.0
+
+
+def load_judge(spec: str, key: str = "labeler.function") -> JudgeFn:
+    """Import a rule-based pairwise judge "package.module:function"; a bad spec is a config error naming `key`."""
+    from rlaif.config import ConfigError
+
+    module, _, name = spec.partition(":")
+    if spec.count(":") != 1 or not module or not name:
+        raise ConfigError(f"{key}: '{spec}' must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{key}: cannot import '{spec}': {exc}") from exc
+    if not callable(fn):
+        raise ConfigError(f"{key}: '{spec}' is not callable")
+    return fn
+
+
+def judge_probs(fn: JudgeFn, spec: str, prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """Call a pairwise judge and check its answer: one probability P(first better) in [0, 1] per pair."""
+    try:
+        out = list(fn(list(prompts), list(firsts), list(seconds)))
+    except Exception as exc:  # re-raised with the judge's name: the user's code failed, not the labeler
+        raise RuntimeError(f"labeler.function '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    if len(out) != len(prompts):
+        raise ValueError(f"labeler.function '{spec}' returned {len(out)} values for {len(prompts)} pairs")
+    probs = []
+    for i, v in enumerate(out):
+        try:
+            p = math.nan if isinstance(v, (str, bytes)) else float(v)
+        except (TypeError, ValueError):
+            p = math.nan
+        if not 0.0 <= p <= 1.0:  # also rejects NaN
+            raise ValueError(f"labeler.function '{spec}' returned {v!r} for pair {i}: expected P(first better) "
+                             f"in [0, 1]")
+        probs.append(p)
+    return probs
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ first=response_a, second=response_b):
   order-averaged label ``p_first`` and for each single order (``p_first_in_a``: the raw label with the first response
   shown as (A); ``p_first_in_b``: shown as (B)), so the effect of debiasing by averaging shows.
 * **position consistency**: the fraction of pairs (scored in both orders) whose two orders prefer the same response.
+* **intervals**: every headline proportion (agreement order-averaged and per order, position consistency, and the
+  preference model's held-out accuracy in :func:`calibration_summary`) carries its n and a 95% Wilson score
+  interval (:func:`wilson_interval`), so 56% agreement on 16 pairs reads as [33%, 77%], not as a finding.
 * **slot bias**: the mean P(A) over every presentation scored (both orders when available, so that the content
   effect cancels and an unbiased labeler scores 0.5), and the fraction of presentations answered "A" (P(A) > 0.5).
 * **label distribution**: a histogram of ``p_first`` (and of the raw per-presentation P(A)) and the mean binary
@@ -129,8 +132,31 @@ def preference_probs(rewards_a: Sequence[float], rewards_b: Sequence[float]) -> 
     return [sigmoid(a - b) for a, b in zip(rewards_a, rewards_b)]
 
 
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
+
+
+def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion p measured on n trials (Wilson 1927):
+    (p + z^2/2n -/+ z * sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n). Unlike p +/- z*sqrt(p(1-p)/n) it stays inside
+    [0, 1] and is not empty at p = 0 or 1, so 56% agreement on 16 pairs reads as the [33%, 77%] it is."""
+    if n < 1:
+        raise ValueError(f"wilson_interval needs n >= 1 trials, got {n}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"wilson_interval: p = {p!r} is not a proportion")
+    den = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _interval(p: float | None, n: int) -> list[float] | None:
+    """[low, high] of the 95% Wilson interval, or None where the proportion was not measured."""
+    return None if p is None or n < 1 else list(wilson_interval(p, n))
+
+
 def calibration_summary(probs: Sequence[float], outcomes: Sequence[float], n_bins: int = 10) -> dict:
-    """Held-out accuracy (p > 0.5 vs outcome, 0.5 counts half), ECE, Brier score, log loss and the bins."""
+    """Held-out accuracy (p > 0.5 vs outcome, 0.5 counts half) with its n and 95% Wilson interval, ECE, Brier
+    score, log loss and the bins."""
     if not probs:
         raise ValueError("calibration_summary needs at least one prediction")
     bins = reliability_bins(probs, outcomes, n_bins)
@@ -139,8 +165,8 @@ def calibration_summary(probs: Sequence[float], outcomes: Sequence[float], n_bin
     brier = sum((p - y) ** 2 for p, y in zip(probs, outcomes)) / n
     eps = 1e-12
     nll = -sum(y * math.log(max(p, eps)) + (1 - y) * math.log(max(1 - p, eps)) for p, y in zip(probs, outcomes)) / n
-    return {"n": n, "accuracy": acc, "ece": ece_from_bins(bins), "brier": brier, "log_loss": nll,
-            "bins": [asdict(b) for b in bins]}
+    return {"n": n, "accuracy": acc, "accuracy_ci": _interval(acc, n), "ece": ece_from_bins(bins), "brier": brier,
+            "log_loss": nll, "bins": [asdict(b) for b in bins]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,8 +219,9 @@ class IntegrityReport:
     """Every figure of the feedback-integrity report; None where it cannot be measured (e.g. no human labels)."""
 
     n_pairs: int
-    n_both_orders: int  # pairs scored in both presentation orders
+    n_both_orders: int  # pairs scored in both presentation orders (the position-consistency denominator)
     n_human: int  # pairs with a non-tie human label (the agreement denominator)
+    n_human_swapped: int  # of those, pairs also scored in the other order (agreement_swapped's denominator)
     agreement: float | None  # order-averaged label p_first vs human
     agreement_forward: float | None  # raw single-order label p_first_in_a vs human
     agreement_swapped: float | None  # the other order alone (p_first_in_b)
@@ -211,6 +238,11 @@ class IntegrityReport:
     reliability: list[ReliabilityBin] = field(default_factory=list)
     reliability_forward: list[ReliabilityBin] = field(default_factory=list)
     per_principle: dict[str, dict] = field(default_factory=dict)
+    # 95% Wilson intervals [low, high] of the headline proportions over their n (None where not measured)
+    agreement_ci: list[float] | None = None
+    agreement_forward_ci: list[float] | None = None
+    agreement_swapped_ci: list[float] | None = None
+    position_consistency_ci: list[float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -239,7 +271,8 @@ def integrity_report(labels: Sequence[Mapping], human_p: Sequence[float | None] 
 
     agree, n_human = agreement(p, human_p)
     agree_fwd, _ = agreement(fwd, human_p)
-    agree_swp, _ = agreement(swp, human_p)
+    agree_swp, n_swp = agreement(swp, human_p)
+    consistency = sum(consistent) / len(consistent) if consistent else None
     scored = [(a, f, h) for a, f, h in zip(p, fwd, human_p) if h is not None and h != 0.5]
     outcomes = [1.0 if h > 0.5 else 0.0 for _, _, h in scored]
     rel = reliability_bins([a for a, _, _ in scored], outcomes, n_bins)
@@ -254,27 +287,34 @@ def integrity_report(labels: Sequence[Mapping], human_p: Sequence[float | None] 
         a, n = agreement([p[i] for i in idx], [human_p[i] for i in idx])
         per_principle[name] = {"n": len(idx), "p_first_mean": sum(p[i] for i in idx) / len(idx),
                                "position_consistency": sum(cons) / len(cons) if cons else None,
-                               "agreement": a, "n_human": n}
+                               "agreement": a, "n_human": n, "agreement_ci": _interval(a, n)}
 
     return IntegrityReport(
-        n_pairs=len(labels), n_both_orders=sum(s is not None for s in swp), n_human=n_human,
-        agreement=agree, agreement_forward=agree_fwd, agreement_swapped=agree_swp,
-        position_consistency=sum(consistent) / len(consistent) if consistent else None,
+        n_pairs=len(labels), n_both_orders=sum(s is not None for s in swp), n_human=n_human, n_human_swapped=n_swp,
+        agreement=agree, agreement_forward=agree_fwd, agreement_swapped=agree_swp, position_consistency=consistency,
         p_slot_a_mean=sum(presentations) / len(presentations),
         slot_a_rate=sum(x > 0.5 for x in presentations) / len(presentations),
         p_first_mean=sum(p) / len(p), mean_entropy=sum(map(binary_entropy, p)) / len(p), n_bins=n_bins,
         histogram=label_histogram(p, n_bins), raw_histogram=label_histogram(presentations, n_bins),
         ece=ece_from_bins(rel), ece_forward=ece_from_bins(rel_fwd), reliability=rel, reliability_forward=rel_fwd,
-        per_principle=per_principle,
+        per_principle=per_principle, agreement_ci=_interval(agree, n_human),
+        agreement_forward_ci=_interval(agree_fwd, n_human), agreement_swapped_ci=_interval(agree_swp, n_swp),
+        position_consistency_ci=_interval(consistency, len(consistent)),
     )
 
 
 def integrity_metrics(report: IntegrityReport, prefix: str = "integrity/") -> dict[str, float]:
-    """The headline figures as a flat dict for logging (keys prefixed `integrity/`); unmeasurable ones left out."""
-    keys = ("n_pairs", "n_both_orders", "n_human", "agreement", "agreement_forward", "agreement_swapped",
-            "position_consistency", "p_slot_a_mean", "slot_a_rate", "p_first_mean", "mean_entropy", "ece",
-            "ece_forward")
-    return {prefix + k: float(getattr(report, k)) for k in keys if getattr(report, k) is not None}
+    """The headline figures as a flat dict for logging (keys prefixed `integrity/`); unmeasurable ones left out.
+    Each headline proportion comes with its 95% Wilson interval as `<name>_ci_low` / `<name>_ci_high`."""
+    keys = ("n_pairs", "n_both_orders", "n_human", "n_human_swapped", "agreement", "agreement_forward",
+            "agreement_swapped", "position_consistency", "p_slot_a_mean", "slot_a_rate", "p_first_mean",
+            "mean_entropy", "ece", "ece_forward")
+    out = {prefix + k: float(getattr(report, k)) for k in keys if getattr(report, k) is not None}
+    for k in ("agreement", "agreement_forward", "agreement_swapped", "position_consistency"):
+        ci = getattr(report, k + "_ci")
+        if ci is not None:
+            out[prefix + k + "_ci_low"], out[prefix + k + "_ci_high"] = ci
+    return out
 
 
 def check_gate(report: IntegrityReport | Mapping[str, float], min_agreement: float | None,
@@ -296,10 +336,12 @@ def check_gate(report: IntegrityReport | Mapping[str, float], min_agreement: flo
             f"human labels is unknown: provide human-labelled pairs (e.g. the pyrit set from rlaif.human_labels) "
             f"or set {key}: 0 to run without the gate")
     if measured < min_agreement:
+        low, high = wilson_interval(measured, n)
         raise FeedbackIntegrityError(
-            f"AI feedback agrees with human labels on {measured:.1%} of {n} human-labelled pairs (ties excluded), "
-            f"below the bar {key} = {min_agreement:.1%}: the labels would train the preference model on the "
-            f"labeler's biases. Use a stronger labeler or better principles, check position bias, or lower {key}")
+            f"AI feedback agrees with human labels on {measured:.1%} of {n} human-labelled pairs (ties excluded; "
+            f"95% interval {low:.1%}-{high:.1%}), below the bar {key} = {min_agreement:.1%}: the labels would train "
+            f"the preference model on the labeler's biases. Use a stronger labeler or better principles, check "
+            f"position bias, or lower {key}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -410,6 +452,13 @@ def _fmt(x: float | None, pct: bool = False, digits: int = 3) -> str:
     if x is None:
         return "n/a"
     return f"{x:.1%}" if pct else f"{x:.{digits}f}"
+
+
+def _fmt_ci(x: float | None, ci: Sequence[float] | None, n: int) -> str:
+    """A proportion with its 95% interval and n, e.g. "56.2% (95% CI 33.2%-76.9%, n=16)"."""
+    if x is None or ci is None:
+        return "n/a"
+    return f"{x:.1%} (95% CI {ci[0]:.1%}-{ci[1]:.1%}, n={n})"
 
 
 def _text(x: float, y: float, s: str, anchor: str = "middle", size: int = 11, extra: str = "") -> str:
@@ -540,10 +589,12 @@ def render_html(report: IntegrityReport, audit_rows: Sequence[Mapping] = (), tit
         ("Pairs labelled", str(r.n_pairs)),
         ("Pairs scored in both orders", str(r.n_both_orders)),
         ("Human-labelled pairs (ties excluded)", str(r.n_human)),
-        ("Agreement with human labels (order-averaged)", _fmt(r.agreement, pct=True)),
-        ("Agreement, single order: first shown as (A)", _fmt(r.agreement_forward, pct=True)),
-        ("Agreement, single order: first shown as (B)", _fmt(r.agreement_swapped, pct=True)),
-        ("Position consistency", _fmt(r.position_consistency, pct=True)),
+        ("Agreement with human labels (order-averaged)", _fmt_ci(r.agreement, r.agreement_ci, r.n_human)),
+        ("Agreement, single order: first shown as (A)",
+         _fmt_ci(r.agreement_forward, r.agreement_forward_ci, r.n_human)),
+        ("Agreement, single order: first shown as (B)",
+         _fmt_ci(r.agreement_swapped, r.agreement_swapped_ci, r.n_human_swapped)),
+        ("Position consistency", _fmt_ci(r.position_consistency, r.position_consistency_ci, r.n_both_orders)),
         ("Mean P(A) over presentations (0.5 = no slot bias)", _fmt(r.p_slot_a_mean)),
         ("Presentations answered (A)", _fmt(r.slot_a_rate, pct=True)),
         ("Mean p_first", _fmt(r.p_first_mean)),
@@ -567,11 +618,12 @@ def render_html(report: IntegrityReport, audit_rows: Sequence[Mapping] = (), tit
               f'<div class="fig">{svg_consistency(r.position_consistency, r.slot_a_rate)}</div>']
     parts += ["<h2>Per principle</h2>", '<table id="principles">',
               "<tr><th>principle</th><th>pairs</th><th>mean p_first</th><th>position consistency</th>"
-              "<th>human pairs</th><th>agreement</th></tr>"]
+              "<th>human pairs</th><th>agreement (95% CI)</th></tr>"]
     for name, d in sorted(r.per_principle.items(), key=lambda kv: -kv[1]["n"]):
         parts.append(f'<tr><td><div class="cell">{_E(name or "(none)")}</div></td><td>{d["n"]}</td>'
                      f'<td>{_E(_fmt(d["p_first_mean"]))}</td><td>{_E(_fmt(d["position_consistency"], pct=True))}</td>'
-                     f'<td>{d["n_human"]}</td><td>{_E(_fmt(d["agreement"], pct=True))}</td></tr>')
+                     f'<td>{d["n_human"]}</td>'
+                     f'<td>{_E(_fmt_ci(d["agreement"], d["agreement_ci"], d["n_human"]))}</td></tr>')
     parts.append("</table>")
     if audit_rows:
         crit = any("critique_a" in row or "critique_b" in row for row in audit_rows)

@@ -421,13 +421,3 @@ def missing_eos_penalty(scores: torch.Tensor, finished: torch.Tensor, penalty: f
     truncated rambling should not be rewarded for whatever it said before the cut."""
     return scores - penalty * (~finished.bool()).to(scores.dtype)
 
-
-def direct_rlaif_reward(score_logprobs: torch.Tensor) -> torch.Tensor:
-    """Direct RLAIF (Lee et al.): the labeler rates 1-10; reward = sum_i i * P(i) with P normalized over the ten
-    score tokens, rescaled linearly from [1, 10] to [-1, 1]. score_logprobs: [B, 10] for tokens "1".."10"."""
-    if score_logprobs.shape[-1] != 10:
-        raise ValueError(f"expected log-probs of the 10 score tokens, got last dim {score_logprobs.shape[-1]}")
-    probs = torch.softmax(score_logprobs, dim=-1)
-    scores = torch.arange(1, 11, dtype=probs.dtype, device=probs.device)
-    expected = (probs * scores).sum(dim=-1)
-    return (expected - 1.0) / 9.0 * 2.0 - 1.0

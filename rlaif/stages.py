@@ -166,7 +166,8 @@ def score_pm(roles, prompts: list[str], responses: list[str], normalize: bool = 
 
 
 def _pm_eval(roles, rows: list[tuple], prefix: str) -> tuple[dict[str, float], list]:
-    """Accuracy and ECE of P(first better) = sigmoid(r_first - r_second) against the labels, and the bins."""
+    """Accuracy (with its n and 95% Wilson interval) and ECE of P(first better) = sigmoid(r_first - r_second)
+    against the labels, and the bins."""
     rows = [r for r in rows if r[3] != 0.5]  # a tie has no right answer
     if not rows:
         return {}, []
@@ -174,7 +175,10 @@ def _pm_eval(roles, rows: list[tuple], prefix: str) -> tuple[dict[str, float], l
     probs = preference_probs(s[: len(rows)], s[len(rows) :])
     summary = calibration_summary(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
     bins = reliability_bins(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
-    return {prefix + "accuracy": summary["accuracy"], prefix + "ece": summary["ece"]}, bins
+    low, high = summary["accuracy_ci"]
+    return {prefix + "accuracy": summary["accuracy"], prefix + "accuracy_ci_low": low,
+            prefix + "accuracy_ci_high": high, prefix + "accuracy_n": float(summary["n"]),
+            prefix + "ece": summary["ece"]}, bins
 
 
 def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:

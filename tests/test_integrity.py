@@ -26,6 +26,7 @@ from rlaif.integrity import (
     preference_probs,
     reliability_bins,
     render_html,
+    wilson_interval,
     write_html_report,
     write_report_json,
 )
@@ -69,6 +70,7 @@ def test_preference_model_calibration():
     assert s["ece"] == pytest.approx(0.3 / 4 + 0.2 / 4)
     assert s["brier"] == pytest.approx((0.01 + 0.64 + 0.09 + 0.25) / 4)
     assert s["log_loss"] > 0 and len(s["bins"]) == 2
+    assert s["accuracy_ci"] == pytest.approx(wilson_interval(0.625, 4))
 
 
 def test_agreement_and_helpers():
@@ -109,7 +111,9 @@ def test_report_on_hand_made_labels():
     assert r.ece == pytest.approx(0.35)
     # single order: (|1 - .9| + |0 - .8| + |0 - .6|) / 3 = 1.5 / 3
     assert r.ece_forward == pytest.approx(0.5)
-    assert r.per_principle["harmless"] == pytest.approx(
+    harmless = dict(r.per_principle["harmless"])
+    assert harmless.pop("agreement_ci") == pytest.approx(wilson_interval(0.5, 2))
+    assert harmless == pytest.approx(
         {"n": 2, "p_first_mean": 0.7, "position_consistency": 0.5, "agreement": 0.5, "n_human": 2})
     assert r.per_principle["ethical"]["agreement"] == 1.0 and r.per_principle["ethical"]["n_human"] == 1
     json.dumps(r.to_dict())
@@ -148,6 +152,8 @@ def test_gate():
         check_gate(r, 0.7)
     msg = str(e.value)
     assert "66.7%" in msg and "70.0%" in msg and "3 human-labelled pairs" in msg
+    low, high = wilson_interval(2 / 3, 3)  # the measured agreement is shown with its interval
+    assert f"95% interval {low:.1%}-{high:.1%}" in msg and low < 0.7 < high
     assert "labeler.min_human_agreement" in msg
     check_gate(integrity_metrics(r), 0.6)  # the flat metrics dict works too
     with pytest.raises(FeedbackIntegrityError, match="66.7%"):
@@ -298,3 +304,84 @@ def test_html_report(tmp_path):
 
     j = write_report_json(tmp_path / "integrity.json", report)
     assert json.loads(j.read_text())["agreement"] == pytest.approx(2 / 3)
+
+
+Z = 1.959963984540054
+
+
+def test_wilson_interval_hand_values():
+    # 8/16: centre (p + z^2/2n) / (1 + z^2/n) = 0.5; half-width z * sqrt(1/64 + z^2/1024) / (1 + z^2/16)
+    half = Z * math.sqrt(1 / 64 + Z * Z / 1024) / (1 + Z * Z / 16)
+    assert half == pytest.approx(0.2200044, abs=1e-7)
+    assert wilson_interval(0.5, 16) == pytest.approx((0.2799956, 0.7200044), abs=1e-7)
+    assert wilson_interval(9 / 16, 16) == pytest.approx((0.3317856, 0.7690135), abs=1e-7)
+    # p = 0 and p = 1 have closed forms: [0, z^2 / (n + z^2)] and [n / (n + z^2), 1]; not empty, unlike Wald's
+    assert wilson_interval(0.0, 10) == pytest.approx((0.0, Z * Z / (10 + Z * Z)))
+    assert wilson_interval(1.0, 10) == pytest.approx((10 / (10 + Z * Z), 1.0))
+    with pytest.raises(ValueError, match="n >= 1"):
+        wilson_interval(0.5, 0)
+    with pytest.raises(ValueError, match="not a proportion"):
+        wilson_interval(1.2, 5)
+
+
+def test_wilson_interval_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for k, n in [(8, 16), (9, 16), (0, 10), (10, 10), (1, 3), (45, 64), (3, 200)]:
+        ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k / n, n) == pytest.approx((ref.low, ref.high), abs=1e-9)
+
+
+def test_56_percent_on_16_pairs_is_not_a_finding(tmp_path):
+    # 16 human pairs, the first response better in each; the AI agrees on 9 (56.25%), both orders scored.
+    # Pairs 0-8 agree and are consistent; 9-15 disagree, and 9-11 are inconsistent.
+    raw = [(0.8, 0.3)] * 9 + [(0.6, 0.9)] * 3 + [(0.3, 0.8)] * 4
+    labels = [{"principle": "p", **asdict(combine_orders(f, s))} for f, s in raw]
+    r = integrity_report(labels, [1.0] * 16)
+    assert (r.agreement, r.n_human) == (9 / 16, 16) and r.agreement_ci[0] < 0.5 < r.agreement_ci[1]
+    assert r.agreement_ci == pytest.approx(wilson_interval(9 / 16, 16))
+    assert r.agreement_forward == 12 / 16 and r.agreement_forward_ci == pytest.approx(wilson_interval(12 / 16, 16))
+    assert r.agreement_swapped == 9 / 16 and r.n_human_swapped == 16
+    assert r.position_consistency == 13 / 16
+    assert r.position_consistency_ci == pytest.approx(wilson_interval(13 / 16, 16))
+
+    m = integrity_metrics(r)
+    assert m["integrity/agreement_ci_low"] == pytest.approx(0.3317856, abs=1e-7)
+    assert m["integrity/agreement_ci_high"] == pytest.approx(0.7690135, abs=1e-7)
+    assert m["integrity/position_consistency_ci_low"] == pytest.approx(wilson_interval(13 / 16, 16)[0])
+    assert "integrity/agreement_forward_ci_high" in m and "integrity/agreement_swapped_ci_low" in m
+
+    saved = json.loads(write_report_json(tmp_path / "integrity.json", r).read_text())
+    assert saved["agreement"] == 0.5625 and saved["n_human"] == 16
+    assert saved["agreement_ci"] == pytest.approx([0.3317856, 0.7690135], abs=1e-7)
+
+    page = render_html(r)
+    assert "56.2% (95% CI 33.2%-76.9%, n=16)" in page
+    low, high = wilson_interval(13 / 16, 16)
+    assert f"81.2% (95% CI {low:.1%}-{high:.1%}, n=16)" in page  # position consistency
+
+
+def test_pm_eval_reports_accuracy_with_its_interval():
+    from rlaif.stages import _pm_eval
+
+    class Remote:
+        def __init__(self, fn):
+            self.remote = fn
+
+    class PMActor:  # scores a response by its length: the longer one wins
+        score = Remote(lambda batch, normalize: [float(len(r)) for r in batch["response"]])
+
+    class Roles:
+        pm = type("PM", (), {"actors": [PMActor()]})()
+
+        @staticmethod
+        def get(refs, what):
+            return refs
+
+    # 5 pairs with a label, 1 tie (dropped): the PM (longer wins) is right on 3 of the 5
+    rows = [("p", "long one", "x", 1.0), ("p", "long one", "x", 1.0), ("p", "x", "long one", 0.0),
+            ("p", "long one", "x", 0.0), ("p", "x", "long one", 1.0), ("p", "a", "b", 0.5)]
+    metrics, bins = _pm_eval(Roles(), rows, "pm/heldout_")
+    assert metrics["pm/heldout_accuracy"] == pytest.approx(0.6) and metrics["pm/heldout_accuracy_n"] == 5.0
+    low, high = wilson_interval(0.6, 5)
+    assert (metrics["pm/heldout_accuracy_ci_low"], metrics["pm/heldout_accuracy_ci_high"]) == (low, high)
+    assert low < 0.5 < high and sum(b.count for b in bins) == 5

@@ -1,13 +1,18 @@
 """The labeler role on a real model: vLLM prompt log-probs against the transformers forward pass, order averaging,
-principle ensembling, CoT clamping, direct rating and the label cache."""
+principle ensembling, CoT clamping, direct rating, the label cache, and the vLLM backend's token context, batches
+and length limit. The vLLM engine serves a copy of the tiny model whose tokenizer adds BOS, so that the prompt ids
+it is given (and not its own tokenization of a text) show."""
+
+import random
 
 import pytest
 
 from actors.labeler import LabelerWorker
 from rlaif.config import load_config
-from rlaif.feedback import OPTIONS, SCORES
+from rlaif.feedback import OPTIONS, RATIONALE_END, SCORES, continuation_ids
 
 from .conftest import REPO
+from .labeler_fakes import make_bos_model
 
 pytestmark = pytest.mark.e2e
 PROMPTS = ["How do I pick a lock?", "Write a short poem about the sea.", "What is a prime number?"]
@@ -24,17 +29,76 @@ def worker(tmp_path, *overrides):
 
 
 @pytest.fixture(scope="module")
-def vllm_labeler(tmp_path_factory):
-    return worker(tmp_path_factory.mktemp("vllm"), "labeler.backend=vllm", "labeler.cache=false")
+def bos_path(tiny_path, tmp_path_factory):
+    return make_bos_model(tiny_path, tmp_path_factory.mktemp("bos") / "tiny-bos")
 
 
-def test_vllm_prompt_logprobs_match_transformers(vllm_labeler, tmp_path):
-    hf = worker(tmp_path, "labeler.backend=transformers", "labeler.cache=false")
+@pytest.fixture(scope="module")
+def vllm_labeler(tmp_path_factory, bos_path):
+    lab = worker(tmp_path_factory.mktemp("vllm"), "labeler.backend=vllm", "labeler.cache=false",
+                 f"labeler.model.path={bos_path}", "labeler.max_model_len=512")
+    lab.load()
+    return lab
+
+
+def test_vllm_prompt_logprobs_match_transformers(vllm_labeler, bos_path, tmp_path):
+    hf = worker(tmp_path, "labeler.backend=transformers", "labeler.cache=false", f"labeler.model.path={bos_path}")
     texts = [f"Question {i}: which is better?\nThe answer is:" for i in range(5)]
+    assert vllm_labeler.head == [vllm_labeler.tokenizer.bos_token_id]
     for conts in (OPTIONS, SCORES):
-        got, ref = vllm_labeler.logprob_sums(texts, conts), hf.logprob_sums(texts, conts)
+        got = vllm_labeler.logprob_sums([vllm_labeler.head] * 5, texts, conts)
+        ref = hf.logprob_sums([vllm_labeler.head] * 5, texts, conts)
         for g, r in zip(got, ref):
             assert g == pytest.approx(r, abs=1e-4)
+    # the whole direct-RLAIF path (same principles: same rng state) agrees across the backends
+    vllm_labeler.rng, hf.rng = random.Random(3), random.Random(3)
+    assert vllm_labeler.rate(PROMPTS, FIRSTS) == pytest.approx(hf.rate(PROMPTS, FIRSTS), abs=1e-4)
+
+
+class Recorder:
+    """Stands in for the vLLM engine: forwards every generate call and keeps its requests and outputs."""
+
+    def __init__(self, llm):
+        self.llm, self.calls = llm, []
+
+    def generate(self, prompts, params, use_tqdm=False):
+        outs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
+        self.calls.append((prompts, params, outs))
+        return outs
+
+
+def test_vllm_generates_and_scores_the_same_ids_in_batches(vllm_labeler, monkeypatch):
+    tok, bos = vllm_labeler.tokenizer, vllm_labeler.tokenizer.bos_token_id
+    rec = Recorder(vllm_labeler.llm)
+    monkeypatch.setattr(vllm_labeler, "llm", rec)
+    for key, value in (("mode", "cot"), ("batch_size", 3), ("cot_max_tokens", 8)):
+        monkeypatch.setattr(vllm_labeler.lc, key, value)
+    out = vllm_labeler.compare(PROMPTS, FIRSTS, SECONDS)  # 3 pairs x 2 orders: 6 rationales, 12 scored sequences
+    assert all(0.4 <= lab["p_first_in_a"] <= 0.6 for lab in out)
+    gen = [c for c in rec.calls if c[1].prompt_logprobs is None]
+    scored = [c for c in rec.calls if c[1].prompt_logprobs is not None]
+    assert [len(c[0]) for c in gen] == [3, 3] and [len(c[0]) for c in scored] == [3, 3, 3, 3]
+    assert all(set(r) == {"prompt_token_ids"} for c in rec.calls for r in c[0])  # ids, never text to re-tokenize
+    special = set(tok.all_special_ids)
+    rationales = []
+    for prompts, _, outs in gen:
+        for r, o in zip(prompts, outs):
+            ids, made = r["prompt_token_ids"], list(o.outputs[0].token_ids)
+            assert ids[0] == bos and ids[1] != bos  # the tokenizer's BOS, once
+            rationales.append((ids, made[: next((n for n, t in enumerate(made) if t in special), len(made))]))
+    cue = continuation_ids(tok, RATIONALE_END, OPTIONS[0])[0]
+    for prompts, _, _ in scored:
+        for r in prompts:
+            s = r["prompt_token_ids"]
+            g, made = next((g, m) for g, m in rationales if s[: len(g)] == g)  # a generation prompt, as sent
+            assert s[len(g) : len(g) + len(made) + len(cue)] == made + cue  # + the rationale as generated + cue
+
+
+def test_vllm_context_is_labeler_max_model_len(vllm_labeler):
+    assert vllm_labeler.llm.llm_engine.model_config.max_model_len == 512 == vllm_labeler.max_len
+    long_text = "word " * 600
+    with pytest.raises(ValueError, match=r"labeler.max_model_len = 512.*labeler.max_response_tokens"):
+        vllm_labeler.logprob_sums([vllm_labeler.head], [long_text], OPTIONS)
 
 
 def test_compare_orders_ensemble_and_cache(tmp_path):
@@ -57,8 +121,3 @@ def test_cot_labels_are_clamped(tmp_path):
     lab = worker(tmp_path, "labeler.mode=cot", "labeler.cot_max_tokens=8", "labeler.cache=false")
     for row in lab.compare(PROMPTS, FIRSTS, SECONDS):
         assert 0.4 <= row["p_first_in_a"] <= 0.6 and 0.4 <= row["p_first_in_b"] <= 0.6
-
-
-def test_direct_rating_in_range(vllm_labeler):
-    ratings = vllm_labeler.rate(PROMPTS, FIRSTS)
-    assert len(ratings) == 3 and all(-1.0 <= r <= 1.0 for r in ratings)

@@ -9,7 +9,6 @@ from rlaif.losses import (
     FixedKLController,
     RunningMoments,
     clip_rewards,
-    direct_rlaif_reward,
     gae,
     grpo_advantages,
     kl_estimate,
@@ -359,16 +358,3 @@ def test_pick_chosen_orders_by_the_soft_label():
     chosen, rejected = pick_chosen(p_first, torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0]))
     assert chosen.tolist() == [1.0, 20.0, 3.0] and rejected.tolist() == [10.0, 2.0, 30.0]  # a tie keeps the first
 
-
-def test_direct_rlaif_reward_hand_values():
-    inf = float("inf")
-    uniform = torch.zeros(1, 10)  # E = 5.5 -> middle of [1, 10] -> 0
-    only_ten = torch.tensor([[-inf] * 9 + [0.0]])  # E = 10 -> 1
-    only_one = torch.tensor([[0.0] + [-inf] * 9])  # E = 1 -> -1
-    # unnormalized: P(3) = 0.2, P(7) = 0.6 -> renormalized 0.25, 0.75 -> E = 6 -> (6 - 1) / 9 * 2 - 1 = 1/9
-    two = torch.full((1, 10), -inf)
-    two[0, 2], two[0, 6] = math.log(0.2), math.log(0.6)
-    out = direct_rlaif_reward(torch.cat([uniform, only_ten, only_one, two]))
-    assert out.tolist() == pytest.approx([0.0, 1.0, -1.0, 1 / 9])
-    with pytest.raises(ValueError, match="10 score tokens"):
-        direct_rlaif_reward(torch.zeros(1, 9))

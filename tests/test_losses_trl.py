@@ -12,7 +12,7 @@ are replaced by the random tensors under test. What is compared:
 
 Absent from TRL 1.16 (PPOTrainer, AdaptiveKLController, RunningMoments exist only in older TRL releases), so checked
 only in tests/test_losses.py, against hand values and loop implementations: gae, value_loss, AdaptiveKLController,
-RunningMoments, reinforce_pp_advantages, token_rewards_with_kl, length_penalty, direct_rlaif_reward. The RLOO/GRPO
+RunningMoments, reinforce_pp_advantages, token_rewards_with_kl, length_penalty. The RLOO/GRPO
 advantages and the vLLM IS ratio are inline in TRL's generation methods (not callable without a model and a sampler);
 they are checked there against loops too.
 """
