@@ -236,3 +236,14 @@ class LabelerWorker:
 
     def stats(self) -> dict[str, float]:
         return {"labeler/cache_hits": float(self.cache_hits), "labeler/cache_size": float(len(self.cache.entries))}
+
+    def rng_state(self) -> list:
+        """The principle-sampling RNG, for a resumable checkpoint (JSON-able)."""
+        from rlaif.checkpoint import _jsonable
+
+        return _jsonable(self.rng.getstate())
+
+    def set_rng_state(self, state: list) -> None:
+        from rlaif.checkpoint import _tuples
+
+        self.rng.setstate(_tuples(state))
