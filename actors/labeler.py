@@ -239,11 +239,11 @@ class LabelerWorker:
 
     def rng_state(self) -> list:
         """The principle-sampling RNG, for a resumable checkpoint (JSON-able)."""
-        from rlaif.checkpoint import _jsonable
+        from rlaif.checkpoint import jsonable
 
-        return _jsonable(self.rng.getstate())
+        return jsonable(self.rng.getstate())
 
     def set_rng_state(self, state: list) -> None:
-        from rlaif.checkpoint import _tuples
+        from rlaif.checkpoint import as_tuples
 
-        self.rng.setstate(_tuples(state))
+        self.rng.setstate(as_tuples(state))

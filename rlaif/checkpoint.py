@@ -58,7 +58,7 @@ class TrainerState:
 def capture_rng() -> dict[str, Any]:
     """Python, NumPy and torch RNG states of this process, as JSON."""
     np_state = np.random.get_state()
-    return {"python": _jsonable(random.getstate()),
+    return {"python": jsonable(random.getstate()),
             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
             "torch": torch.get_rng_state().tolist()}
 
@@ -66,18 +66,18 @@ def capture_rng() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     if not state:
         return
-    random.setstate(_tuples(state["python"]))
+    random.setstate(as_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
-def _jsonable(x: Any) -> Any:
-    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+def jsonable(x: Any) -> Any:
+    return [jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
 
 
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+def as_tuples(x: Any) -> Any:
+    return tuple(as_tuples(v) for v in x) if isinstance(x, list) else x
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
