@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from actors.group import join_group, zero_engine
+from actors.group import join_group, use_cpu_threads, zero_engine
 from rlaif.algorithms import loss_agg
 from rlaif.batch import Batch
 from rlaif.config import Config
@@ -17,6 +17,7 @@ from rlaif.models import disable_dropout, load_scalar_model, resolve_model_path
 
 class CriticWorker:
     def __init__(self, cfg: Config) -> None:
+        use_cpu_threads(cfg, "policy")
         self.cfg = cfg
         self.path = resolve_model_path(cfg.critic.model.path or cfg.policy.model.path, cfg.cache_dir)
 

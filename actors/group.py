@@ -107,3 +107,21 @@ def zero_engine(model, lr: float, stage: int, micro_batch: int, grad_accum: int,
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine
+
+
+def use_cpu_threads(cfg, role: str) -> int:
+    """Give this actor's torch its share of the node's cores (see ray.cpu_threads_*); returns the thread count.
+    Call first in an actor's constructor; vLLM's CPU engine reads VLLM_CPU_OMP_THREADS_BIND when it starts."""
+    import torch
+
+    if cfg.device != "cpu":
+        return torch.get_num_threads()
+    n = getattr(cfg.ray, f"cpu_threads_{role}")
+    if n <= 0:
+        ppo = cfg.rl.algorithm == "ppo"
+        peers = {"policy": cfg.policy.num_ranks + (cfg.critic.num_ranks if ppo else 0),
+                 "rollout": cfg.rollout.num_engines, "aux": 3}[role]
+        n = max(1, len(os.sched_getaffinity(0)) // peers)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    return n

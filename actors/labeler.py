@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from actors.group import use_cpu_threads
 from rlaif.config import Config
 from rlaif.constitution import load_constitution
 from rlaif.feedback import (
@@ -37,6 +38,7 @@ from rlaif.models import load_causal_lm, load_tokenizer, resolve_model_path, res
 
 class LabelerWorker:
     def __init__(self, cfg: Config) -> None:
+        use_cpu_threads(cfg, "aux")
         self.cfg, self.lc = cfg, cfg.labeler
         self.judge = load_judge(self.lc.function) if self.lc.function else None
         # The model is loaded on first use (load): with a function judge only audit critiques and direct ratings

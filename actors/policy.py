@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from actors.group import join_group, zero_engine
+from actors.group import join_group, use_cpu_threads, zero_engine
 from rlaif.algorithms import policy_loss
 from rlaif.batch import Batch
 from rlaif.config import Config
@@ -24,6 +24,7 @@ def reduce_stats(stats: list[dict[str, float]]) -> dict[str, float]:
 
 class PolicyWorker:
     def __init__(self, cfg: Config) -> None:
+        use_cpu_threads(cfg, "policy")
         self.cfg = cfg
         self.path = resolve_model_path(cfg.policy.model.path, cfg.cache_dir)
 

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from actors.group import join_group, zero_engine
+from actors.group import join_group, use_cpu_threads, zero_engine
 from rlaif.config import Config
 from rlaif.data import fit_chat, pad_sequences
 from rlaif.losses import preference_loss
@@ -18,6 +18,7 @@ from rlaif.models import last_token_scores, load_scalar_model, load_tokenizer, r
 
 class PreferenceModelWorker:
     def __init__(self, cfg: Config) -> None:
+        use_cpu_threads(cfg, "aux")
         self.cfg = cfg
         self.path = resolve_model_path(cfg.preference_model.model.path, cfg.cache_dir)
         self.mean, self.std = 0.0, 1.0
@@ -103,6 +104,7 @@ class PreferenceScorer(PreferenceModelWorker):
     it from the checkpoint's copy."""
 
     def __init__(self, cfg: Config, path: str, mean: float, std: float) -> None:
+        use_cpu_threads(cfg, "aux")
         self.cfg, self.path = cfg, path
         mc = cfg.preference_model.model
         self.scoring_model = load_scalar_model(path, mc.dtype, mc.trust_remote_code).to(cfg.device).eval()

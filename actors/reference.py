@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from actors.group import use_cpu_threads
 from rlaif.batch import Batch
 from rlaif.config import Config
 from rlaif.logprobs import batch_logprobs
@@ -12,6 +13,7 @@ from rlaif.models import load_causal_lm, resolve_model_path
 
 class ReferenceWorker:
     def __init__(self, cfg: Config) -> None:
+        use_cpu_threads(cfg, "aux")
         mc = cfg.policy.model
         path = resolve_model_path(mc.path, cfg.cache_dir)
         self.model = load_causal_lm(path, mc.dtype, mc.trust_remote_code).to(cfg.device).eval()

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from actors.group import use_cpu_threads
 from rlaif.batch import Batch, pad_rows
 from rlaif.config import Config
 from rlaif.data import fit_chat
@@ -17,11 +18,16 @@ log = logging.getLogger("rlaif")
 
 
 class RolloutWorker:
-    def __init__(self, cfg: Config, stage: str = "rl") -> None:
+    def __init__(self, cfg: Config, stage: str = "rl", index: int = 0) -> None:
         # In-process engine: weights can be swapped by collective_rpc in this same process, and it starts in
         # seconds. Without a KV-cache size vLLM-CPU would reserve ~9 GiB.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.rollout.kv_cache_gib)
+        if cfg.device == "cpu":  # engine `index` gets its own slice of this node's cores (ray.cpu_threads_rollout)
+            cores = sorted(os.sched_getaffinity(0))
+            n = use_cpu_threads(cfg, "rollout")
+            start = (index * n) % len(cores)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in (cores * 2)[start : start + n])
         from vllm import LLM
 
         self.cfg, self.warned_truncation = cfg, False
@@ -199,8 +205,8 @@ class RolloutEngines:
         import ray
 
         self.cfg, self.timeout = cfg, timeout
-        self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus).remote(cfg, stage)
-                       for _ in range(cfg.rollout.num_engines)]
+        self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus).remote(cfg, stage, i)
+                       for i in range(cfg.rollout.num_engines)]
 
     def submit(self, texts: list[str], n: int, seed: int, **kwargs) -> Pending:
         seeds = per_item_seeds(seed, len(texts), n)

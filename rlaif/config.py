@@ -263,6 +263,12 @@ class RayConfig:
     gpus_per_policy_rank: float = 0.0
     gpus_per_rollout: float = 0.0
     gpus_per_aux: float = 0.0  # labeler, preference model and reference each; fractions colocate them
+    # CPU threads of torch (and vLLM) in each actor of a role, on CPU. 0: the node's cores divided among the actors
+    # that work at the same time: the policy (and critic) ranks while training, the engines while generating, the
+    # labeler, reference and preference model while scoring. Ray would otherwise give every actor one thread.
+    cpu_threads_policy: int = 0
+    cpu_threads_rollout: int = 0
+    cpu_threads_aux: int = 0
 
 
 @dataclass
