@@ -173,18 +173,44 @@ def balance(costs: list[int], bins: int) -> list[list[int]]:
 
 
 class Pending:
-    """Generation in flight on the engines; result() gathers the parts back into the prompts' order."""
+    """Work in flight on the engines, one part per engine. parts() waits for them; a part whose engine process
+    died is resubmitted, with the same prompts and seeds, once the engine is back with the current weights."""
 
-    def __init__(self, refs: list, groups: list[list[int]], timeout: float) -> None:
-        self.refs, self.groups, self.timeout = refs, groups, timeout
+    def __init__(self, engines: RolloutEngines, method: str, groups: list[tuple[int, list[int]]], make_args,
+                 what: str) -> None:
+        self.engines, self.method, self.make_args, self.what = engines, method, make_args, what
+        self.groups = groups
+        self.epochs = [engines.epochs[k] for k, _ in groups]
+        self.refs = [self._submit(k, g) for k, g in groups]
 
-    def result(self) -> Batch:
+    def _submit(self, k: int, g: list[int]):
+        args, kwargs = self.make_args(g)
+        return getattr(self.engines.actors[k], self.method).remote(*args, **kwargs)
+
+    def parts(self) -> list:
+        import ray
+
         from actors.group import get
 
-        parts = get(self.refs, self.timeout, "rollout.generate")
+        out = []
+        for j, (k, g) in enumerate(self.groups):
+            while True:
+                try:
+                    out.append(get(self.refs[j], self.engines.timeout, self.what))
+                    break
+                except ray.exceptions.RayActorError as exc:
+                    if self.engines.epochs[k] == self.epochs[j]:  # not yet recovered (by another caller)
+                        self.engines.recover(k, exc)
+                    self.epochs[j] = self.engines.epochs[k]
+                    self.refs[j] = self._submit(k, g)
+        return out
+
+    def result(self) -> Batch:
+        """The generated samples, in the prompts' order."""
+        parts = self.parts()
         batch = Batch.concat(parts)
-        n = len(batch) // sum(len(g) for g in self.groups)
-        order = [i for g in self.groups for i in g]  # prompt index of each part's prompt, in concatenation order
+        n = len(batch) // sum(len(g) for _, g in self.groups)
+        order = [i for _, g in self.groups for i in g]  # prompt index of each part's prompt, in concatenation order
         rows = [0] * len(batch)
         for pos, prompt in enumerate(order):
             for j in range(n):
@@ -196,39 +222,58 @@ class Pending:
         return out
 
 
+class Ready:
+    """Samples already generated (e.g. restored from a checkpoint), behind Pending's interface."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+
+    def result(self) -> Batch:
+        return self.batch
+
+
 class RolloutEngines:
     """`rollout.num_engines` vLLM engines (data parallel) behind one call: each prompt goes to one engine, prompts
     balanced by token count, each keeps its own seed (so samples do not depend on the number of engines), results
-    come back in the prompts' order. Every engine receives every weight update."""
+    come back in the prompts' order. Every engine receives every weight update. Ray restarts an engine whose process
+    dies (ray.max_restarts); `on_restart(index, error)` (set by the owner) brings it back to the current weights."""
 
-    def __init__(self, cfg: Config, num_gpus: float, timeout: float, stage: str = "rl") -> None:
+    def __init__(self, cfg: Config, num_gpus: float, timeout: float, stage: str = "rl", max_restarts: int = 0) -> None:
         import ray
 
         self.cfg, self.timeout = cfg, timeout
-        self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus).remote(cfg, stage, i)
+        self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts,
+                                                         max_task_retries=0).remote(cfg, stage, i)
                        for i in range(cfg.rollout.num_engines)]
+        self.epochs = [0] * len(self.actors)  # restarts recovered from, per engine
+        self.on_restart = None
+
+    def recover(self, k: int, exc: Exception) -> None:
+        if self.on_restart is None:
+            raise exc
+        self.on_restart(k, exc)
+        self.epochs[k] += 1
+
+    def _groups(self, costs: list[int]) -> list[tuple[int, list[int]]]:
+        return [(k, g) for k, g in enumerate(balance(costs, len(self.actors))) if g] or [(0, [])]
 
     def submit(self, texts: list[str], n: int, seed: int, **kwargs) -> Pending:
         seeds = per_item_seeds(seed, len(texts), n)
-        groups = [g for g in balance([len(t) for t in texts], len(self.actors)) if g] or [[]]
-        refs = [a.generate.remote([texts[i] for i in g], n, [seeds[i] for i in g], **kwargs)
-                for a, g in zip(self.actors, groups)]
-        return Pending(refs, groups, self.timeout)
+        return Pending(self, "generate", self._groups([len(t) for t in texts]),
+                       lambda g: (([texts[i] for i in g], n, [seeds[i] for i in g]), kwargs), "rollout.generate")
 
     def generate(self, texts: list[str], n: int, seed: int, **kwargs) -> Batch:
         return self.submit(texts, n, seed, **kwargs).result()
 
     def chat(self, conversations: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> dict:
         """RolloutWorker.chat over the engines: replies in the conversations' order, truncations summed."""
-        from actors.group import get
-
         seeds = per_item_seeds(seed, len(conversations), 1)
-        groups = [g for g in balance([len(str(c)) for c in conversations], len(self.actors)) if g]
-        refs = [a.chat.remote([conversations[i] for i in g], [seeds[i] for i in g], temperature, max_new_tokens)
-                for a, g in zip(self.actors, groups)]
+        groups = self._groups([len(str(c)) for c in conversations])
+        pending = Pending(self, "chat", groups, lambda g: (([conversations[i] for i in g], [seeds[i] for i in g],
+                                                            temperature, max_new_tokens), {}), "rollout.chat")
+        parts = pending.parts()
         replies: list[str] = [""] * len(conversations)
-        parts = get(refs, self.timeout, "rollout.chat")
-        for g, part in zip(groups, parts):
+        for (_, g), part in zip(groups, parts):
             for i, r in zip(g, part["replies"]):
                 replies[i] = r
         return {"replies": replies, "truncated": sum(p["truncated"] for p in parts),

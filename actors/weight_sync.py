@@ -99,15 +99,20 @@ def send_buckets(group: BroadcastGroup | None, named: list[tuple[str, torch.nn.P
     Returns the bytes sent."""
     import deepspeed
 
-    by_name, sent = dict(named), 0
+    by_name, sent, failure = dict(named), 0, None
     for i, bucket in enumerate(buckets):
         params = [by_name[p.name] for p in bucket]
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3):
-            if group is None:
-                continue
+            if group is None or failure is not None:
+                continue  # after a failed send rank 0 still takes part in every gather: the other ranks wait on it
             flat = torch.cat([t.detach().reshape(-1).to(bucket[0].dtype) for t in params]).to(device)
-            group.broadcast(flat, f"bucket {i + 1}/{len(buckets)}")
+            try:
+                group.broadcast(flat, f"bucket {i + 1}/{len(buckets)}")
+            except (RuntimeError, TimeoutError) as exc:
+                failure = exc
             sent += flat.numel() * flat.element_size()
+    if failure is not None:
+        raise failure
     return sent
 
 
@@ -163,8 +168,37 @@ class WeightSync:
         self.buckets = self.get(rank0.weight_buckets.remote(), "policy.weight_buckets")
 
     def __call__(self, version: int) -> dict[str, float]:
+
         sends = [a.send_weights.remote() for a in self.policy.actors]  # every rank: ZeRO-3 gathers by bucket
         receives = [e.receive_weights.remote(self.buckets, version) for e in self.engines]
-        sent = self.get(sends, "weight sync: policy ranks sending")[0]
-        self.get(receives, "weight sync: vLLM engines receiving")
+        try:
+            sent = self.get(sends, "weight sync: policy ranks sending")[0]
+            self.get(receives, "weight sync: vLLM engines receiving")
+        except Exception as exc:
+            raise SyncFailed(_died(sends), _died(receives)) from exc
         return {"weight_sync/bytes": sent["bytes"], "weight_sync/gb_per_second": sent["bytes"] / 1e9 / sent["seconds"]}
+
+
+class SyncFailed(RuntimeError):
+    """A weight sync failed; which policy ranks and which engines died (their processes are gone)."""
+
+    def __init__(self, policy_ranks: list[int], engines: list[int]) -> None:
+        super().__init__(f"weight sync failed; dead policy ranks {policy_ranks}, dead engines {engines}")
+        self.policy_ranks, self.engines = policy_ranks, engines
+
+
+def _died(refs: list) -> list[int]:
+    """Indices of the calls whose actor process died (finished with RayActorError); others may still be blocked."""
+    import ray
+
+    out = []
+    for i, ref in enumerate(refs):
+        ready, _ = ray.wait([ref], timeout=0)
+        if ready:
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                out.append(i)
+            except Exception:  # a failed call of a live actor: not a death
+                continue
+    return out

@@ -1,0 +1,247 @@
+"""The roles of a run behind one set of handles: which actors a stage starts, restarts after a crash, shutdown.
+
+The trainer calls roles and never handles Ray's failure modes itself:
+* the rollout engines, the labeler, the reference and the preference-model scorer are started with
+  `ray.max_restarts`; a call whose actor process died is retried once Ray has restarted it (an engine first gets
+  the current weights again), so a step loses no sample and counts none twice; `faults` counts the restarts;
+* a DeepSpeed rank (policy, critic) that dies cannot rejoin its process group: the run fails with a RoleDied error
+  the trainer turns into "resume from the last checkpoint".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import ray
+
+from actors.critic import CriticWorker
+from actors.group import ActorGroup, get, kill_and_wait
+from actors.labeler import LabelerWorker
+from actors.policy import PolicyWorker
+from actors.preference import PreferenceModelWorker, PreferenceScorer
+from actors.reference import ReferenceWorker
+from actors.rollout import RolloutEngines
+from actors.weight_sync import SyncFailed, WeightSync
+from rlaif.algorithms import ALGORITHMS, needs_reference
+from rlaif.batch import Batch
+from rlaif.config import Config, ConfigError
+
+log = logging.getLogger("rlaif")
+
+
+class RoleDied(RuntimeError):
+    """An actor that cannot be restarted (a DeepSpeed rank, or one out of restarts) died."""
+
+
+def role_plan(cfg: Config, stage: str) -> dict[str, tuple[int, float]]:
+    """The actors a stage starts: role -> (how many, GPUs each); every actor takes one CPU."""
+    r, rl = cfg.ray, stage == "rl"
+    plan = {"rollout": (cfg.rollout.num_engines, r.gpus_per_rollout)}
+    if stage != "sl-cai":
+        plan["labeler"] = (1, r.gpus_per_aux)
+    if rl and needs_reference(cfg.rl):
+        plan["reference"] = (1, r.gpus_per_aux)
+    if rl and cfg.rl.use_preference_model:
+        plan["preference_model"] = (cfg.preference_model.num_ranks, r.gpus_per_aux)
+    if stage != "label":
+        plan["policy"] = (cfg.policy.num_ranks, r.gpus_per_policy_rank)
+    if rl and ALGORITHMS[cfg.rl.algorithm].needs_critic:
+        plan["critic"] = (cfg.critic.num_ranks, r.gpus_per_policy_rank)
+    return plan
+
+
+class ResourceError(ConfigError):
+    """The Ray cluster (or the local Ray the config describes) cannot place the actors a stage needs."""
+
+
+def check_resources(plan: dict[str, tuple[int, float]], cpus: float, gpus: float, node_gpus: float, where: str) -> None:
+    """Fail now, saying what was asked and what there is, instead of waiting on actors Ray can never place."""
+    need_cpu = sum(n for n, _ in plan.values())
+    need_gpu = sum(n * g for n, g in plan.values())
+    too_big = [f"{role} ({g:g} GPUs each)" for role, (_, g) in plan.items() if g > node_gpus]
+    if need_cpu <= cpus and need_gpu <= gpus + 1e-9 and not too_big:
+        return
+    asked = ", ".join(f"{role} {n} x (1 CPU{f', {g:g} GPU' if g else ''})" for role, (n, g) in plan.items())
+    raise ResourceError(
+        f"{where}: the run needs {need_cpu} CPUs and {need_gpu:g} GPUs ({asked}) but has {cpus:g} CPUs and {gpus:g} "
+        f"GPUs{f'; no node has enough GPUs for {chr(44).join(too_big)}' if too_big else ''}"
+    )
+
+
+def wait_restarted(actor, what: str, timeout: float) -> None:
+    """Block until Ray has restarted a crashed actor (its constructor ran again); RoleDied if it will not come back."""
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=timeout)
+    except ray.exceptions.RayActorError as exc:
+        raise RoleDied(f"{what} died and Ray did not restart it (ray.max_restarts exhausted?): {exc}") from exc
+
+
+class Restartable:
+    """A single-process role that Ray restarts when its process dies. `role.method.remote(...)` returns a Call that
+    Roles.get resolves, retrying on the restarted actor; everything else matches a Ray actor handle."""
+
+    def __init__(self, roles: Roles, name: str, cls: type, *args: Any, num_gpus: float = 0.0) -> None:
+        self.roles, self.name = roles, name
+        self.actor = ray.remote(cls).options(num_cpus=1, num_gpus=num_gpus, max_restarts=roles.max_restarts,
+                                             max_task_retries=0).remote(*args)
+
+    def __getattr__(self, method: str) -> _Method:
+        return _Method(self, method)
+
+
+class _Method:
+    def __init__(self, role: Restartable, method: str) -> None:
+        self.role, self.method = role, method
+
+    def remote(self, *args: Any, **kwargs: Any) -> Call:
+        return Call(self.role, self.method, args, kwargs)
+
+
+class Call:
+    """A call in flight on a Restartable; result() retries it once the actor is back (the same arguments: a
+    retried step sees the same samples, seeds and principles' RNG state as far as the actor can replay them)."""
+
+    def __init__(self, role: Restartable, method: str, args: tuple, kwargs: dict) -> None:
+        self.role, self.method, self.args, self.kwargs = role, method, args, kwargs
+        self.ref = getattr(role.actor, method).remote(*args, **kwargs)
+
+    def result(self, timeout: float, what: str) -> Any:
+        while True:
+            try:
+                return get(self.ref, timeout, what)
+            except ray.exceptions.RayActorError as exc:
+                self.role.roles.restarted(self.role.name, exc)
+                wait_restarted(self.role.actor, self.role.name, timeout)
+                self.ref = getattr(self.role.actor, self.method).remote(*self.args, **self.kwargs)
+
+
+class PreferenceScorers:
+    """The trained preference model serving RL, data parallel: `actors` like an ActorGroup's, each restartable."""
+
+    def __init__(self, roles: Roles, cfg: Config, path: str, mean: float, std: float) -> None:
+        gpus = cfg.ray.gpus_per_aux
+        self.actors = [Restartable(roles, f"preference_model.{i}", PreferenceScorer, cfg, path, mean, std,
+                                   num_gpus=gpus) for i in range(cfg.preference_model.num_ranks)]
+        roles.get([a.__ray_ready__.remote() for a in self.actors], "starting the preference-model scorers")
+
+    def shutdown(self) -> None:
+        kill_and_wait([a.actor for a in self.actors])
+
+
+class Roles:
+    """One handle per role. Every call is bounded by trainer.timeout_s. A stage starts only the roles it needs;
+    the preference model is started for training (start_pm_trainer) and then for scoring (start_pm_scorers)."""
+
+    def __init__(self, cfg: Config, stage: str = "rl") -> None:
+        self.cfg, self.timeout, self.max_restarts = cfg, cfg.trainer.timeout_s, cfg.ray.max_restarts
+        self.faults: Counter[str] = Counter()
+        self.weight_version = 0
+        plan = role_plan(cfg, stage)
+        self.rollout = self.labeler = self.reference = self.pm = self.policy = self.critic = None
+        self.sync_weights = None
+
+        def group(cls, role: str) -> ActorGroup | None:
+            if role not in plan:
+                return None
+            return ActorGroup(cls, plan[role][0], cfg, num_gpus=plan[role][1], timeout=self.timeout, name=role)
+
+        try:
+            self.rollout = RolloutEngines(cfg, plan["rollout"][1], self.timeout, stage, self.max_restarts)
+            self.rollout.on_restart = self._engine_restarted
+            if "labeler" in plan:
+                self.labeler = Restartable(self, "labeler", LabelerWorker, cfg, num_gpus=plan["labeler"][1])
+            if "reference" in plan:
+                self.reference = Restartable(self, "reference", ReferenceWorker, cfg, num_gpus=plan["reference"][1])
+            self.policy = group(PolicyWorker, "policy")
+            self.critic = group(CriticWorker, "critic")
+            # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
+            singles = [a for a in (*self.rollout.actors, self.labeler, self.reference) if a is not None]
+            self.get([a.__ray_ready__.remote() for a in singles], "starting the rollout, labeler and reference actors")
+            if stage == "rl":
+                self.sync_weights = WeightSync(cfg, self.policy, self.rollout.actors)
+        except BaseException:
+            self.shutdown()  # what did start must not outlive a failed start-up
+            raise
+
+    # -- calls --
+    def get(self, refs: Any, what: str) -> Any:
+        """ray.get bounded by trainer.timeout_s; Calls on restartable roles are retried after a restart; a dead
+        DeepSpeed rank raises RoleDied."""
+        if isinstance(refs, Call):
+            return refs.result(self.timeout, what)
+        if isinstance(refs, list) and any(isinstance(r, Call) for r in refs):
+            return [self.get(r, what) for r in refs]
+        try:
+            return get(refs, self.timeout, what)
+        except ray.exceptions.RayActorError as exc:
+            raise RoleDied(f"{what}: an actor of a DeepSpeed group died ({exc}); its process group cannot be "
+                           "repaired") from exc
+
+    def restarted(self, role: str, exc: Exception) -> None:
+        self.faults[role.split(".")[0]] += 1
+        log.warning("%s: its process died (%s); retrying once Ray has restarted it", role,
+                    str(exc).splitlines()[0][:200])
+
+    def _engine_restarted(self, index: int, exc: Exception) -> None:
+        """A rollout engine died: wait for its restart, reconnect the weight-sync group, give it the current weights."""
+        self.restarted(f"rollout.{index}", exc)
+        wait_restarted(self.rollout.actors[index], f"rollout engine {index}", self.timeout)
+        if self.sync_weights is not None:
+            self.sync_weights = WeightSync(self.cfg, self.policy, self.rollout.actors)  # a group with the new process
+            self.sync(self.weight_version)
+
+    def sync(self, version: int) -> dict[str, float]:
+        """The policy's weights into every engine. An engine that dies meanwhile is restarted; the others, blocked
+        in the broken broadcast, are restarted too; then the group is rebuilt and the sync repeated."""
+        t0 = time.perf_counter()
+        while True:
+            try:
+                metrics = self.sync_weights(version)
+                break
+            except SyncFailed as exc:
+                if exc.policy_ranks:
+                    raise RoleDied(f"policy rank(s) {exc.policy_ranks} died during the weight sync") from exc
+                if not exc.engines:
+                    raise
+                for k in exc.engines:
+                    self.restarted(f"rollout.{k}", exc)
+                    self.rollout.epochs[k] += 1
+                for k, e in enumerate(self.rollout.actors):
+                    if k not in exc.engines:
+                        ray.kill(e, no_restart=False)  # stuck in the broken broadcast: start it afresh
+                for k, e in enumerate(self.rollout.actors):
+                    wait_restarted(e, f"rollout engine {k}", self.timeout)
+                self.sync_weights = WeightSync(self.cfg, self.policy, self.rollout.actors)
+        self.weight_version = version
+        return metrics | {"time/weight_sync": time.perf_counter() - t0}
+
+    # -- the preference model's two lives --
+    def start_pm_trainer(self) -> ActorGroup:
+        cfg = self.cfg
+        self.pm = ActorGroup(PreferenceModelWorker, cfg.preference_model.num_ranks, cfg, num_gpus=cfg.ray.gpus_per_aux,
+                             timeout=self.timeout, name="preference_model")
+        return self.pm
+
+    def start_pm_scorers(self, path: str, mean: float, std: float) -> None:
+        if self.pm is not None:
+            self.pm.shutdown()
+        self.pm = PreferenceScorers(self, self.cfg, path, mean, std)
+
+    def fault_metrics(self) -> dict[str, float]:
+        return {"faults/restarts": float(sum(self.faults.values())),
+                **{f"faults/{role}": float(n) for role, n in self.faults.items()}}
+
+    def shutdown(self) -> None:
+        singles = [*(self.rollout.actors if self.rollout else []), self.labeler, self.reference]
+        kill_and_wait([a.actor if isinstance(a, Restartable) else a for a in singles if a is not None])
+        for grp in (self.pm, self.policy, self.critic):
+            if grp is not None:
+                grp.shutdown()
+
+
+def sharded(group: ActorGroup, method: str, batch: Batch, *args) -> list:
+    """Start `method` on every rank with its contiguous shard of the batch; returns the object refs."""
+    return [getattr(a, method).remote(s, *args) for a, s in zip(group.actors, batch.split(len(group.actors)))]
