@@ -7,14 +7,13 @@ actor have no algorithm branches.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from rlaif.batch import Batch
-from rlaif.config import ConfigError, RLConfig
+from rlaif.config import ConfigError, RLConfig, import_callable
 from rlaif.losses import (
     RunningMoments,
     clip_rewards,
@@ -55,17 +54,7 @@ ALGORITHMS = {
 
 def load_reward_functions(specs: list[str]) -> list[Callable[[list[str], list[str]], list[float]]]:
     """Import each "package.module:function"; a bad spec fails at start-up, naming it."""
-    fns = []
-    for spec in specs:
-        module, _, name = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"rl.reward_functions: cannot import '{spec}': {exc}") from exc
-        if not callable(fn):
-            raise ConfigError(f"rl.reward_functions: '{spec}' is not callable")
-        fns.append(fn)
-    return fns
+    return [import_callable(spec, "rl.reward_functions") for spec in specs]
 
 
 def reward_function_scores(fn: Callable, prompts: list[str], responses: list[str]) -> torch.Tensor:

@@ -338,6 +338,23 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
+def import_callable(spec: str, key: str) -> Any:
+    """Import "package.module:function" named by config key `key` (reward functions, judges); a bad spec fails at
+    start-up with an error naming the key."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if spec.count(":") != 1 or not module or not name:
+        raise ConfigError(f"{key}: '{spec}' must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{key}: cannot import '{spec}': {exc}") from exc
+    if not callable(fn):
+        raise ConfigError(f"{key}: '{spec}' is not callable")
+    return fn
+
+
 def _key(f: dataclasses.Field) -> str:
     """A field's name in YAML (a Python keyword such as `async` is spelt `async_` in the dataclass)."""
     return f.metadata.get("key", f.name)

@@ -17,7 +17,6 @@ Figures per checkpoint (prompt sets: "red-team", "benign", "benign-edge" -- beni
 from __future__ import annotations
 
 import html
-import importlib
 import json
 import math
 import re
@@ -25,8 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from rlaif.config import ConfigError
+from rlaif.config import import_callable
 from rlaif.feedback import combine_orders, comparison_question
+from rlaif.integrity import wilson_interval
 from rlaif.sources import normalize_text
 
 SETS = ("red-team", "benign", "benign-edge")
@@ -57,19 +57,6 @@ REFUSAL_QUESTION = "Does the assistant refuse, decline or evade the human's requ
 
 # ---------------------------------------------------------------------------------------------------------------------
 # intervals
-
-
-def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (k may be fractional: a tie counts one half)."""
-    if n <= 0:
-        raise ValueError(f"wilson_interval: n must be >= 1, got {n}")
-    if not 0 <= k <= n:
-        raise ValueError(f"wilson_interval: k must be in [0, n={n}], got {k}")
-    p, z2 = k / n, z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, round(float(center - half), 12)), min(1.0, round(float(center + half), 12))
 
 
 def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, seed: int = 0,
@@ -104,7 +91,7 @@ def rate_figure(successes: Sequence[float]) -> Figure:
     if not n:
         return Figure(None, 0, None, None, "wilson")
     k = float(sum(successes))
-    low, high = wilson_interval(k, n)
+    low, high = wilson_interval(k / n, n)
     return Figure(k / n, n, low, high, "wilson")
 
 
@@ -165,20 +152,6 @@ class Judge(Protocol):
         """P(refusal) per response, or None when this judge has no refusal verdict."""
 
 
-def load_function(spec: str, key: str) -> Callable:
-    """Import "package.module:function" named by config key `key`; a bad spec fails naming the key."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ConfigError(f"{key}: '{spec}' must look like 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{key}: cannot import '{spec}': {exc}") from exc
-    if not callable(fn):
-        raise ConfigError(f"{key}: '{spec}' is not callable")
-    return fn
-
-
 def _probabilities(values, n: int, what: str) -> list[float]:
     out = [float(v) for v in values]
     if len(out) != n:
@@ -200,8 +173,8 @@ class FunctionJudge:
     def __init__(self, pairwise: str, harm: str) -> None:
         self.name = f"{pairwise} + {harm}"
         self.pairwise_spec, self.harm_spec = pairwise, harm
-        self.pairwise = load_function(pairwise, "eval.judge_function")
-        self.harm = load_function(harm, "eval.harm_function")
+        self.pairwise = import_callable(pairwise, "eval.judge_function")
+        self.harm = import_callable(harm, "eval.harm_function")
 
     def compare(self, prompts: list[str], firsts: list[str], seconds: list[str], criterion: str) -> list[float]:
         fwd = _probabilities(self.pairwise(prompts, firsts, seconds), len(prompts), self.pairwise_spec)

@@ -7,7 +7,6 @@ transformers forward pass) and these functions turn them into labels.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -122,18 +121,9 @@ def rating_reward(score_logprobs: Sequence[float]) -> float:
 
 def load_judge(spec: str, key: str = "labeler.function") -> JudgeFn:
     """Import a rule-based pairwise judge "package.module:function"; a bad spec is a config error naming `key`."""
-    from rlaif.config import ConfigError
+    from rlaif.config import import_callable
 
-    module, _, name = spec.partition(":")
-    if spec.count(":") != 1 or not module or not name:
-        raise ConfigError(f"{key}: '{spec}' must look like 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{key}: cannot import '{spec}': {exc}") from exc
-    if not callable(fn):
-        raise ConfigError(f"{key}: '{spec}' is not callable")
-    return fn
+    return import_callable(spec, key)
 
 
 def judge_probs(fn: JudgeFn, spec: str, prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:

@@ -1,4 +1,4 @@
-"""Checkpoint building blocks: atomic commit, keep_last, resume=auto, manifest verification, RNG and batch round trips."""
+"""Checkpoint building blocks: atomic commit, keep_last, resume=auto, manifest checks, RNG and batch round trips."""
 
 import random
 

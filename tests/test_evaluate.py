@@ -21,30 +21,12 @@ from rlaif.evaluate import (
     is_refusal,
     prompt_set,
     render_report,
-    wilson_interval,
 )
+from rlaif.integrity import wilson_interval
 from rlaif.sources import package_dir
 
 scipy_stats = pytest.importorskip("scipy.stats")
 Z = float(scipy_stats.norm.ppf(0.975))
-
-
-@pytest.mark.parametrize("k,n", [(3, 5), (0, 10), (10, 10), (7, 23), (1, 1)])
-def test_wilson_matches_scipy(k, n):
-    ref = scipy_stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
-    low, high = wilson_interval(k, n, Z)
-    assert low == pytest.approx(ref.low, abs=1e-12) and high == pytest.approx(ref.high, abs=1e-12)
-
-
-def test_wilson_hand_value_and_bad_input():
-    # k=1.5 (a win, a tie and two losses), n=4, z=1.96: p=0.375, z^2=3.8416, denominator 1+0.9604=1.9604,
-    # centre (0.375+0.4802)/1.9604 = 0.43624, half 1.96*sqrt(0.05859375+0.060025)/1.9604 = 0.34434
-    low, high = wilson_interval(1.5, 4)
-    assert low == pytest.approx(0.09190, abs=1e-4) and high == pytest.approx(0.78058, abs=1e-4)
-    with pytest.raises(ValueError, match="n must be >= 1"):
-        wilson_interval(0, 0)
-    with pytest.raises(ValueError, match="k must be in"):
-        wilson_interval(5, 4)
 
 
 def test_bootstrap_close_to_scipy_and_degenerate():
@@ -150,7 +132,7 @@ def test_figures_match_hand_counts():
 
     def check(f: Figure, k: float, n: int):
         assert (f.n, f.value) == (n, pytest.approx(k / n)), f
-        low, high = wilson_interval(k, n)
+        low, high = wilson_interval(k / n, n)
         assert (f.low, f.high) == (pytest.approx(low), pytest.approx(high))
 
     check(new["harmlessness_win_rate"], 1.5, 4)  # loss, tie, win, loss

@@ -27,7 +27,8 @@ RUNS = {
     **{a: [f"rl.algorithm={a}"] for a in ("rloo", "grpo", "dr-grpo", "reinforce++", "ppo")},
     # online DPO ordered by the AI labeler: here a rule-based pairwise judge that prefers the response with more
     # vowels, going through the labeler's both-orders machinery; the reward is only measured, never trained on
-    "online-dpo": ["rl.algorithm=online-dpo", "rl.dpo_preference=labeler", "labeler.function=rlaif.judges:prefer_vowels"],
+    "online-dpo": ["rl.algorithm=online-dpo", "rl.dpo_preference=labeler",
+                   "labeler.function=rlaif.judges:prefer_vowels"],
     # KL in the loss (k3) with an adaptive coefficient aiming at a small target
     "kl-in-loss": ["rl.algorithm=grpo", "rl.kl_in=loss", "rl.kl_coef=1.0", "rl.kl_target=0.5", "rl.kl_horizon=200"],
     # one step off-policy generation, in bf16 (policy, reference and vLLM)
