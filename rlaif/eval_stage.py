@@ -114,7 +114,10 @@ def serve(cfg: Config, model: str, max_new_tokens: int):
 
 
 def chat(cfg: Config, actor, chats: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> list[str]:
-    return get(actor.chat.remote(chats, seed, temperature, max_new_tokens), cfg.trainer.timeout_s, "rollout.chat")
+    """One reply per conversation (RolloutWorker.chat returns the replies with its truncation counts; it warns of a
+    cut itself)."""
+    return get(actor.chat.remote(chats, seed, temperature, max_new_tokens), cfg.trainer.timeout_s,
+               "rollout.chat")["replies"]
 
 
 @dataclasses.dataclass

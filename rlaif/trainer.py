@@ -310,7 +310,8 @@ def train(cfg: Config) -> Path:
         every = cfg.trainer.eval_every
         alarms, judge = AlarmMonitor(cfg.alarms, cfg.trainer.stop_on_alarm, tracker), evals.verdict(held_out)
         if every and eval_texts:
-            tracker.log(ev := evaluate(cfg, roles, state, eval_texts, judge), step=0)
+            ev = evaluate(cfg, roles, state, eval_texts, judge)
+            tracker.log(ev, step=0)
             alarms.update(0, ev)
         bar = tqdm(range(cfg.trainer.steps), desc="RL", disable=not cfg.trainer.progress, dynamic_ncols=True)
         # Synchronous: generate step t's samples, then train on them. Async (one step off-policy): step t + 1's
@@ -333,7 +334,8 @@ def train(cfg: Config) -> Path:
             tracker.log_table("samples", rows, step=step + 1)
             alarms.update(step + 1, metrics)  # raises AlarmStop for an alarm in trainer.stop_on_alarm
             if every and eval_texts and ((step + 1) % every == 0 or step + 1 == cfg.trainer.steps):
-                tracker.log(ev := evaluate(cfg, roles, state, eval_texts, judge), step=step + 1)
+                ev = evaluate(cfg, roles, state, eval_texts, judge)
+                tracker.log(ev, step=step + 1)
                 alarms.update(step + 1, ev)
             evals.snapshot(roles, step + 1)  # eval.every
             bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/policy_ref']:.4f}",
