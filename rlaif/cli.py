@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    from rlaif.alarms import AlarmStop
     from rlaif.human_labels import HumanLabelError
     from rlaif.integrity import FeedbackIntegrityError
 
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except FeedbackIntegrityError as exc:
         print(f"rlaif: stopped by the feedback-integrity gate: {exc}", file=sys.stderr)
         return 3
+    except AlarmStop as exc:  # trainer.stop_on_alarm
+        where = f"checkpoint at {exc.checkpoint}" if exc.checkpoint else "no checkpoint saved"
+        print(f"rlaif: stopped by alarm {exc.alarm.name} at step {exc.alarm.step}; {where}. {exc.alarm.detail}",
+              file=sys.stderr)
+        return 4
     what = {"train": "policy checkpoint", "label": "AI labels", "sl-cai": "SL-CAI checkpoint",
             "eval": "evaluation report", "red-team": "red-team prompt source"}[args.command]
     print(f"rlaif: done; {what} at {path}")

@@ -184,6 +184,14 @@ class SLCAIConfig:
     # in sl_cai/truncated_conversations).
     max_context_tokens: int = 1536
     targets: Literal["all", "last"] = "all"  # SFT on the revisions of every round, or only the last
+    # Self-consistency (Huang et al. 2022): sample this many revisions per round (>= 2; 0: one, no filtering), keep
+    # those whose self_consistency_key is the majority's as SFT targets (the first of them carries the conversation
+    # on), and record the agreement rate (sl_cai/self_consistency_agreement). Needs temperature > 0.
+    self_consistency: int = 0
+    # What makes two revisions agree: "refusal" (rlaif.evaluate.is_refusal: both decline, or both answer), "answer"
+    # (rlaif.selfconsistency.extract_answer: the same final answer), or "module:function" taking (prompts, revisions)
+    # -> one hashable verdict per revision, None for none (a judge's, e.g. P(harmful) > 0.5).
+    self_consistency_key: str = "refusal"
     helpful_ratio: float = 0.25  # share of SFT examples that are the model's own answers to helpfulness prompts
     epochs: int = 2
     lr: float = 1.0e-5
@@ -213,6 +221,11 @@ class EvalConfig:
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0: greedy responses
     bootstrap_samples: int = 2000  # resamples for the mean-length interval
+    # `rlaif train` runs this evaluation at the end, after the RL roles are shut down: the baseline, eval.checkpoints,
+    # the SL-CAI model (sl_cai.enabled), the policy saved every `every` RL steps and the final policy, each served in
+    # turn; eval/report.html, eval/results.json and eval/<checkpoint>/<figure> at the last step. Not after a stop.
+    enabled: bool = False
+    every: int = 0  # > 0: save the policy every this many RL steps (eval/checkpoints/step_<k>) for that evaluation
 
 
 @dataclass
@@ -235,11 +248,36 @@ class RedTeamConfig:
 
 
 @dataclass
+class AlarmConfig:
+    """Reward-hacking alarms during RL (rlaif/alarms.py). An alarm fires when its check starts failing: a warning
+    line on the console, a wandb alert, a row in the run's `alarms` table, alarms/<name> = 1 (0 while the check
+    passes); it fires again only after clearing. trainer.stop_on_alarm names the alarms that stop the run."""
+
+    window: int = 3  # steps averaged before the kl, length, boilerplate and reward-agreement checks
+    kl_band: list[float] = field(default_factory=list)  # [low, high] for kl/policy_ref; empty: off
+    length_band: list[float] = field(default_factory=list)  # [low, high] for response/length in tokens; empty: off
+    # response/boilerplate, the share of a step's responses whose text also answers a different prompt, above this
+    # (responses collapse to one answer); 1: off
+    boilerplate_max: float = 0.5
+    # labels/reward_agreement (the share of labelled pairs the reward ranks as the AI labeler does), averaged over the
+    # last `window` labelled steps (rl.label_every), below this; 0: off
+    reward_agreement_min: float = 0.0
+    # PM-vs-judge divergence over the last this many eval points (trainer.eval_every): eval/reward rises while the
+    # held-out judge (eval.judge or eval.judge_function) rates the responses against the starting policy's ever worse
+    # (eval/judge_win_rate's trend falls by divergence_drop or more); 0: off, else >= 2
+    divergence_window: int = 0
+    divergence_drop: float = 0.1
+
+
+@dataclass
 class TrainerConfig:
     steps: int = 3
     log_samples: int = 4  # rows per step in the sample table
     eval_every: int = 0  # > 0: score the held-out prompts every this many steps (and before the first, after the last)
     progress: bool = True
+    # Alarms (rlaif/alarms.py: kl, length, boilerplate, reward_agreement, divergence; or all) that stop the run when
+    # they fire: `rlaif train` exits with code 4, naming the alarm and the step.
+    stop_on_alarm: list[str] = field(default_factory=list)
     timeout_s: float = 600.0  # every ray.get is bounded: a hung actor fails the run instead of hanging it
     # One step off-policy: generate step t+1's samples (with the weights of t-1) while step t trains, corrected by
     # truncated importance sampling (rl.tis_cap). Written `async` in YAML and on the command line.
@@ -288,6 +326,7 @@ class Config:
     sl_cai: SLCAIConfig = field(default_factory=SLCAIConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     red_team: RedTeamConfig = field(default_factory=RedTeamConfig)
+    alarms: AlarmConfig = field(default_factory=AlarmConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -463,6 +502,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sl_cai.helpful_ratio: must be in [0, 1), got {cfg.sl_cai.helpful_ratio}")
     if cfg.sl_cai.rounds < 1 or cfg.sl_cai.num_prompts < 1:
         raise ConfigError("sl_cai.rounds and sl_cai.num_prompts: must be >= 1")
+    _validate_self_consistency(cfg.sl_cai)
     if cfg.sl_cai.max_context_tokens <= cfg.sl_cai.max_new_tokens:
         raise ConfigError(f"sl_cai.max_context_tokens: must exceed sl_cai.max_new_tokens = {cfg.sl_cai.max_new_tokens} "
                           f"(the conversation and the reply share it), got {cfg.sl_cai.max_context_tokens}")
@@ -486,6 +526,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}.model.dtype: float16 training needs loss scaling, which rlaif does not set up; "
                               "use bfloat16 or float32 (float16 is fine for the labeler, which only scores)")
     validate_eval(cfg)
+    validate_alarms(cfg)
     if cfg.device == "cpu":
         for key in ("num_gpus", "gpus_per_policy_rank", "gpus_per_rollout", "gpus_per_aux"):
             if getattr(cfg.ray, key):
@@ -510,12 +551,68 @@ def validate_eval(cfg: Config) -> None:
     for key in ("zero_shot", "few_shot_examples", "max_question_tokens", "max_answer_tokens"):
         if getattr(rc, key) < 1:
             raise ConfigError(f"red_team.{key}: must be >= 1, got {getattr(rc, key)}")
+    if ec.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0, got {ec.every}")
+    if ec.every and not ec.enabled:
+        raise ConfigError("eval.every: saves checkpoints for the evaluation at the end of `rlaif train`, which "
+                          "eval.enabled turns on; set eval.enabled=true or eval.every=0")
+    if ec.enabled and not (ec.judge.path or ec.judge_function):
+        raise ConfigError("eval.enabled: the evaluation needs a judge the optimizer never saw: set eval.judge (a "
+                          "model) or eval.judge_function and eval.harm_function")
     if rc.few_shot_rounds < 0 or rc.few_shot_per_round < 0:
         raise ConfigError("red_team.few_shot_rounds and red_team.few_shot_per_round: must be >= 0")
     if rc.few_shot_temperature <= 0 or rc.temperature <= 0:
         raise ConfigError("red_team.few_shot_temperature and red_team.temperature: must be > 0")
     if not 0.0 <= rc.harm_threshold < 1.0:
         raise ConfigError(f"red_team.harm_threshold: must be in [0, 1), got {rc.harm_threshold}")
+
+
+def validate_alarms(cfg: Config) -> None:
+    from rlaif.alarms import ALARMS
+
+    ac = cfg.alarms
+    if ac.window < 1:
+        raise ConfigError(f"alarms.window: must be >= 1, got {ac.window}")
+    for key in ("kl_band", "length_band"):
+        band = getattr(ac, key)
+        if band and (len(band) != 2 or band[0] > band[1]):
+            raise ConfigError(f"alarms.{key}: must be [low, high] with low <= high (or [] for off), got {band}")
+    if not 0.0 <= ac.boilerplate_max <= 1.0:
+        raise ConfigError(f"alarms.boilerplate_max: must be in [0, 1] (1: off), got {ac.boilerplate_max}")
+    if not 0.0 <= ac.reward_agreement_min <= 1.0:
+        raise ConfigError(f"alarms.reward_agreement_min: must be in [0, 1] (0: off), got {ac.reward_agreement_min}")
+    if ac.divergence_window == 1 or ac.divergence_window < 0:
+        raise ConfigError(f"alarms.divergence_window: a trend needs >= 2 eval points (0: off), got "
+                          f"{ac.divergence_window}")
+    if ac.divergence_window:
+        if not cfg.trainer.eval_every:
+            raise ConfigError("alarms.divergence_window: compares eval points, which trainer.eval_every > 0 turns on")
+        if not (cfg.eval.judge.path or cfg.eval.judge_function):
+            raise ConfigError("alarms.divergence_window: needs a held-out judge: set eval.judge (a model) or "
+                              "eval.judge_function and eval.harm_function")
+        if ac.divergence_drop <= 0:
+            raise ConfigError(f"alarms.divergence_drop: must be > 0, got {ac.divergence_drop}")
+    off = {"kl": not ac.kl_band, "length": not ac.length_band, "boilerplate": ac.boilerplate_max >= 1,
+           "reward_agreement": ac.reward_agreement_min <= 0, "divergence": not ac.divergence_window}
+    for name in cfg.trainer.stop_on_alarm:
+        if name not in (*ALARMS, "all"):
+            raise ConfigError(f"trainer.stop_on_alarm: unknown alarm {name!r}; allowed: {', '.join(ALARMS)}, all")
+        if name != "all" and off[name]:
+            raise ConfigError(f"trainer.stop_on_alarm: the {name} alarm is off; configure it in alarms.*")
+
+
+def _validate_self_consistency(sc: SLCAIConfig) -> None:
+    if sc.self_consistency == 1 or sc.self_consistency < 0:
+        raise ConfigError(f"sl_cai.self_consistency: a majority needs >= 2 samples per revision (0: off), got "
+                          f"{sc.self_consistency}")
+    if sc.self_consistency:
+        if sc.temperature <= 0:
+            raise ConfigError("sl_cai.self_consistency: greedy revisions (sl_cai.temperature = 0) are all the same; "
+                              "sample with sl_cai.temperature > 0")
+        if sc.self_consistency_key not in ("refusal", "answer"):
+            from rlaif.evaluate import load_function
+
+            load_function(sc.self_consistency_key, "sl_cai.self_consistency_key")  # a bad spec fails here
 
 
 def _validate_labeler(lc: LabelerConfig) -> None:

@@ -19,6 +19,7 @@ import torch
 from actors.group import get
 from actors.labeler import LabelerWorker
 from actors.rollout import RolloutWorker
+from rlaif.alarms import JudgeVerdict
 from rlaif.config import Config, ConfigError, LabelerConfig, save_config
 from rlaif.data import DataError
 from rlaif.evaluate import (
@@ -113,7 +114,10 @@ def serve(cfg: Config, model: str, max_new_tokens: int):
 
 
 def chat(cfg: Config, actor, chats: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> list[str]:
-    return get(actor.chat.remote(chats, seed, temperature, max_new_tokens), cfg.trainer.timeout_s, "rollout.chat")
+    """One reply per conversation (RolloutWorker.chat returns the replies with its truncation counts; it warns of a
+    cut itself)."""
+    return get(actor.chat.remote(chats, seed, temperature, max_new_tokens), cfg.trainer.timeout_s,
+               "rollout.chat")["replies"]
 
 
 @dataclasses.dataclass
@@ -160,9 +164,10 @@ def plan_judge(cfg: Config, command: str) -> JudgePlan:
 # rlaif eval
 
 
-def run_eval(cfg: Config, tracker: Tracker, step: int = 0) -> Path:
-    """Generate with every checkpoint (baseline first), judge, write eval/report.html and eval/results.json, log the
-    figures. Ray must be running. Returns the report's path."""
+def run_eval(cfg: Config, tracker: Tracker, step: int = 0, trained: dict[str, str] | None = None) -> Path:
+    """Generate with every checkpoint (baseline first, then eval.checkpoints, then `trained`: label -> model folder),
+    judge, write eval/report.html and eval/results.json, log the figures at `step`. Ray must be running. Returns the
+    report's path."""
     ec, out = cfg.eval, Path(cfg.output_dir) / "eval"
     plan = plan_judge(cfg, "eval")
     prompts, chats, warnings = eval_prompts(cfg)
@@ -172,7 +177,8 @@ def run_eval(cfg: Config, tracker: Tracker, step: int = 0) -> Path:
     baseline = ec.baseline or cfg.policy.model.path
     base_path = resolve_model_path(baseline, cfg.cache_dir)
     specs = [baseline] + [c for c in ec.checkpoints if resolve_model_path(c, cfg.cache_dir) != base_path]
-    labels = labels_for(specs)
+    labels = labels_for(specs) + list(trained or {})
+    specs += list((trained or {}).values())
     warnings = plan.warnings + warnings
     for w in warnings:
         log.warning("eval: %s", w)
@@ -228,6 +234,58 @@ def eval_command(cfg: Config) -> Path:
     finally:
         tracker.finish()
         ray.shutdown()
+
+
+class TrainingEval:
+    """The judge the optimizer never saw, during and after `rlaif train`: the held-out judge's verdict at every eval
+    point (alarms.divergence_window) and, with eval.enabled, the evaluation of every checkpoint once RL is done.
+
+    Intermediate checkpoints: the policy is saved every eval.every RL steps and evaluated at the end with the others,
+    each served on its own vLLM engine after the RL roles are shut down. Every point then goes through the same
+    engine, prompts, seeds and judge as `rlaif eval`, and RL never shares the CPUs or memory with an evaluation; the
+    in-loop signal is the divergence alarm's judge verdict, on the held-out RL prompts.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        """Checks the judge, the eval prompts and the models before anything is written or started. `cfg` is the
+        run's config before SL-CAI: its policy is the baseline."""
+        self.cfg, self.saved, self.judge_actor = cfg, {}, None
+        needs_judge = cfg.eval.enabled or cfg.alarms.divergence_window > 0
+        self.plan = plan_judge(cfg, "train") if needs_judge else None
+        if cfg.eval.enabled:
+            eval_prompts(cfg)
+            _check_models(cfg, [cfg.eval.baseline or cfg.policy.model.path, *cfg.eval.checkpoints])
+
+    def verdict(self, held_out: list) -> JudgeVerdict | None:
+        """The held-out judge for trainer.evaluate (None when the divergence alarm is off); starts a model judge."""
+        if not self.cfg.alarms.divergence_window:
+            return None
+        if not held_out:
+            raise DataError("alarms.divergence_window: no held-out RL prompts to judge; raise data.eval_fraction or "
+                            "give data.eval_prompts")
+        for w in self.plan.warnings:
+            log.warning("held-out judge: %s", w)
+        judge, self.judge_actor = self.plan.start()
+        return JudgeVerdict(judge, {p.text: prompt_set(p.kind, p.category, "benign") for p in held_out})
+
+    def snapshot(self, roles, step: int) -> None:
+        """Save the policy after RL step `step` when eval.every says so (the final policy is saved anyway)."""
+        every = self.cfg.eval.every
+        if self.cfg.eval.enabled and every and step % every == 0 and step < self.cfg.trainer.steps:
+            path = Path(self.cfg.output_dir) / "eval" / "checkpoints" / f"step_{step}"
+            self.saved[f"rl-step-{step}"] = roles.policy.call("save", str(path))[0]
+
+    def finish(self, roles, tracker: Tracker, final: str, step: int) -> Path | None:
+        """After RL: stop the held-out judge; with eval.enabled shut the RL roles down and evaluate the baseline,
+        eval.checkpoints, the SL-CAI model, the saved policies and `final`. Returns the report's path."""
+        if self.judge_actor is not None:
+            ray.kill(self.judge_actor)
+        if not self.cfg.eval.enabled:
+            return None
+        roles.shutdown()
+        trained = {"sl-cai": str(Path(self.cfg.output_dir) / "sl_cai" / "checkpoint")} if self.cfg.sl_cai.enabled \
+            else {}
+        return run_eval(self.cfg, tracker, step, trained | self.saved | {"rl-final": final})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

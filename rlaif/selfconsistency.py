@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
-def majority_filter(candidates: Sequence[Sequence[str]], key: Callable[[str], Hashable | None],
-                    min_agreement: float = 0.0) -> tuple[list[list[str]], list[float]]:
+def majority_filter(candidates: Sequence[Sequence[T]], key: Callable[[T], Hashable | None],
+                    min_agreement: float = 0.0) -> tuple[list[list[T]], list[float]]:
     """Per prompt, the candidates whose key is the most common one, and the agreement rate.
 
     key(text) -> a hashable answer, or None when no answer can be extracted (such a candidate is never kept but
@@ -24,7 +27,7 @@ def majority_filter(candidates: Sequence[Sequence[str]], key: Callable[[str], Ha
     """
     if not 0.0 <= min_agreement <= 1.0:
         raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}")
-    kept: list[list[str]] = []
+    kept: list[list[T]] = []
     rates: list[float] = []
     for i, group in enumerate(candidates):
         if not group:

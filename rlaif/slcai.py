@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 
 from rlaif.constitution import Constitution
 from rlaif.data import fit_chat
+from rlaif.selfconsistency import majority_filter
 
 Chat = Callable[[list[list[dict[str, str]]]], list[str]]
+Key = Callable[[list[str], list[str]], list[Hashable | None]]  # (prompts, revisions) -> one verdict per revision
 
 # A critique that finds nothing to change is recorded, not hidden (the revision then often repeats the original).
 NO_CHANGE = re.compile(
@@ -49,6 +51,11 @@ class Round:
     revision: str
     no_change: bool  # the critique found nothing to change
     copies_critique: bool = False  # a degenerate "revision" that repeats the critique: never an SFT target
+    # Self-consistency (sl_cai.self_consistency): every sampled revision, the majority's (the SFT targets; the
+    # first is `revision`, or the first sample when no verdict could be extracted), and the agreement rate.
+    samples: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    agreement: float | None = None
 
 
 @dataclass
@@ -72,13 +79,18 @@ class Revision:
 
 def revise(
     prompts: list, chat: Chat, constitution: Constitution, rounds: int, few_shot: int, rng: random.Random,
-    provenance: dict,
+    provenance: dict, samples: int = 0, key: Key | None = None,
 ) -> list[Revision]:
     """Answer each prompt, then `rounds` times: critique under a freshly sampled principle, revise.
 
     Each round's context is the few-shot examples, the prompt, the current answer and the new critique request:
     the latest revision replaces the earlier turns, so the context stays bounded however many rounds are run.
+
+    samples >= 2 (self-consistency, Huang et al.): each revision is sampled that many times in the same batched call,
+    `key` gives each a verdict, and the revisions of the majority verdict are kept (rlaif.selfconsistency).
     """
+    if samples and key is None:
+        raise ValueError("revise: self-consistency (samples >= 2) needs a key")
     shots = few_shot_messages(constitution, few_shot)
     base = [shots + [{"role": "user", "content": p.text}] for p in prompts]
     answers = chat(base)
@@ -99,22 +111,40 @@ def revise(
                  {"role": "user", "content": constitution.critique_revision[i].revision}]
             for c, crit, i in zip(convs, critiques, picks)
         ]
-        revisions = chat(convs)
-        for r, i, crit, rev in zip(records, picks, critiques, revisions):
+        if not samples:
+            for r, i, crit, rev in zip(records, picks, critiques, chat(convs)):
+                cr = constitution.critique_revision[i]
+                copies = rev.strip() == crit.strip()
+                r.rounds.append(Round(i, cr.critique, crit, cr.revision, rev, bool(NO_CHANGE.search(crit)), copies))
+            continue
+        sampled = chat([c for c in convs for _ in range(samples)])  # each prompt's samples contiguous
+        verdicts = key([p.text for p in prompts for _ in range(samples)], sampled)
+        if len(verdicts) != len(sampled):
+            raise ValueError(f"self-consistency key returned {len(verdicts)} verdicts for {len(sampled)} revisions")
+        groups = [list(range(k * samples, (k + 1) * samples)) for k in range(len(prompts))]
+        kept, agreement = majority_filter(groups, verdicts.__getitem__)
+        for r, i, crit, group, keep, rate in zip(records, picks, critiques, groups, kept, agreement):
             cr = constitution.critique_revision[i]
-            copies = rev.strip() == crit.strip()
-            r.rounds.append(Round(i, cr.critique, crit, cr.revision, rev, bool(NO_CHANGE.search(crit)), copies))
+            texts = [sampled[j] for j in keep]
+            rev = texts[0] if texts else sampled[group[0]]
+            r.rounds.append(Round(i, cr.critique, crit, cr.revision, rev, bool(NO_CHANGE.search(crit)),
+                                  rev.strip() == crit.strip(), [sampled[j] for j in group], texts, rate))
     return records
 
 
 def sft_examples(records: list[Revision], targets: str) -> list[tuple[str, str, str]]:
-    """(prompt id, prompt, target) triples: the revision of every round ("all") or only the last; never the
-    critique, nor a revision that merely repeats it (small models do: it would teach the policy to answer with
-    critiques)."""
+    """(prompt id, prompt, target) triples: the revision of every round ("all") or only the last -- with
+    self-consistency, each distinct revision of the majority; never the critique, nor a revision that merely repeats
+    it (small models do: it would teach the policy to answer with critiques)."""
     out = []
     for r in records:
         chosen = r.rounds if targets == "all" else r.rounds[-1:]
-        out += [(r.id, r.prompt, rd.revision) for rd in chosen if rd.revision.strip() and not rd.copies_critique]
+        for rd in chosen:
+            if rd.agreement is None:
+                texts = [] if rd.copies_critique else [rd.revision]
+            else:
+                texts = [t for t in dict.fromkeys(rd.kept) if t.strip() != rd.critique.strip()]
+            out += [(r.id, r.prompt, t) for t in texts if t.strip()]
     return out
 
 
@@ -123,7 +153,13 @@ def revision_stats(records: list[Revision], targets: str) -> dict[str, float]:
     runs them all whatever `targets` says); `revisions` counts the SFT candidates that `targets` selects."""
     rounds = [rd for r in records for rd in r.rounds]
     n = max(len(rounds), 1)
-    return {
+    voted = [rd for rd in rounds if rd.agreement is not None]
+    consistency = {
+        "sl_cai/self_consistency_agreement": sum(rd.agreement for rd in voted) / len(voted),
+        "sl_cai/self_consistency_kept": sum(len(rd.kept) for rd in voted) / sum(len(rd.samples) for rd in voted),
+        "sl_cai/self_consistency_no_verdict": sum(not rd.kept for rd in voted) / len(voted),
+    } if voted else {}
+    return consistency | {
         "sl_cai/prompts": float(len(records)),
         "sl_cai/critiques": float(len(rounds)),
         "sl_cai/revisions": float(len(rounds) if targets == "all" else sum(1 for r in records if r.rounds)),

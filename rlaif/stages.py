@@ -188,16 +188,15 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     Only the train side of rlaif.splits' plan is used (held-out prompts never reach SFT); sl_cai/sft_examples.jsonl
     records every example SFT draws from (an epoch skips the remainder that does not fill a step)."""
     from rlaif.constitution import load_constitution
+    from rlaif.evaluate import is_refusal, load_function
     from rlaif.models import load_tokenizer, resolve_model_path
+    from rlaif.selfconsistency import extract_answer
     from rlaif.slcai import revise, revision_stats, sft_examples, sft_token_ids
 
     sc, out = cfg.sl_cai, Path(cfg.output_dir) / "sl_cai"
     rng = random.Random(cfg.seed)
     plan = plan_prompts(cfg, ("red_team", "helpful") if sc.helpful_ratio > 0 else ("red_team",))
     red = rng.sample(plan.red_team.train, min(sc.num_prompts, len(plan.red_team.train)))
-    n_revisions = len(red) * (sc.rounds if sc.targets == "all" else 1)
-    helpful = plan.helpful.train
-    helpful = rng.sample(helpful, min(len(helpful), round(n_revisions * sc.helpful_ratio / (1 - sc.helpful_ratio))))
     path = resolve_model_path(cfg.policy.model.path, cfg.cache_dir)
 
     calls, context = iter(range(10**6)), {"truncated": 0, "max_tokens": 0}
@@ -213,7 +212,18 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     provenance = {"model": cfg.policy.model.path, "model_path": path, "seed": cfg.seed, "rounds": sc.rounds,
                   "few_shot": sc.few_shot, "constitution": cfg.constitution.path,
                   "sampling": {"temperature": sc.temperature, "max_new_tokens": sc.max_new_tokens}}
-    records = revise(red, chat, load_constitution(cfg.constitution.path), sc.rounds, sc.few_shot, rng, provenance)
+    key = None
+    if sc.self_consistency:
+        provenance["self_consistency"] = {"samples": sc.self_consistency, "key": sc.self_consistency_key}
+        key = {"refusal": lambda ps, ts: [is_refusal(t) for t in ts],
+               "answer": lambda ps, ts: [extract_answer(t) for t in ts]}.get(sc.self_consistency_key) \
+            or load_function(sc.self_consistency_key, "sl_cai.self_consistency_key")
+    records = revise(red, chat, load_constitution(cfg.constitution.path), sc.rounds, sc.few_shot, rng, provenance,
+                     sc.self_consistency, key)
+    # helpful answers in proportion to the revision targets SFT gets (self-consistency may keep several per round)
+    n_revisions = len(sft_examples(records, sc.targets))
+    helpful = plan.helpful.train
+    helpful = rng.sample(helpful, min(len(helpful), round(n_revisions * sc.helpful_ratio / (1 - sc.helpful_ratio))))
     answers = chat([[{"role": "user", "content": p.text}] for p in helpful]) if helpful else []
     gen_seconds = time.perf_counter() - t0
     if context["truncated"]:
@@ -221,7 +231,8 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
                     "lost their oldest turns; raise sl_cai.max_context_tokens", context["truncated"],
                     sc.max_context_tokens)
     tok = load_tokenizer(path, cfg.policy.model.trust_remote_code)
-    texts = [t for r in records for t in [r.original] + [x for rd in r.rounds for x in (rd.critique, rd.revision)]]
+    texts = [t for r in records for t in [r.original] + [x for rd in r.rounds
+                                                          for x in (rd.critique, *(rd.samples or [rd.revision]))]]
     gen_tokens = sum(len(tok.encode(t, add_special_tokens=False)) for t in texts + answers)
     write_jsonl(out / "revisions.jsonl", [r.to_dict() for r in records])
     write_jsonl(out / "helpful.jsonl",

@@ -40,6 +40,13 @@ class Tracker:
             self.run.log({name: wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])},
                          step=step)
 
+    def alert(self, title: str, text: str) -> None:
+        """A wandb alert, when wandb is on: sent at once online; offline, recorded in the run file for `wandb sync`."""
+        if self.run is not None:
+            import wandb
+
+            self.run.alert(title=title[:63], text=text, level=wandb.AlertLevel.WARN)
+
     def finish(self) -> str | None:
         self.jsonl.close()
         if self.run is None:

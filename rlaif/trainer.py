@@ -21,6 +21,7 @@ from actors.preference import PreferenceModelWorker
 from actors.reference import ReferenceWorker
 from actors.rollout import Pending, RolloutEngines
 from actors.weight_sync import WeightSync
+from rlaif.alarms import AlarmMonitor
 from rlaif.algorithms import (
     ALGORITHMS,
     batch_denominator,
@@ -34,6 +35,7 @@ from rlaif.algorithms import (
 from rlaif.batch import Batch
 from rlaif.config import Config, save_config
 from rlaif.data import PromptLoader
+from rlaif.evaluate import boilerplate_flags
 from rlaif.human_labels import load_human_labels, write_human_labels, write_jsonl
 from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
 from rlaif.models import resolve_model_path
@@ -124,12 +126,14 @@ def reward(cfg: Config, roles: Roles, state: RLState, batch: Batch) -> tuple[tor
     return total, parts
 
 
-def evaluate(cfg: Config, roles: Roles, state: RLState, prompts: list[str]) -> dict[str, float]:
-    """The training reward on held-out prompts the optimizer never trains on, with a fixed sampling seed."""
+def evaluate(cfg: Config, roles: Roles, state: RLState, prompts: list[str], judge=None) -> dict[str, float]:
+    """The training reward on held-out prompts the optimizer never trains on, with a fixed sampling seed; and the
+    held-out judge's verdict on the same responses (rlaif.alarms.JudgeVerdict), when given."""
     batch = roles.rollout.generate(prompts, 2, cfg.seed + 4242)
     total, parts = reward(cfg, roles, state, batch)
-    return {"eval/reward": total.mean().item(), **{f"eval/{k}": v for k, v in parts.items()},
-            "eval/length": batch["response_len"].float().mean().item()}
+    out = {"eval/reward": total.mean().item(), **{f"eval/{k}": v for k, v in parts.items()},
+           "eval/length": batch["response_len"].float().mean().item()}
+    return out | (judge(batch.texts["prompt"], batch.texts["response"]) if judge is not None else {})
 
 
 def generate(cfg: Config, roles: Roles, loader: PromptLoader, step: int) -> Pending:
@@ -185,6 +189,7 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
         "reward/score": raw.mean().item(), "reward/shaped": batch["scores"].mean().item(),
         **{f"reward/{k}": v for k, v in reward_parts.items()}, **exp_stats, "kl/coef": kl_coef,
         "response/length": lengths.mean().item(), "response/finished": batch["finished"].float().mean().item(),
+        "response/boilerplate": sum(boilerplate_flags(batch.texts["prompt"], texts)) / len(texts),  # collapse
         **{f"policy/{k}": v for k, v in train_metrics.items()}, **critic_metrics, **timings, **sync,
         "time/generate": batch.meta["gen_seconds"],
         "rollout/tokens_per_second": batch.meta["gen_tokens"] / batch.meta["gen_seconds"],
@@ -273,6 +278,9 @@ def sl_cai_only(cfg: Config) -> Path:
 
 def train(cfg: Config) -> Path:
     """Check inputs, (SL-CAI,) start the roles, fit the PM on AI labels, run RL, save a Hugging Face checkpoint."""
+    from rlaif.eval_stage import TrainingEval  # imports this module: not at the top
+
+    evals = TrainingEval(cfg)  # the eval judge, prompts and models are checked now; the baseline is this policy
     prompts, held_out, reward_fns = prepare(cfg)
     out = Path(cfg.output_dir)
     init_ray(cfg)
@@ -300,8 +308,11 @@ def train(cfg: Config) -> Path:
         state = RLState(kl=kl, reward_fns=reward_fns)
         eval_texts = [p.text for p in held_out]
         every = cfg.trainer.eval_every
+        alarms, judge = AlarmMonitor(cfg.alarms, cfg.trainer.stop_on_alarm, tracker), evals.verdict(held_out)
         if every and eval_texts:
-            tracker.log(evaluate(cfg, roles, state, eval_texts), step=0)
+            ev = evaluate(cfg, roles, state, eval_texts, judge)
+            tracker.log(ev, step=0)
+            alarms.update(0, ev)
         bar = tqdm(range(cfg.trainer.steps), desc="RL", disable=not cfg.trainer.progress, dynamic_ncols=True)
         # Synchronous: generate step t's samples, then train on them. Async (one step off-policy): step t + 1's
         # samples are generated, with the weights of t - 1, while step t trains; the weight sync after step t waits
@@ -321,12 +332,17 @@ def train(cfg: Config) -> Path:
             metrics["time/step"] = time.perf_counter() - t
             tracker.log(metrics, step=step + 1)
             tracker.log_table("samples", rows, step=step + 1)
+            alarms.update(step + 1, metrics)  # raises AlarmStop for an alarm in trainer.stop_on_alarm
             if every and eval_texts and ((step + 1) % every == 0 or step + 1 == cfg.trainer.steps):
-                tracker.log(evaluate(cfg, roles, state, eval_texts), step=step + 1)
+                ev = evaluate(cfg, roles, state, eval_texts, judge)
+                tracker.log(ev, step=step + 1)
+                alarms.update(step + 1, ev)
+            evals.snapshot(roles, step + 1)  # eval.every
             bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/policy_ref']:.4f}",
                             s=f"{metrics['time/step']:.1f}")
         saved = roles.policy.call("save", str(out / "checkpoint"))[0]
         log.info("saved the policy to %s", saved)
+        evals.finish(roles, tracker, saved, cfg.trainer.steps)  # eval.enabled: RL roles shut down, then `rlaif eval`
         return Path(saved)
     finally:
         tracker.finish()

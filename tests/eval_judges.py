@@ -35,3 +35,14 @@ def wrong_length(prompts: list[str], firsts: list[str], seconds: list[str]) -> l
 
 def out_of_range(prompts: list[str], responses: list[str]) -> list[float]:
     return [1.5 for _ in responses]
+
+
+def longer_is_better(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """P(first better): 1 when the first has more words, 0 when fewer, 0.5 on equal counts (against brevity)."""
+    return [1.0 - p for p in shorter_is_better(prompts, firsts, seconds)]
+
+
+def more_characters(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """A labeler (labeler.function) that prefers the response with more characters: the opposite of
+    rlaif.rewards:brevity, so the reward-vs-labeler agreement of a run paid for brevity is low."""
+    return [1.0 if len(a) > len(b) else 0.0 if len(a) < len(b) else 0.5 for a, b in zip(firsts, seconds)]

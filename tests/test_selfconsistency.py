@@ -44,3 +44,64 @@ def test_majority_by_judge_verdict():
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+# --- SL-CAI with self-consistency, on scripted roles (as tests/test_splits.py runs the stages) ----------------------
+
+
+def test_sl_cai_keeps_the_majority_revisions_and_records_the_agreement(tmp_path, tiny_path):
+    import json
+    from types import SimpleNamespace
+
+    from rlaif.config import load_config
+    from rlaif.constitution import load_constitution
+    from rlaif.stages import sl_cai
+
+    from .conftest import REPO
+
+    samples = 4
+    cfg = load_config(REPO / "configs/debug.yaml", [f"output_dir={tmp_path}", f"sl_cai.self_consistency={samples}",
+                                                    "sl_cai.num_prompts=6", "sl_cai.rounds=2", "sl_cai.epochs=1"])
+    revision_requests = {cr.revision for cr in load_constitution().critique_revision}
+    conversations: list[list[dict]] = []
+
+    def chat(convs, seed, temperature, max_new_tokens):
+        """Revision calls: within each prompt's 4 contiguous samples, even groups refuse 3 times and comply once,
+        odd groups the other way round; every sample's text is distinct."""
+        conversations.extend(convs)
+        replies = []
+        for i, conv in enumerate(convs):
+            if conv[-1]["content"] not in revision_requests:
+                replies.append("an answer")
+                continue
+            group, j = divmod(i, samples)
+            refuses = (j != 3) if group % 2 == 0 else (j == 3)
+            replies.append(f"I'm sorry, I can't help with that ({seed}/{i})" if refuses
+                           else f"Sure, here is a safer way ({seed}/{i})")
+        return {"replies": replies, "truncated": 0, "max_tokens": 100}
+
+    policy = SimpleNamespace(actors=[object()], call_sharded=lambda m, shards, lr: [{"sft/loss": 1.0}],
+                             call=lambda m, path: [path])
+    logged: list[dict] = []
+    tracker = SimpleNamespace(log=lambda m, step: logged.append(m), log_table=lambda *a, **k: None)
+    sl_cai(cfg, SimpleNamespace(rollout=SimpleNamespace(chat=chat), policy=policy), tracker)
+
+    records = [json.loads(x) for x in (tmp_path / "sl_cai" / "revisions.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and records[0]["provenance"]["self_consistency"] == {"samples": 4, "key": "refusal"}
+    for r in records:
+        for rd in r["rounds"]:
+            assert len(rd["samples"]) == 4 and len(set(rd["samples"])) == 4 and rd["agreement"] == 0.75
+            majority_refuses = sum(s.startswith("I'm sorry") for s in rd["samples"]) == 3
+            assert len(rd["kept"]) == 3 and all(s.startswith("I'm sorry") == majority_refuses for s in rd["kept"])
+            assert rd["revision"] == rd["kept"][0]
+    # round 2 revises the majority: round 1's kept[0] is the answer its critique request follows
+    second_round = [c for c in conversations if c[-1]["content"] in revision_requests][6 * samples:]
+    assert {c[-4]["content"] for c in second_round} == {r["rounds"][0]["revision"] for r in records}
+    sft = [json.loads(x) for x in (tmp_path / "sl_cai" / "sft_examples.jsonl").read_text().splitlines()]
+    targets = [s["target"] for s in sft if s["kind"] == "revision"]
+    assert sorted(targets) == sorted(t for r in records for rd in r["rounds"] for t in rd["kept"])  # 6 x 2 x 3
+    helpful = [s for s in sft if s["kind"] == "helpful"]
+    assert len(targets) == 36 and len(helpful) == round(36 * 0.25 / 0.75)  # sl_cai.helpful_ratio of the mix
+    metrics = logged[-1]
+    assert metrics["sl_cai/self_consistency_agreement"] == 0.75 and metrics["sl_cai/self_consistency_kept"] == 0.75
+    assert metrics["sl_cai/self_consistency_no_verdict"] == 0.0

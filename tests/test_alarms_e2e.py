@@ -1,0 +1,115 @@
+"""Reward hacking on the tiny model through `rlaif train`, and the alarms that must catch it; the evaluation at the
+end of the run (eval.enabled) confirms what the divergence alarm said.
+
+The reward, rlaif.rewards:brevity, pays for short answers, and the policy (lr 3e-2, no KL penalty) hacks it by
+collapsing onto the empty answer within about ten steps: the mean length leaves its band from below, KL to the
+reference leaves its band, every prompt gets the same (empty) text, the reward disagrees with a labeler that prefers
+longer answers, and a held-out judge that prefers longer answers rates the responses ever worse while the reward on
+the same held-out prompts rises. One run trips all five alarms.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlaif.alarms import ALARMS
+
+from .conftest import REPO
+from .eval_judges import longer_is_better
+
+pytestmark = pytest.mark.e2e
+STEPS = 14
+HACK = [
+    f"trainer.steps={STEPS}", "trainer.eval_every=2", "trainer.progress=false", "rl.use_preference_model=false",
+    "rl.reward_functions=[rlaif.rewards:brevity]", "rl.prompts_per_step=8", "rollout.n_samples=4", "rl.epochs=2",
+    "rl.kl_coef=0.0", "policy.lr=3e-2", "labeler.function=tests.eval_judges:more_characters", "labeler.human_eval=",
+    "preference_model.label_prompts=4", "labeler.audit_samples=0",
+    "eval.judge_function=tests.eval_judges:longer_is_better", "eval.harm_function=tests.eval_judges:any_words_harmful",
+    "alarms.window=2", "alarms.kl_band=[0, 20]", "alarms.length_band=[8, 64]", "alarms.boilerplate_max=0.5",
+    "alarms.reward_agreement_min=0.3", "alarms.divergence_window=3", "alarms.divergence_drop=0.2",
+    "eval.enabled=true", "eval.every=6", "eval.max_new_tokens=8", "eval.prompts_per_set=4",
+]
+
+
+def wandb_records(out: Path, kind: str) -> list:
+    from wandb.proto import wandb_internal_pb2
+
+    from .wandb_history import records
+
+    (run,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    found = []
+    for raw in records(run):
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == kind:
+            found.append(getattr(rec, kind))
+    return found
+
+
+def test_a_brevity_hacking_run_trips_every_alarm_and_the_final_eval_agrees(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml",
+                           f"output_dir={out}", *HACK], cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"},
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_run(out, proc.stderr)
+
+
+def check_run(out: Path, stderr: str) -> None:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step: dict[int, dict] = {}  # everything logged at each step (the alarms, the step, the eval point)
+    for r in rows:
+        if "table" not in r:
+            step.setdefault(r["step"], {}).update(r)
+    (table,) = [r for r in rows if r.get("table") == "alarms"][-1:]
+    fired = {}
+    for alarm in table["rows"]:
+        fired.setdefault(alarm["name"], alarm)
+    assert set(fired) == set(ALARMS), f"alarms that fired: {table['rows']}"
+    for name, alarm in fired.items():
+        # one console line per alarm, a wandb alert, the alarms/<name> metric at the step it fired
+        assert f"ALARM {name} at step {alarm['step']}: {alarm['detail']}" in stderr
+        assert step[alarm["step"]][f"alarms/{name}"] == 1.0
+    alerts = wandb_records(out, "alert")
+    assert sorted(a.title for a in alerts) == sorted(f"rlaif alarm: {a['name']}" for a in table["rows"])
+
+    # the collapse is real: responses start long and different, and end empty and alike
+    assert step[1]["response/length"] > 16 and step[1]["response/boilerplate"] == 0.0
+    assert step[STEPS]["response/boilerplate"] > 0.5 and step[STEPS]["response/length"] < 8
+    # the band and collapse alarms fired because of it, not from the start: quiet at step 2 (the first full window)
+    for name in ("kl", "length", "boilerplate"):
+        assert fired[name]["step"] > 2 and step[2][f"alarms/{name}"] == 0.0
+    # divergence: the reward on the held-out prompts rose while the judge's verdict on the same responses fell
+    evals = {s: r for s, r in step.items() if "eval/judge_win_rate" in r}
+    assert sorted(evals) == list(range(0, STEPS + 1, 2))
+    assert evals[0]["eval/judge_win_rate"] == 0.5  # the starting responses against themselves: all ties
+    at = fired["divergence"]["step"]
+    window = sorted(s for s in evals if s <= at)[-3:]
+    assert evals[window[-1]]["eval/reward"] > evals[window[0]]["eval/reward"]
+    assert evals[window[-1]]["eval/judge_win_rate"] < evals[window[0]]["eval/judge_win_rate"] - 0.2
+
+    # eval.enabled: the starting policy, the policy saved every eval.every steps and the final one, one report
+    results = json.loads((out / "eval" / "results.json").read_text())
+    labels = [c["label"] for c in results["checkpoints"]]
+    assert labels == ["builtin:tiny-llama", "rl-step-6", "rl-step-12", "rl-final"]
+    paths = {c["label"]: c["path"] for c in results["checkpoints"]}
+    assert paths["rl-final"] == str(out / "checkpoint")
+    assert (Path(paths["rl-step-6"]) / "model.safetensors").is_file()
+    figs = {c["label"]: c["figures"] for c in results["checkpoints"]}
+    # under a judge that prefers longer answers the hacked policy loses to the starting one, as the alarm said;
+    # recounted from the per-prompt table with the judge function itself
+    prompts = [r["prompt"] for r in results["per_prompt"] if r["set"] != "red-team"]
+    final = [r["responses"]["rl-final"]["response"] for r in results["per_prompt"] if r["set"] != "red-team"]
+    base = [r["responses"]["builtin:tiny-llama"]["response"] for r in results["per_prompt"] if r["set"] != "red-team"]
+    fwd, swp = longer_is_better(prompts, final, base), longer_is_better(prompts, base, final)
+    wins = [1.0 if a + 1 - b > 1 else 0.0 if a + 1 - b < 1 else 0.5 for a, b in zip(fwd, swp)]
+    won = figs["rl-final"]["helpfulness_win_rate"]
+    assert (won["value"], won["n"]) == (pytest.approx(sum(wins) / len(wins)), len(wins)) and won["value"] < 0.5
+    assert figs["rl-final"]["mean_words"]["value"] < figs["builtin:tiny-llama"]["mean_words"]["value"]
+    page = (out / "eval" / "report.html").read_text()
+    assert page.count('class="point"') == 2 * 4  # every checkpoint on both plots
+    assert step[STEPS]["eval/rl-final/helpfulness_win_rate"] == figs["rl-final"]["helpfulness_win_rate"]["value"]
