@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from rlaif.config import Config, to_dict
 
+log = logging.getLogger("rlaif")
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity (json.dumps would write bare NaN, which no JSON reader accepts): null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
 
 class Tracker:
     def __init__(self, cfg: Config, out_dir: Path) -> None:
         self.jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.warned: set[str] = set()
         self.run = None
         if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
             import wandb
@@ -23,16 +38,20 @@ class Tracker:
             )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        for key, value in numbers.items():
+            if not math.isfinite(value) and key not in self.warned:
+                self.warned.add(key)
+                log.warning("metric %s is %s at step %d (written as null to metrics.jsonl)", key, value, step)
+        self.jsonl.write(json.dumps(json_safe({"step": step, **numbers}), allow_nan=False) + "\n")
         self.jsonl.flush()
         if self.run is not None:
-            self.run.log(clean, step=step)
+            self.run.log(numbers, step=step)
 
     def log_table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
         if not rows:
             return
-        self.jsonl.write(json.dumps({"step": step, "table": name, "rows": rows}) + "\n")
+        self.jsonl.write(json.dumps(json_safe({"step": step, "table": name, "rows": rows}), allow_nan=False) + "\n")
         if self.run is not None:
             import wandb
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,20 +18,23 @@ import torch
 from tqdm import tqdm
 
 from actors.critic import CriticWorker
-from actors.group import ActorGroup, get, split_batch
+from actors.group import ActorGroup, get, kill_and_wait, split_batch
 from actors.labeler import LabelerWorker
 from actors.policy import PolicyWorker
 from actors.preference import PreferenceModelWorker
 from actors.reference import ReferenceWorker
 from actors.rollout import RolloutWorker
 from rlaif.algorithms import ALGORITHMS, load_reward_functions, make_experience, shape_scores
-from rlaif.config import Config, save_config
+from rlaif.config import Config, ConfigError, save_config
+from rlaif.constitution import load_constitution
 from rlaif.data import PromptLoader, load_prompts, split_prompts
-from rlaif.human_labels import write_human_labels
+from rlaif.human_labels import HumanLabelError, write_human_labels
 from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
-from rlaif.models import resolve_model_path
+from rlaif.models import resolve_models
+from rlaif.runtime import LOG_DIR_ENV, log_to_dir
 from rlaif.stages import (
     feedback_integrity,
+    human_eval_pairs,
     label_stats,
     sample_and_label,
     score_pm,
@@ -39,41 +46,78 @@ from rlaif.tracking import Tracker
 log = logging.getLogger("rlaif")
 
 
+def role_plan(cfg: Config, stage: str) -> dict[str, tuple[int, float]]:
+    """The actors a stage starts: role -> (how many, GPUs each); every actor takes one CPU."""
+    r, rl = cfg.ray, stage == "rl"
+    plan = {"rollout": (1, r.gpus_per_rollout)}
+    if stage != "sl-cai":
+        plan["labeler"] = (1, r.gpus_per_aux)
+    if rl:
+        plan["reference"] = (1, r.gpus_per_aux)
+    if rl and cfg.rl.use_preference_model:
+        plan["preference_model"] = (cfg.preference_model.num_ranks, r.gpus_per_aux)
+    if stage != "label":
+        plan["policy"] = (cfg.policy.num_ranks, r.gpus_per_policy_rank)
+    if rl and ALGORITHMS[cfg.rl.algorithm].needs_critic:
+        plan["critic"] = (cfg.critic.num_ranks, r.gpus_per_policy_rank)
+    return plan
+
+
+class ResourceError(ConfigError):
+    """The Ray cluster (or the local Ray the config describes) cannot place the actors a stage needs."""
+
+
+def check_resources(plan: dict[str, tuple[int, float]], cpus: float, gpus: float, node_gpus: float, where: str) -> None:
+    """Fail now, saying what was asked and what there is, instead of waiting on actors Ray can never place."""
+    need_cpu = sum(n for n, _ in plan.values())
+    need_gpu = sum(n * g for n, g in plan.values())
+    too_big = [f"{role} ({g:g} GPUs each)" for role, (_, g) in plan.items() if g > node_gpus]
+    if need_cpu <= cpus and need_gpu <= gpus + 1e-9 and not too_big:
+        return
+    asked = ", ".join(f"{role} {n} x (1 CPU{f', {g:g} GPU' if g else ''})" for role, (n, g) in plan.items())
+    raise ResourceError(
+        f"{where}: the run needs {need_cpu} CPUs and {need_gpu:g} GPUs ({asked}) but has {cpus:g} CPUs and {gpus:g} "
+        f"GPUs{f'; no node has enough GPUs for {chr(44).join(too_big)}' if too_big else ''}"
+    )
+
+
 class Roles:
     """One handle per role. Every call is bounded by trainer.timeout_s. A stage starts only the roles it needs."""
 
     def __init__(self, cfg: Config, stage: str = "rl") -> None:
-        rl = stage == "rl"
-        r, t = cfg.ray, cfg.trainer.timeout_s
+        t = cfg.trainer.timeout_s
         self.timeout = t
+        plan = role_plan(cfg, stage)
+        self.rollout = self.labeler = self.reference = None
+        self.pm = self.policy = self.critic = None
 
-        def actor(cls, gpus: float):
-            return ray.remote(cls).options(num_cpus=1, num_gpus=gpus).remote(cfg)
+        def actor(cls, role: str):
+            return ray.remote(cls).options(num_cpus=1, num_gpus=plan[role][1]).remote(cfg) if role in plan else None
 
-        def group(cls, ranks: int, gpus: float, name: str) -> ActorGroup:
-            return ActorGroup(cls, ranks, cfg, num_gpus=gpus, timeout=t, name=name)
+        def group(cls, role: str) -> ActorGroup | None:
+            if role not in plan:
+                return None
+            return ActorGroup(cls, plan[role][0], cfg, num_gpus=plan[role][1], timeout=t, name=role)
 
-        self.rollout = actor(RolloutWorker, r.gpus_per_rollout)
-        self.labeler = actor(LabelerWorker, r.gpus_per_aux) if stage != "sl-cai" else None
-        self.reference = actor(ReferenceWorker, r.gpus_per_aux) if rl else None
-        use_pm = rl and cfg.rl.use_preference_model
-        self.pm = group(PreferenceModelWorker, cfg.preference_model.num_ranks, r.gpus_per_aux, "pm") if use_pm else None
-        self.policy = group(PolicyWorker, cfg.policy.num_ranks, r.gpus_per_policy_rank, "policy") \
-            if stage != "label" else None
-        needs_critic = rl and ALGORITHMS[cfg.rl.algorithm].needs_critic
-        self.critic = group(CriticWorker, cfg.critic.num_ranks, r.gpus_per_policy_rank, "critic") if needs_critic \
-            else None
-        # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
-        singles = [a for a in (self.rollout, self.labeler, self.reference) if a is not None]
-        get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler and reference actors")
+        try:
+            self.rollout = actor(RolloutWorker, "rollout")
+            self.labeler = actor(LabelerWorker, "labeler")
+            self.reference = actor(ReferenceWorker, "reference")
+            self.pm = group(PreferenceModelWorker, "preference_model")
+            self.policy = group(PolicyWorker, "policy")
+            self.critic = group(CriticWorker, "critic")
+            # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
+            singles = [a for a in (self.rollout, self.labeler, self.reference) if a is not None]
+            get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler and reference actors")
+        except BaseException:
+            self.shutdown()  # what did start must not outlive a failed start-up
+            raise
 
     def get(self, refs, what: str):
         return get(refs, self.timeout, what)
 
     def shutdown(self) -> None:
-        for handle in (self.rollout, self.labeler, self.reference):
-            if handle is not None:
-                ray.kill(handle)
+        kill_and_wait([a for a in (self.rollout, self.labeler, self.reference) if a is not None])
         for grp in (self.pm, self.policy, self.critic):
             if grp is not None:
                 grp.shutdown()
@@ -193,37 +237,136 @@ def rl_step(cfg: Config, roles: Roles, loader: PromptLoader, state: RLState, ste
     return metrics, rows
 
 
-def init_ray(cfg: Config) -> None:
-    if os.environ.get("RAY_ADDRESS") or cfg.ray.address != "local":
+def local_ray(cfg: Config) -> bool:
+    """Start a private Ray on this machine, or join a cluster (`ray job submit` sets RAY_ADDRESS)?"""
+    return not os.environ.get("RAY_ADDRESS") and cfg.ray.address == "local"
+
+
+_RAY_PROCESSES: list = []  # the processes of the local Ray this driver started (raylet, GCS, ...)
+
+
+def init_ray(cfg: Config, stages: tuple[str, ...], verbose: bool = False) -> None:
+    """Start (or join) Ray with worker output going to <output_dir>/logs, then check that every stage's actors fit.
+
+    A local Ray binds to 127.0.0.1 only. Quiet (not verbose): Ray's own start-up chatter is not printed and each
+    worker's stdout/stderr goes to its log file (rlaif.runtime.setup_worker); rlaif's warnings still show.
+    """
+    import psutil
+
+    env = {} if verbose else {LOG_DIR_ENV: str(Path(cfg.output_dir).resolve() / "logs")}
+    runtime_env = {"env_vars": env} | ({} if verbose else {"worker_process_setup_hook": "rlaif.runtime.setup_worker"})
+    level = logging.INFO if verbose else logging.ERROR
+    if not local_ray(cfg):
         # Inside `ray job submit` RAY_ADDRESS points at the cluster: join it, never start a second Ray. The job's
-        # runtime_env (cluster/runtime_env.yaml) carries code and environment to the actors.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or cfg.ray.address)
+        # runtime_env (cluster/runtime_env.yaml) carries code and environment to the actors; ours adds the log folder.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or cfg.ray.address, logging_level=level,
+                 runtime_env=runtime_env)
+        log.info("Ray: joined the cluster at %s", ray.get_runtime_context().gcs_address)
     else:
-        env = {k: v for k, v in os.environ.items() if k.startswith(("RLAIF_", "VLLM_", "WANDB_"))}
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-                 include_dashboard=False, runtime_env={"env_vars": env})
+        before = {p.pid for p in psutil.Process().children()}
+        env |= {k: v for k, v in os.environ.items() if k.startswith(("RLAIF_", "VLLM_", "WANDB_"))}
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level=level, runtime_env=runtime_env)
+        _RAY_PROCESSES[:] = [p for p in psutil.Process().children() if p.pid not in before]
+        log.info("Ray: local on 127.0.0.1, %d CPUs, %d GPUs", cfg.ray.num_cpus, cfg.ray.num_gpus)
+    have = ray.cluster_resources()
+    node_gpus = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
+    for stage in stages:
+        check_resources(role_plan(cfg, stage), have.get("CPU", 0.0), have.get("GPU", 0.0), node_gpus,
+                        f"the Ray cluster at {ray.get_runtime_context().gcs_address}")
 
 
-def prepare(cfg: Config) -> tuple[list, list, list]:
-    """Fail on bad input before anything is started or written; then create the run folder."""
+def shutdown_ray(timeout: float = 30.0) -> None:
+    """ray.shutdown(), then wait for every process of the local Ray (and its workers, the roles) to exit; those
+    still alive after `timeout` are killed. The CLI never returns while a process of its run lives on."""
+    import psutil
+
+    procs = []
+    for p in _RAY_PROCESSES:
+        try:
+            procs += [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    if ray.is_initialized():
+        ray.shutdown()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=10)
+    _RAY_PROCESSES.clear()
+
+
+def check_output_dir(out: Path, overwrite: bool) -> bool:
+    """True if `out` holds an earlier run that --overwrite lets this one replace; errors name output_dir."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file, not a folder")
+    earlier = out.is_dir() and any(out.iterdir())
+    if earlier and not (out / "config.yaml").is_file():
+        raise ConfigError(f"output_dir: {out} is not empty and holds no earlier rlaif run; choose a new or empty "
+                          "folder")
+    if earlier and not overwrite:
+        raise ConfigError(f"output_dir: {out} holds an earlier run; use --overwrite or trainer.resume=auto (a new run "
+                          "never mixes its checkpoint and metrics with an old one)")
+    probe = out if out.is_dir() else next(p for p in out.absolute().parents if p.exists())
+    try:
+        tempfile.TemporaryDirectory(dir=probe).cleanup()
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot create {out}: {probe} is not writable ({exc.strerror})") from exc
+    return earlier
+
+
+def prepare(cfg: Config, stages: tuple[str, ...], overwrite: bool = False) -> tuple[Config, list, list, list]:
+    """Fail on bad input before anything is started or written. Returns the config the roles run with (every
+    model resolved to a checked local folder), the training and held-out prompts, and the reward functions."""
+    check_output_dir(Path(cfg.output_dir), overwrite)
     prompts, held_out = split_prompts(load_prompts(cfg.data.prompts), cfg.data.eval_fraction, cfg.data.seed)
     if cfg.data.eval_prompts:
         held_out = load_prompts(cfg.data.eval_prompts)
     reward_fns = load_reward_functions(cfg.rl.reward_functions)
-    for mc in (cfg.policy.model, cfg.labeler.model, cfg.preference_model.model, cfg.critic.model):
-        if mc.path:
-            resolve_model_path(mc.path, cfg.cache_dir)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    return prompts, held_out, reward_fns
+    constitution = load_constitution(cfg.constitution.path)
+    if "sl-cai" in stages and not constitution.critique_revision:
+        raise ConfigError(f"constitution.path: {cfg.constitution.path} has no critique_revision pairs, which SL-CAI "
+                          "needs")
+    if cfg.labeler.human_eval and stages != ("sl-cai",):
+        try:
+            human_eval_pairs(cfg)
+        except HumanLabelError as exc:
+            raise ConfigError(f"labeler.human_eval: {exc}") from exc
+    if local_ray(cfg):
+        for stage in stages:
+            check_resources(role_plan(cfg, stage), cfg.ray.num_cpus, cfg.ray.num_gpus, cfg.ray.num_gpus,
+                            f"ray.num_cpus = {cfg.ray.num_cpus}, ray.num_gpus = {cfg.ray.num_gpus}")
+    return resolve_models(cfg), prompts, held_out, reward_fns
 
 
-def label(cfg: Config) -> Path:
-    """`rlaif label`: AI-label pairs sampled from the policy and write them with the feedback-integrity report."""
-    prompts, _, _ = prepare(cfg)
-    init_ray(cfg)
-    tracker = Tracker(cfg, Path(cfg.output_dir))
+@contextlib.contextmanager
+def session(cfg: Config, stages: tuple[str, ...], overwrite: bool, verbose: bool) -> Iterator[Tracker]:
+    """Ray, the run folder and the tracker for one command. Nothing is written before Ray is up and has room for
+    every stage; on any exit (error, Ctrl-C) the tracker is closed and every process of the run has ended."""
+    out, tracker = Path(cfg.output_dir), None
     try:
+        init_ray(cfg, stages, verbose)
+        if check_output_dir(out, overwrite):
+            shutil.rmtree(out)  # --overwrite: the earlier run goes; its files never mix with this one's
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        log_to_dir(out / "logs")
+        tracker = Tracker(cfg, out)
+        yield tracker
+    finally:
+        if tracker is not None:
+            tracker.finish()
+        shutdown_ray()
+
+
+def label(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
+    """`rlaif label`: AI-label pairs sampled from the policy and write them with the feedback-integrity report."""
+    run_cfg, prompts, _, _ = prepare(cfg, ("label",), overwrite)
+    with session(cfg, ("label",), overwrite, verbose) as tracker:
+        cfg = run_cfg
         roles = Roles(cfg, stage="label")
         pairs = sample_and_label(cfg, roles, PromptLoader(prompts, cfg.seed))
         path = write_human_labels(Path(cfg.output_dir) / "feedback" / "ai_labels.jsonl", [
@@ -233,30 +376,22 @@ def label(cfg: Config) -> Path:
         ])
         feedback_integrity(cfg, roles, pairs, tracker)
         return path
-    finally:
-        tracker.finish()
-        ray.shutdown()
 
 
-def sl_cai_only(cfg: Config) -> Path:
+def sl_cai_only(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
     """`rlaif sl-cai`: critique -> revision data and the SFT checkpoint, nothing else."""
-    prepare(cfg)
-    init_ray(cfg)
-    tracker = Tracker(cfg, Path(cfg.output_dir))
-    try:
-        return sl_cai(cfg, Roles(cfg, stage="sl-cai"), tracker)
-    finally:
-        tracker.finish()
-        ray.shutdown()
+    run_cfg, _, _, _ = prepare(cfg, ("sl-cai",), overwrite)
+    with session(cfg, ("sl-cai",), overwrite, verbose) as tracker:
+        return sl_cai(run_cfg, Roles(run_cfg, stage="sl-cai"), tracker)
 
 
-def train(cfg: Config) -> Path:
+def train(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
     """Check inputs, (SL-CAI,) start the roles, fit the PM on AI labels, run RL, save a Hugging Face checkpoint."""
-    prompts, held_out, reward_fns = prepare(cfg)
+    stages = ("sl-cai", "rl") if cfg.sl_cai.enabled else ("rl",)
+    run_cfg, prompts, held_out, reward_fns = prepare(cfg, stages, overwrite)
     out = Path(cfg.output_dir)
-    init_ray(cfg)
-    tracker = Tracker(cfg, out)
-    try:
+    with session(cfg, stages, overwrite, verbose) as tracker:
+        cfg = run_cfg
         if cfg.sl_cai.enabled:  # CAI phase 1; RL then starts from (and keeps its KL to) the SL-CAI model
             sl_roles = Roles(cfg, stage="sl-cai")
             checkpoint = sl_cai(cfg, sl_roles, tracker)
@@ -295,6 +430,3 @@ def train(cfg: Config) -> Path:
         saved = roles.policy.call("save", str(out / "checkpoint"))[0]
         log.info("saved the policy to %s", saved)
         return Path(saved)
-    finally:
-        tracker.finish()
-        ray.shutdown()
