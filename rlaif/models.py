@@ -146,8 +146,8 @@ def resolve_models(cfg):
     """The config with every role's model spec replaced by a checked local folder: the driver resolves Hub ids
     and builtins once, before Ray starts, so no actor downloads or converts anything. Errors name the key."""
     sections = {}
-    for section in ("policy", "labeler", "preference_model", "critic"):
-        mc = getattr(cfg, section).model
+    for section, mc in (("policy", cfg.policy.model), ("labeler", cfg.labeler.model),
+                        ("preference_model", cfg.preference_model.model), ("critic", cfg.critic.model)):
         if not mc.path:  # critic.model.path empty: the policy's model
             continue
         key = f"{section}.model"
