@@ -20,7 +20,6 @@ from pathlib import Path
 from rlaif.config import ConfigError, load_config
 from rlaif.constitution import ConstitutionError
 from rlaif.data import DataError
-from rlaif.models import ModelError
 from rlaif.runtime import setup_console
 
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run = {"train": trainer.train, "label": trainer.label, "sl-cai": trainer.sl_cai_only}[args.command]
         path = run(cfg, overwrite=args.overwrite, verbose=args.verbose)
-    except (ConfigError, ConstitutionError, DataError, HumanLabelError, ModelError, FileNotFoundError) as exc:
+    except (ConfigError, ConstitutionError, DataError, HumanLabelError, FileNotFoundError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
     except FeedbackIntegrityError as exc:

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rlaif.config import ConfigError
+
 TINY = "builtin:tiny-llama"
 SMOLLM2 = "builtin:smollm2-135m"
 CHATML = (
@@ -43,7 +45,7 @@ PICKLE = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 OTHER_FORMATS = ["*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.gguf", "*.tflite", "*.ot", "*.mlmodel"]
 
 
-class ModelError(ValueError):
+class ModelError(ConfigError):
     """A model that cannot (or must not) be loaded; the message starts with the config key at fault."""
 
 
