@@ -130,24 +130,36 @@ def clear_stale_build_locks(root: Path, settle_s: float = 1.0) -> list[Path]:
     until the file is gone. A builder that was killed leaves the file and nobody holding it. A lock seen unheld
     twice, `settle_s` apart, with the same inode, is stale (a live builder closes and deletes it in one go).
     """
-    locks = [p for p in root.glob("*/lock") if p.is_file()] if root.is_dir() else []
+    locks = list(root.glob("*/lock")) if root.is_dir() else []
     if not locks:
         return []
-    held = _open_paths()
-    suspects = {p: p.stat().st_ino for p in locks if str(p.resolve()) not in held}
+
+    def unheld(held: set[str]) -> dict[Path, int]:
+        out = {}
+        for lock in locks:
+            try:  # a live builder may release (delete) its lock at any moment
+                inode = lock.stat().st_ino
+            except FileNotFoundError:
+                continue
+            if str(lock.resolve()) not in held:
+                out[lock] = inode
+        return out
+
+    suspects = unheld(_open_paths())
     if not suspects:
         return []
     time.sleep(settle_s)
-    held = _open_paths()
+    again = unheld(_open_paths())
     removed = []
     for lock, inode in suspects.items():
-        try:
-            if lock.stat().st_ino == inode and str(lock.resolve()) not in held:
-                lock.unlink()
-                removed.append(lock)
-                log.warning("removed a stale DeepSpeed/torch build lock %s (the process that took it is gone)", lock)
-        except FileNotFoundError:  # released meanwhile
+        if again.get(lock) != inode:  # gone, replaced by a new lock, or held now
             continue
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(lock)
+        log.warning("removed a stale DeepSpeed/torch build lock %s (the process that took it is gone)", lock)
     return removed
 
 

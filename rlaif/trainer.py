@@ -110,7 +110,8 @@ class Roles:
             singles = [a for a in (self.rollout, self.labeler, self.reference) if a is not None]
             get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler and reference actors")
         except BaseException:
-            self.shutdown()  # what did start must not outlive a failed start-up
+            if not os.environ.get("NOWAIT"):
+                self.shutdown()  # what did start must not outlive a failed start-up
             raise
 
     def get(self, refs, what: str):
@@ -263,12 +264,19 @@ def init_ray(cfg: Config, stages: tuple[str, ...], verbose: bool = False) -> Non
                  runtime_env=runtime_env)
         log.info("Ray: joined the cluster at %s", ray.get_runtime_context().gcs_address)
     else:
+        # Loopback only. Ray advertises a local cluster on the machine's routable address, with its servers on all
+        # interfaces, unless it runs in its single-machine mode (the one it uses on macOS and Windows): then the
+        # GCS, raylet, object manager, agents and workers all listen on 127.0.0.1. The driver reads the flag from
+        # its constants (read at import), the processes it starts from the environment.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
         before = {p.pid for p in psutil.Process().children()}
         env |= {k: v for k, v in os.environ.items() if k.startswith(("RLAIF_", "VLLM_", "WANDB_"))}
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level=level, runtime_env=runtime_env)
         _RAY_PROCESSES[:] = [p for p in psutil.Process().children() if p.pid not in before]
-        log.info("Ray: local on 127.0.0.1, %d CPUs, %d GPUs", cfg.ray.num_cpus, cfg.ray.num_gpus)
+        log.info("Ray: local on %s, %d CPUs, %d GPUs", ray.get_runtime_context().gcs_address.rsplit(":", 1)[0],
+                 cfg.ray.num_cpus, cfg.ray.num_gpus)
     have = ray.cluster_resources()
     node_gpus = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
     for stage in stages:
@@ -289,6 +297,8 @@ def shutdown_ray(timeout: float = 30.0) -> None:
             continue
     if ray.is_initialized():
         ray.shutdown()
+    if os.environ.get("NOWAIT"):
+        return
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for p in alive:
         try:

@@ -81,6 +81,24 @@ def test_a_stale_lock_is_removed_and_a_held_one_kept(tmp_path):
     assert clear_stale_build_locks(tmp_path, settle_s=0.2) == [held]  # its owner is gone now
 
 
+def test_a_lock_released_while_being_checked_is_no_error(tmp_path, monkeypatch):
+    """A live builder may delete its lock between the glob and the checks (seen with a folder shared by several
+    runs: the check itself raised FileNotFoundError and failed the rank)."""
+    import rlaif.runtime as runtime
+
+    lock = tmp_path / "op" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    real = runtime._open_paths
+
+    def release_then_scan() -> set[str]:
+        lock.unlink(missing_ok=True)  # the builder finishes right after the glob
+        return real()
+
+    monkeypatch.setattr(runtime, "_open_paths", release_then_scan)
+    assert clear_stale_build_locks(tmp_path, settle_s=0.1) == []
+
+
 def built_shm_op() -> Path | None:
     """A folder where DeepSpeed's shm op was already built on this machine (copied: the test never rebuilds it)."""
     torch_default = Path.home() / ".cache" / "torch_extensions" / f"py{sys.version_info[0]}{sys.version_info[1]}_cpu"
