@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -75,10 +76,9 @@ def check_resources(plan: dict[str, tuple[int, float]], cpus: float, gpus: float
     if need_cpu <= cpus and need_gpu <= gpus + 1e-9 and not too_big:
         return
     asked = ", ".join(f"{role} {n} x (1 CPU{f', {g:g} GPU' if g else ''})" for role, (n, g) in plan.items())
-    raise ResourceError(
-        f"{where}: the run needs {need_cpu} CPUs and {need_gpu:g} GPUs ({asked}) but has {cpus:g} CPUs and {gpus:g} "
-        f"GPUs{f'; no node has enough GPUs for {chr(44).join(too_big)}' if too_big else ''}"
-    )
+    per_node = f"; no node has enough GPUs for {', '.join(too_big)}" if too_big else ""
+    raise ResourceError(f"{where}: the run needs {need_cpu} CPUs and {need_gpu:g} GPUs ({asked}) but has {cpus:g} "
+                        f"CPUs and {gpus:g} GPUs{per_node}")
 
 
 class Roles:
@@ -246,7 +246,7 @@ def local_ray(cfg: Config) -> bool:
 _RAY_PROCESSES: list = []  # the processes of the local Ray this driver started (raylet, GCS, ...)
 
 
-def init_ray(cfg: Config, stages: tuple[str, ...], verbose: bool = False) -> None:
+def init_ray(cfg: Config, stages: tuple[str, ...] = (), verbose: bool = False) -> None:
     """Start (or join) Ray with worker output going to <output_dir>/logs, then check that every stage's actors fit.
 
     A local Ray binds to 127.0.0.1 only. Quiet (not verbose): Ray's own start-up chatter is not printed and each
@@ -349,7 +349,18 @@ def prepare(cfg: Config, stages: tuple[str, ...], overwrite: bool = False) -> tu
         for stage in stages:
             check_resources(role_plan(cfg, stage), cfg.ray.num_cpus, cfg.ray.num_gpus, cfg.ray.num_gpus,
                             f"ray.num_cpus = {cfg.ray.num_cpus}, ray.num_gpus = {cfg.ray.num_gpus}")
-    return resolve_models(cfg), prompts, held_out, reward_fns
+    run_cfg = resolve_models(cfg)
+    # The rollout engine's context must hold what it is asked to: vLLM would refuse it only once started.
+    config = json.loads((Path(run_cfg.policy.model.path) / "config.json").read_text(encoding="utf-8"))
+    limit = config.get("max_position_embeddings")
+    needs = {"data.max_prompt_tokens + rollout.max_new_tokens": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens}
+    if "sl-cai" in stages:
+        needs["sl_cai.max_context_tokens"] = cfg.sl_cai.max_context_tokens
+    for keys, tokens in needs.items():
+        if limit and tokens > limit:
+            raise ConfigError(f"{keys} = {tokens} exceeds the policy model's context of {limit} tokens "
+                              f"(max_position_embeddings of {cfg.policy.model.path})")
+    return run_cfg, prompts, held_out, reward_fns
 
 
 @contextlib.contextmanager

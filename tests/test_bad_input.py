@@ -113,6 +113,8 @@ CASES: dict[str, Case] = {
     "output_dir holds an earlier run": (earlier_run,
                                         r"output_dir: .*/run holds an earlier run; use --overwrite or "
                                         r"trainer\.resume=auto", {}),
+    "--overwrite with a bad value keeps the earlier run": (lambda t: earlier_run(t) + ["--overwrite", "policy.lr=-1"],
+                                                          r"policy\.lr: must be > 0", {}),
     "output_dir holds someone else's files": (foreign_folder,
                                               r"output_dir: .*/run is not empty and holds no earlier rlaif run", {}),
     "output_dir is a file": (lambda t: [f"output_dir={write(t, 'f', b'x')}"], r"output_dir: .*/f is a file", {}),
@@ -148,6 +150,13 @@ CASES: dict[str, Case] = {
     "revision pinned on a builtin": (lambda t: ["labeler.model.revision=v2"],
                                      r"labeler\.model\.revision: 'v2' pins a Hub revision, but labeler\.model\.path "
                                      r"'builtin:tiny-llama' is not a Hub id", {}),
+    "prompt and response longer than the policy's context": (
+        lambda t: ["rollout.max_new_tokens=4000"],
+        r"data\.max_prompt_tokens \+ rollout\.max_new_tokens = 4096 exceeds the policy model's context of 2048 "
+        r"tokens", {}),
+    "SL-CAI context longer than the policy's": (
+        lambda t: ["sl_cai.enabled=true", "sl_cai.max_context_tokens=3000"],
+        r"sl_cai\.max_context_tokens = 3000 exceeds the policy model's context of 2048 tokens", {}),
     # other inputs named by a key
     "human eval file missing": (lambda t: [f"labeler.human_eval={t / 'human.jsonl'}"],
                                 r"labeler\.human_eval: .*human\.jsonl", {}),
@@ -221,3 +230,23 @@ def test_a_bad_input_through_a_new_interpreter_prints_one_line_and_no_traceback(
     assert proc.returncode == 2
     assert proc.stderr == "rlaif: error: rollout.top_p: must be in (0, 1], got 2.0\n"
     assert proc.stdout == "" and not (tmp_path / "run").exists()
+
+
+def test_an_unschedulable_request_names_what_was_asked_and_what_there_is():
+    """The check a joined cluster gets after ray.init (a local Ray gets it from the config, above)."""
+    from rlaif.config import load_config
+    from rlaif.trainer import ResourceError, check_resources, role_plan
+
+    cfg = load_config(None, ["device=cuda", "ray.gpus_per_policy_rank=1", "ray.gpus_per_rollout=0.5",
+                             "ray.gpus_per_aux=0.25", "policy.num_ranks=2", "rl.algorithm=ppo"])
+    plan = role_plan(cfg, "rl")
+    assert plan == {"rollout": (1, 0.5), "labeler": (1, 0.25), "reference": (1, 0.25), "preference_model": (1, 0.25),
+                    "policy": (2, 1.0), "critic": (1, 1.0)}
+    check_resources(plan, cpus=7, gpus=4.25, node_gpus=2, where="cluster")  # exactly enough
+    with pytest.raises(ResourceError, match=r"^cluster: the run needs 7 CPUs and 4\.25 GPUs \(rollout 1 x \(1 CPU, "
+                                            r"0\.5 GPU\), .*policy 2 x \(1 CPU, 1 GPU\).* but has 16 CPUs and 4 GPUs$"):
+        check_resources(plan, cpus=16, gpus=4, node_gpus=4, where="cluster")
+    with pytest.raises(ResourceError, match=r"needs 7 CPUs .* but has 6 CPUs"):
+        check_resources(plan, cpus=6, gpus=8, node_gpus=8, where="cluster")
+    with pytest.raises(ResourceError, match=r"no node has enough GPUs for policy \(1 GPUs each\), critic"):
+        check_resources(plan, cpus=8, gpus=8, node_gpus=0.5, where="cluster")

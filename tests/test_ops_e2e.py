@@ -140,11 +140,14 @@ def test_a_failed_start_up_leaves_no_process_behind(tmp_path, tiny_path):
     shutil.copytree(tiny_path, broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:2000])
-    marker = uuid.uuid4().hex
+    marker, out = uuid.uuid4().hex, tmp_path / "run"
+    out.mkdir()  # an earlier run, which --overwrite replaces once every check has passed and Ray is up
+    (out / "config.yaml").write_text("seed: 0\n")
+    (out / "metrics.jsonl").write_text('{"step": 7, "reward/score": 0.5}\n')
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml",
-             f"output_dir={tmp_path / 'run'}", f"labeler.model.path={broken}"],
+            [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml", "--overwrite",
+             f"output_dir={out}", f"labeler.model.path={broken}"],
             cwd=REPO, capture_output=True, text=True, timeout=900,
             env=env_with_marker(marker, VLLM_ENABLE_V1_MULTIPROCESSING="1"))
         left = processes_with(marker)
@@ -152,6 +155,8 @@ def test_a_failed_start_up_leaves_no_process_behind(tmp_path, tiny_path):
         kill_leftovers(marker)
     assert proc.returncode != 0 and "LabelerWorker" in proc.stderr, proc.stderr[-3000:]
     assert not left, f"processes of the run outlived the command: {left}"
+    assert yaml.safe_load((out / "config.yaml").read_text())["labeler"]["model"]["path"] == str(broken)
+    assert '"step": 7' not in (out / "metrics.jsonl").read_text()  # never mixed with the earlier run's
 
 
 @pytest.mark.e2e

@@ -53,6 +53,33 @@ def test_worker_hook_without_a_log_dir_changes_nothing(tmp_path):
     assert proc.stdout == "shown\n"
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_driver_console_shows_rlaif_and_errors_quiet_everything_verbose(tmp_path, verbose):
+    code = (
+        "import logging, warnings\n"
+        "from pathlib import Path\n"
+        "from rlaif.runtime import setup_console, log_to_dir\n"
+        f"setup_console({verbose})\n"
+        f"log_to_dir(Path({str(tmp_path)!r}))\n"
+        "logging.getLogger('rlaif').info('stage one')\n"
+        "logging.getLogger('rlaif.stages').warning('labels look biased')\n"
+        "logging.getLogger('transformers').warning('library chatter')\n"
+        "warnings.warn('a deprecation nobody acts on', FutureWarning)\n"
+        "logging.getLogger('ray').error('a library error')\n"
+    )
+    proc = run_py(code, {}, timeout=60)
+    lines = proc.stderr.splitlines()
+    if verbose:
+        for text in ("stage one", "labels look biased", "library chatter", "a deprecation nobody acts on",
+                     "a library error"):
+            assert any(text in line for line in lines), proc.stderr
+    else:
+        assert lines == ["rlaif: stage one", "rlaif: WARNING: labels look biased", "rlaif: ERROR: a library error"]
+    driver_log = (tmp_path / "driver.log").read_text()
+    for text in ("stage one", "library chatter", "a deprecation nobody acts on", "a library error"):
+        assert text in driver_log  # the file has everything either way
+
+
 def test_torch_extensions_dir_is_this_installs_own_unless_set(monkeypatch):
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     if os.access(sys.prefix, os.W_OK):
