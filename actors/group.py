@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 import ray
@@ -45,21 +46,25 @@ class ActorGroup:
         self.name, self.timeout = name, timeout
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
         self.pg = placement_group([bundle] * num_ranks, strategy="PACK")
-        get(self.pg.ready(), timeout, f"placement group for {name} ({num_ranks} x {bundle})")
-        remote_cls = ray.remote(cls)
         self.actors = []
-        for rank in range(num_ranks):
-            strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
-            options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "scheduling_strategy": strategy}
-            if env:
-                options["runtime_env"] = {"env_vars": env}
-            self.actors.append(remote_cls.options(**options).remote(*args))
-        # Rank 0 chooses the rendezvous address on its own node, so multi-node groups work too.
-        addr, port = get(self.actors[0].__ray_call__.remote(lambda self: node_ip_and_free_port()), timeout, name)
-        get(
-            [a.setup_distributed.remote(rank, num_ranks, addr, port) for rank, a in enumerate(self.actors)],
-            timeout, f"{name}: torch.distributed setup",
-        )
+        try:
+            get(self.pg.ready(), timeout, f"placement group for {name} ({num_ranks} x {bundle})")
+            remote_cls = ray.remote(cls)
+            for rank in range(num_ranks):
+                strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
+                options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "scheduling_strategy": strategy}
+                if env:
+                    options["runtime_env"] = {"env_vars": env}
+                self.actors.append(remote_cls.options(**options).remote(*args))
+            # Rank 0 chooses the rendezvous address on its own node, so multi-node groups work too.
+            addr, port = get(self.actors[0].__ray_call__.remote(lambda self: node_ip_and_free_port()), timeout, name)
+            get(
+                [a.setup_distributed.remote(rank, num_ranks, addr, port) for rank, a in enumerate(self.actors)],
+                timeout, f"{name}: torch.distributed setup",
+            )
+        except BaseException:
+            self.shutdown()  # ranks that did start must not outlive a failed start-up
+            raise
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """The same call on every rank (collectives such as gathering ZeRO-3 weights need all of them)."""
@@ -72,9 +77,22 @@ class ActorGroup:
         return get(refs, self.timeout, f"{self.name}.{method}")
 
     def shutdown(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
+        kill_and_wait(self.actors)
         remove_placement_group(self.pg)
+
+
+def kill_and_wait(actors: list, timeout: float = 30.0) -> None:
+    """ray.kill each actor and wait until Ray reports it dead (ray.kill alone returns before the process is gone)."""
+    for a in actors:
+        ray.kill(a, no_restart=True)
+    deadline = time.monotonic() + timeout
+    for a in actors:
+        while time.monotonic() < deadline:
+            try:
+                ray.get(a.__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                break
+            time.sleep(0.1)  # still answering: the kill has not landed yet
 
 
 def join_group(device: str, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
@@ -82,10 +100,13 @@ def join_group(device: str, rank: int, world_size: int, master_addr: str, master
     import deepspeed
     import torch
 
+    from rlaif.runtime import prepare_torch_extensions
+
     os.environ.update(
         MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
         LOCAL_RANK="0" if device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)),
     )
+    prepare_torch_extensions()  # on CPU init_distributed JIT-loads an op; a killed build's lock would hang it
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
 
 
@@ -116,7 +137,8 @@ def use_cpu_threads(cfg, role: str) -> int:
 
     if cfg.device != "cpu":
         return torch.get_num_threads()
-    n = getattr(cfg.ray, f"cpu_threads_{role}")
+    r = cfg.ray
+    n = {"policy": r.cpu_threads_policy, "rollout": r.cpu_threads_rollout, "aux": r.cpu_threads_aux}[role]
     if n <= 0:
         ppo = cfg.rl.algorithm == "ppo"
         peers = {"policy": cfg.policy.num_ranks + (cfg.critic.num_ranks if ppo else 0),

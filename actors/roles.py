@@ -27,13 +27,10 @@ from actors.rollout import RolloutEngines
 from actors.weight_sync import SyncFailed, WeightSync
 from rlaif.algorithms import ALGORITHMS, needs_reference
 from rlaif.batch import Batch
+from rlaif.checkpoint import RoleDied
 from rlaif.config import Config, ConfigError
 
 log = logging.getLogger("rlaif")
-
-
-class RoleDied(RuntimeError):
-    """An actor that cannot be restarted (a DeepSpeed rank, or one out of restarts) died."""
 
 
 def role_plan(cfg: Config, stage: str) -> dict[str, tuple[int, float]]:
@@ -65,10 +62,9 @@ def check_resources(plan: dict[str, tuple[int, float]], cpus: float, gpus: float
     if need_cpu <= cpus and need_gpu <= gpus + 1e-9 and not too_big:
         return
     asked = ", ".join(f"{role} {n} x (1 CPU{f', {g:g} GPU' if g else ''})" for role, (n, g) in plan.items())
-    raise ResourceError(
-        f"{where}: the run needs {need_cpu} CPUs and {need_gpu:g} GPUs ({asked}) but has {cpus:g} CPUs and {gpus:g} "
-        f"GPUs{f'; no node has enough GPUs for {chr(44).join(too_big)}' if too_big else ''}"
-    )
+    per_node = f"; no node has enough GPUs for {', '.join(too_big)}" if too_big else ""
+    raise ResourceError(f"{where}: the run needs {need_cpu} CPUs and {need_gpu:g} GPUs ({asked}) but has {cpus:g} "
+                        f"CPUs and {gpus:g} GPUs{per_node}")
 
 
 def wait_restarted(actor, what: str, timeout: float) -> None:

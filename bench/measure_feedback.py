@@ -238,16 +238,14 @@ def main() -> None:
     human_test = as_batch(*comparison_inputs(test_h))
     ai_test = as_batch(test_prompts, ev_first, ev_second, [lab["p_first"] for lab in ev_labels])
 
-    import ray
+    from rlaif.session import init_ray, shutdown_ray
 
-    from rlaif.trainer import init_ray
-
-    init_ray(cfg)
+    init_ray(cfg, ())
     try:
         res = train_and_eval_pms(cfg, {"pm-ai": (ai_train, {"human_test": human_test, "ai_test": ai_test}),
                                        "pm-human": (human_train, {"human_test": human_test})})
     finally:
-        ray.shutdown()
+        shutdown_ray()
     pm_ai, pm_h = res["pm-ai"], res["pm-human"]
 
     p_ai = [lab["p_first"] for lab in ai_labels]

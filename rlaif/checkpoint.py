@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,22 @@ from safetensors.torch import load_file, save_file
 from rlaif.batch import Batch
 
 MANIFEST = "manifest.json"
+
+
+class Preempted(Exception):
+    """The run stopped on SIGTERM (preemption, `ray job stop`) or Ctrl-C after writing a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        name = signal.Signals(signum).name
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
+        super().__init__(f"stopped by {name} after RL step {step}; {where}; resume with the same command and "
+                         "trainer.resume=auto")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class RoleDied(RuntimeError):
+    """An actor that cannot be restarted (a DeepSpeed rank, or one out of restarts) died; the run stops, and
+    resumes from its last checkpoint."""
 
 
 class CheckpointError(RuntimeError):
@@ -53,6 +70,7 @@ class TrainerState:
     policy_init: str = ""  # the model RL started from (the SL-CAI checkpoint when SL-CAI ran)
     preference_model: str = ""  # the trained preference model's folder, "" without one
     pm_normalization: tuple[float, float] = (0.0, 1.0)
+    judge_start: list | None = None  # the held-out judge's starting responses (alarms.divergence_window)
 
 
 def capture_rng() -> dict[str, Any]:

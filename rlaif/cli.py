@@ -6,16 +6,23 @@
     rlaif eval --config configs/debug.yaml eval.checkpoints=[a,b] harmlessness / helpfulness / evasiveness report
     rlaif red-team --config configs/debug.yaml ...               red-LM test questions -> a red-team prompt source
     rlaif import-audit feedback/audit.jsonl human.jsonl          reviewed audit sheet -> human-labelled pairs
+
+The console shows rlaif's own lines, the progress bar and the warnings that matter; every other library's output
+and the Ray workers' logs go to <output_dir>/logs/ (--verbose: everything on the console). An output_dir that holds
+an earlier run is refused unless --overwrite is given. Exit status: 0 done, 2 bad input (the first line names the
+key, file:line or value at fault; nothing is written), 3 stopped by the feedback-integrity gate, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from pathlib import Path
 
 from rlaif.config import ConfigError, load_config
+from rlaif.constitution import ConstitutionError
 from rlaif.data import DataError
+from rlaif.runtime import setup_console
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,34 +35,34 @@ def main(argv: list[str] | None = None) -> int:
                        ("red-team", "a red LM writes test questions; the successful ones become a prompt source")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, help="YAML config (see configs/)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the earlier run in output_dir (refused without this flag)")
+        p.add_argument("--verbose", action="store_true",
+                       help="show every library's output and the Ray workers' logs on the console")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
     imp = sub.add_parser("import-audit", help="turn a reviewed audit sheet into human-labelled pairs (JSONL)")
     imp.add_argument("audit", help="the reviewed audit.jsonl (human_choice a/b/tie or human_p_a filled in)")
     imp.add_argument("out", help="where to write the human labels (rlaif.human_labels JSONL format)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_console(getattr(args, "verbose", False))
 
     from rlaif.alarms import AlarmStop
+    from rlaif.checkpoint import CheckpointError, Preempted, RoleDied
     from rlaif.human_labels import HumanLabelError
     from rlaif.integrity import FeedbackIntegrityError
 
+    output_dir = None
     try:
         if args.command == "import-audit":
-            from rlaif.human_labels import write_human_labels
-            from rlaif.integrity import import_audit
-
-            pairs = import_audit(args.audit)
-            write_human_labels(args.out, pairs)
-            print(f"rlaif: {len(pairs)} reviewed pairs written to {args.out} "
-                  "(use them as preference_model.human_pairs or labeler.human_eval)")
-            return 0
+            return import_audit(args.audit, args.out)
         cfg = load_config(args.config, args.overrides)
+        output_dir = cfg.output_dir
         from rlaif import eval_stage, trainer  # import Ray and the actors: only once the config is good
 
         run = {"train": trainer.train, "label": trainer.label, "sl-cai": trainer.sl_cai_only,
                "eval": eval_stage.eval_command, "red-team": eval_stage.red_team_command}[args.command]
-        path = run(cfg)
-    except (ConfigError, DataError, HumanLabelError, FileNotFoundError) as exc:
+        path = run(cfg, overwrite=args.overwrite, verbose=args.verbose)
+    except (ConfigError, ConstitutionError, DataError, HumanLabelError, FileNotFoundError, CheckpointError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
     except FeedbackIntegrityError as exc:
@@ -66,9 +73,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlaif: stopped by alarm {exc.alarm.name} at step {exc.alarm.step}; {where}. {exc.alarm.detail}",
               file=sys.stderr)
         return 4
+    except RoleDied as exc:  # a DeepSpeed rank died: the run cannot go on; the last checkpoint can
+        print(f"rlaif: {exc}", file=sys.stderr)
+        return 1
+    except Preempted as exc:  # SIGTERM (preemption, `ray job stop`) or Ctrl-C: stopped after a step, checkpointed
+        print(f"rlaif: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        where = f"; the incomplete run is in {output_dir} (start again with --overwrite, or trainer.resume=auto)" \
+            if output_dir and Path(output_dir).is_dir() else "; nothing was written"
+        print(f"rlaif: interrupted{where}", file=sys.stderr)
+        return 130
     what = {"train": "policy checkpoint", "label": "AI labels", "sl-cai": "SL-CAI checkpoint",
             "eval": "evaluation report", "red-team": "red-team prompt source"}[args.command]
     print(f"rlaif: done; {what} at {path}")
+    return 0
+
+
+def import_audit(audit: str, out: str) -> int:
+    from rlaif.human_labels import write_human_labels
+    from rlaif.integrity import import_audit as read_audit
+
+    target = Path(out)
+    if target.is_dir():
+        raise ConfigError(f"import-audit: the output {out} is a folder; give a file name such as "
+                          f"{target / 'human.jsonl'}")
+    pairs = read_audit(audit)
+    try:
+        write_human_labels(target, pairs)
+    except OSError as exc:
+        raise ConfigError(f"import-audit: cannot write {out}: {exc.strerror or exc}") from exc
+    print(f"rlaif: {len(pairs)} reviewed pairs written to {out} "
+          "(use them as preference_model.human_pairs or labeler.human_eval)")
     return 0
 
 

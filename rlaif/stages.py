@@ -187,8 +187,9 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
 
     Only the train side of rlaif.splits' plan is used (held-out prompts never reach SFT); sl_cai/sft_examples.jsonl
     records every example SFT draws from (an epoch skips the remainder that does not fill a step)."""
+    from rlaif.config import import_callable
     from rlaif.constitution import load_constitution
-    from rlaif.evaluate import is_refusal, load_function
+    from rlaif.evaluate import is_refusal
     from rlaif.models import load_tokenizer, resolve_model_path
     from rlaif.selfconsistency import extract_answer
     from rlaif.slcai import revise, revision_stats, sft_examples, sft_token_ids
@@ -217,7 +218,7 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
         provenance["self_consistency"] = {"samples": sc.self_consistency, "key": sc.self_consistency_key}
         key = {"refusal": lambda ps, ts: [is_refusal(t) for t in ts],
                "answer": lambda ps, ts: [extract_answer(t) for t in ts]}.get(sc.self_consistency_key) \
-            or load_function(sc.self_consistency_key, "sl_cai.self_consistency_key")
+            or import_callable(sc.self_consistency_key, "sl_cai.self_consistency_key")
     records = revise(red, chat, load_constitution(cfg.constitution.path), sc.rounds, sc.few_shot, rng, provenance,
                      sc.self_consistency, key)
     # helpful answers in proportion to the revision targets SFT gets (self-consistency may keep several per round)

@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from rlaif.config import Config, to_dict
+from rlaif.human_labels import atomic_write_text
+
+log = logging.getLogger("rlaif")
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity (json.dumps would write bare NaN, which no JSON reader accepts): null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class Tracker:
-    def __init__(self, cfg: Config, out_dir: Path) -> None:
-        self.jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
+    """resume_step / resume_id: a run resumed from the checkpoint of that step continues its metrics.jsonl (rows of
+    later steps, logged before the interruption, are dropped: the resumed run logs them again) and its wandb run."""
+
+    def __init__(self, cfg: Config, out_dir: Path, resume_step: int | None = None, resume_id: str | None = None
+                 ) -> None:
+        path = out_dir / "metrics.jsonl"
+        if resume_step is not None and path.is_file():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line + "\n")
+                except json.JSONDecodeError:
+                    continue  # the torn last line of a killed run
+            atomic_write_text(path, "".join(kept))
+        self.jsonl = open(path, "a", encoding="utf-8")
+        self.warned: set[str] = set()
         self.run = None
         if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
             import wandb
@@ -20,19 +50,28 @@ class Tracker:
             self.run = wandb.init(
                 project=cfg.wandb.project, name=cfg.wandb.run_name or out_dir.name, dir=str(out_dir),
                 mode=cfg.wandb.mode, config=to_dict(cfg), reinit="finish_previous",
+                id=resume_id, resume="allow" if resume_id else None,
             )
 
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        for key, value in numbers.items():
+            if not math.isfinite(value) and key not in self.warned:
+                self.warned.add(key)
+                log.warning("metric %s is %s at step %d (written as null to metrics.jsonl)", key, value, step)
+        self.jsonl.write(json.dumps(json_safe({"step": step, **numbers}), allow_nan=False) + "\n")
         self.jsonl.flush()
         if self.run is not None:
-            self.run.log(clean, step=step)
+            self.run.log(numbers, step=step)
 
     def log_table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
         if not rows:
             return
-        self.jsonl.write(json.dumps({"step": step, "table": name, "rows": rows}) + "\n")
+        self.jsonl.write(json.dumps(json_safe({"step": step, "table": name, "rows": rows}), allow_nan=False) + "\n")
         if self.run is not None:
             import wandb
 

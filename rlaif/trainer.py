@@ -1,10 +1,17 @@
-"""The central trainer: RL-CAI written once, step by step; the roles run as Ray actors behind it."""
+"""The central trainer: RL-CAI written once, step by step; the roles run as Ray actors behind it (actors/roles.py).
+
+    train = [SL-CAI] -> AI feedback on the policy's samples -> integrity -> preference model -> RL steps
+    RL step = generate -> score + AI-label + log-probs -> experience -> ZeRO update -> weight sync into vLLM
+
+Checkpoints every trainer.save_every steps and at the end make a killed or preempted run resumable exactly
+(rlaif/checkpoint.py); SIGTERM or Ctrl-C stop after the current step with a checkpoint.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,33 +20,26 @@ import ray
 import torch
 from tqdm import tqdm
 
-from actors.critic import CriticWorker
-from actors.group import ActorGroup, get
-from actors.labeler import LabelerWorker
-from actors.policy import PolicyWorker, reduce_stats
-from actors.preference import PreferenceModelWorker
-from actors.reference import ReferenceWorker
-from actors.rollout import Pending, RolloutEngines
-from actors.weight_sync import WeightSync
-from rlaif.alarms import AlarmMonitor
+from actors.policy import reduce_stats
+from actors.roles import Roles, sharded
+from actors.rollout import Pending, Ready
+from rlaif import checkpoint
+from rlaif.alarms import AlarmMonitor, AlarmStop
 from rlaif.algorithms import (
-    ALGORITHMS,
     batch_denominator,
-    load_reward_functions,
     make_experience,
     needs_old_logprobs,
-    needs_reference,
     reward_function_scores,
     shape_scores,
 )
 from rlaif.batch import Batch
-from rlaif.config import Config, save_config
+from rlaif.checkpoint import Preempted
+from rlaif.config import Config
 from rlaif.data import PromptLoader
 from rlaif.evaluate import boilerplate_flags
-from rlaif.human_labels import load_human_labels, write_human_labels, write_jsonl
+from rlaif.human_labels import write_human_labels
 from rlaif.losses import AdaptiveKLController, FixedKLController, RunningMoments
-from rlaif.models import resolve_model_path
-from rlaif.splits import plan_prompts
+from rlaif.session import StopSignal, prepare, session
 from rlaif.stages import (
     feedback_integrity,
     label_stats,
@@ -51,52 +51,6 @@ from rlaif.stages import (
 from rlaif.tracking import Tracker
 
 log = logging.getLogger("rlaif")
-
-
-class Roles:
-    """One handle per role. Every call is bounded by trainer.timeout_s. A stage starts only the roles it needs."""
-
-    def __init__(self, cfg: Config, stage: str = "rl") -> None:
-        rl = stage == "rl"
-        r, t = cfg.ray, cfg.trainer.timeout_s
-        self.timeout = t
-
-        def actor(cls, gpus: float, *args):
-            return ray.remote(cls).options(num_cpus=1, num_gpus=gpus).remote(cfg, *args)
-
-        def group(cls, ranks: int, gpus: float, name: str) -> ActorGroup:
-            return ActorGroup(cls, ranks, cfg, num_gpus=gpus, timeout=t, name=name)
-
-        self.rollout = RolloutEngines(cfg, r.gpus_per_rollout, t, stage)  # its context is sized for the stage
-        self.labeler = actor(LabelerWorker, r.gpus_per_aux) if stage != "sl-cai" else None
-        self.reference = actor(ReferenceWorker, r.gpus_per_aux) if rl and needs_reference(cfg.rl) else None
-        use_pm = rl and cfg.rl.use_preference_model
-        self.pm = group(PreferenceModelWorker, cfg.preference_model.num_ranks, r.gpus_per_aux, "pm") if use_pm else None
-        self.policy = group(PolicyWorker, cfg.policy.num_ranks, r.gpus_per_policy_rank, "policy") \
-            if stage != "label" else None
-        needs_critic = rl and ALGORITHMS[cfg.rl.algorithm].needs_critic
-        self.critic = group(CriticWorker, cfg.critic.num_ranks, r.gpus_per_policy_rank, "critic") if needs_critic \
-            else None
-        # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
-        singles = [a for a in (*self.rollout.actors, self.labeler, self.reference) if a is not None]
-        get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler and reference actors")
-        self.sync_weights = WeightSync(cfg, self.policy, self.rollout.actors) if rl else None
-
-    def get(self, refs, what: str):
-        return get(refs, self.timeout, what)
-
-    def shutdown(self) -> None:
-        for handle in (*self.rollout.actors, self.labeler, self.reference):
-            if handle is not None:
-                ray.kill(handle)
-        for grp in (self.pm, self.policy, self.critic):
-            if grp is not None:
-                grp.shutdown()
-
-
-def sharded(group: ActorGroup, method: str, batch: Batch, *args) -> list:
-    """Start `method` on every rank with its contiguous shard of the batch; returns the object refs."""
-    return [getattr(a, method).remote(s, *args) for a, s in zip(group.actors, batch.split(len(group.actors)))]
 
 
 @dataclass
@@ -178,23 +132,21 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     critic_metrics = reduce_stats(roles.get(critic_refs, "critic.train")) if critic_refs else {}
     timings["time/train"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    sync = roles.sync_weights(version=step + 1)  # waits for a generation still in flight (async mode)
-    timings["time/weight_sync"] = time.perf_counter() - t
+    sync = roles.sync(version=step + 1)  # waits for a generation still in flight (async mode)
 
     kl_coef = state.kl.value
     state.kl.update(exp_stats["kl/policy_ref"], len(batch))
-    lengths = batch["response_len"].float()
     metrics = {
         "reward/score": raw.mean().item(), "reward/shaped": batch["scores"].mean().item(),
         **{f"reward/{k}": v for k, v in reward_parts.items()}, **exp_stats, "kl/coef": kl_coef,
-        "response/length": lengths.mean().item(), "response/finished": batch["finished"].float().mean().item(),
+        "response/length": batch["response_len"].float().mean().item(),
+        "response/finished": batch["finished"].float().mean().item(),
         "response/boilerplate": sum(boilerplate_flags(batch.texts["prompt"], texts)) / len(texts),  # collapse
         **{f"policy/{k}": v for k, v in train_metrics.items()}, **critic_metrics, **timings, **sync,
-        "time/generate": batch.meta["gen_seconds"],
+        "time/generate": batch.meta["gen_seconds"], "rollout/samples": float(len(batch)),
         "rollout/tokens_per_second": batch.meta["gen_tokens"] / batch.meta["gen_seconds"],
         "rollout/staleness": float(step - batch.meta["weight_version"]),  # updates behind the policy it trains
-        "data/prompts_truncated": float(batch.meta["prompts_truncated"]),
+        "data/prompts_truncated": float(batch.meta["prompts_truncated"]), **roles.fault_metrics(),
     }
     if "tis_mean_abs_log_ratio" in train_metrics:
         metrics["logprob/vllm_vs_trainer_abs_diff"] = train_metrics["tis_mean_abs_log_ratio"]
@@ -213,118 +165,162 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     return metrics, rows
 
 
-def init_ray(cfg: Config) -> None:
-    if os.environ.get("RAY_ADDRESS") or cfg.ray.address != "local":
-        # Inside `ray job submit` RAY_ADDRESS points at the cluster: join it, never start a second Ray. The job's
-        # runtime_env (cluster/runtime_env.yaml) carries code and environment to the actors.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or cfg.ray.address)
-    else:
-        env = {k: v for k, v in os.environ.items() if k.startswith(("RLAIF_", "VLLM_", "WANDB_"))}
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-                 include_dashboard=False, runtime_env={"env_vars": env})
+# ---------------------------------------------------------------------------------------------------------------------
+# The stages before RL, and what a checkpoint saves and restores
 
 
-def prepare(cfg: Config, stage: str = "rl") -> tuple[list, list, list]:
-    """Fail on bad input before anything is started or written; then create the run folder.
-
-    Returns the RL prompts, the held-out eval prompts (rlaif.splits: one split for every prompt source; both
-    written to data/) and the reward functions."""
-    sl_cai_runs = stage == "sl-cai" or (stage == "rl" and cfg.sl_cai.enabled)
-    plan = plan_prompts(cfg, ("rl", "red_team", "helpful") if sl_cai_runs else ("rl",))
-    if cfg.preference_model.human_pairs and stage == "rl":
-        load_human_labels(cfg.preference_model.human_pairs)
-    reward_fns = load_reward_functions(cfg.rl.reward_functions)
-    for mc in (cfg.policy.model, cfg.labeler.model, cfg.preference_model.model, cfg.critic.model):
-        if mc.path:
-            resolve_model_path(mc.path, cfg.cache_dir)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    for name, records in (("train_prompts", plan.rl.train), ("eval_prompts", plan.rl.heldout)):
-        write_jsonl(Path(cfg.output_dir) / "data" / f"{name}.jsonl", [r.to_dict() for r in records])
-    return plan.rl.train, plan.rl.heldout, reward_fns
+def preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: Tracker) -> tuple[str, tuple]:
+    """RL-CAI's feedback phase: AI labels on the policy's own samples, measured against human labels (the gate may
+    stop the run here), then the preference model fit on them and saved. Returns its folder and normalisation."""
+    log.info("AI feedback -> preference model on %d pairs", cfg.preference_model.label_prompts)
+    pairs = sample_and_label(cfg, roles, loader)
+    feedback_integrity(cfg, roles, pairs, tracker)
+    if not cfg.rl.use_preference_model:
+        return "", (0.0, 1.0)
+    roles.start_pm_trainer()
+    pm = train_preference_model(cfg, roles, pairs, tracker)
+    log.info("preference model: %s", {k: round(v, 4) for k, v in pm.items()})
+    path = roles.pm.call("save", str(Path(cfg.output_dir) / "preference_model"))[0]
+    return path, tuple(roles.pm.call("normalization")[0])
 
 
-def label(cfg: Config) -> Path:
-    """`rlaif label`: AI-label pairs sampled from the policy and write them with the feedback-integrity report."""
-    prompts, _, _ = prepare(cfg, stage="label")
-    init_ray(cfg)
-    tracker = Tracker(cfg, Path(cfg.output_dir))
+def save_checkpoint(cfg: Config, roles: Roles, done: int, state: RLState, loader: PromptLoader, tracker: Tracker,
+                    pending: Pending | Ready | None, start: checkpoint.TrainerState, judge=None
+                    ) -> tuple[Path, Ready | None]:
+    """Write the checkpoint of `done` steps (atomic; see rlaif/checkpoint.py). Samples already in flight for the
+    next step are awaited and saved with it, so a resumed run trains on exactly what this one would."""
+    staging = checkpoint.staging_dir(cfg.output_dir, done)
+    groups = [g for g in (roles.policy, roles.critic) if g is not None]
+    names = ["policy", "critic"][: len(groups)]
+    roles.get([a.save_checkpoint.remote(str(staging / name)) for g, name in zip(groups, names) for a in g.actors],
+              "saving the DeepSpeed checkpoints")
+    if pending is not None:
+        pending = Ready(pending.result())
+        checkpoint.save_batch(pending.batch, staging / "next_batch")
+    m = state.moments
+    saved = dataclasses.replace(
+        start, step=done, loader=loader.state(), kl_coef=state.kl.value,
+        moments={"count": m.count, "mean": m.mean, "m2": m.m2}, rng=checkpoint.capture_rng(),
+        labeler_rng=roles.get(roles.labeler.rng_state.remote(), "labeler.rng_state") if roles.labeler else None,
+        wandb_run_id=tracker.run_id, judge_start=list(judge.start) if judge is not None and judge.start else None,
+    )
+    path = checkpoint.commit(staging, saved, cfg.trainer.keep_last)
+    log.info("checkpoint: %s", path)
+    return path, pending
+
+
+def restore(roles: Roles, path: Path, saved: checkpoint.TrainerState, loader: PromptLoader, state: RLState
+            ) -> Ready | None:
+    """Put a checkpoint's state back: ZeRO shards and optimizer states, the loader, KL, moments, RNGs; then the
+    restored weights into vLLM. Returns the samples saved for the next step, if any."""
+    for group, name in ((roles.policy, "policy"), (roles.critic, "critic")):
+        if group is not None:
+            group.call("load_checkpoint", str(path / name))
+    loader.load_state(saved.loader)
+    state.kl.value = saved.kl_coef
+    state.moments.count, state.moments.mean, state.moments.m2 = (saved.moments[k] for k in ("count", "mean", "m2"))
+    checkpoint.restore_rng(saved.rng)
+    if roles.labeler is not None and saved.labeler_rng is not None:
+        roles.get(roles.labeler.set_rng_state.remote(saved.labeler_rng), "labeler.set_rng_state")
+    roles.sync(version=saved.step)
+    log.info("resumed from %s at RL step %d", path, saved.step)
+    return Ready(checkpoint.load_batch(path / "next_batch")) if (path / "next_batch").is_dir() else None
+
+
+def replay_alarms(alarms: AlarmMonitor, metrics_file: Path) -> None:
+    """A resumed run's alarms see its logged history again (windows, trends, which alarms were already firing),
+    without re-reporting or stopping on what was reported before the interruption."""
+    sink, stop_on = alarms.sink, alarms.stop_on
+    alarms.sink, alarms.stop_on = _Silent(), set()
     try:
-        roles = Roles(cfg, stage="label")
-        pairs = sample_and_label(cfg, roles, PromptLoader(prompts, cfg.seed))
-        path = write_human_labels(Path(cfg.output_dir) / "feedback" / "ai_labels.jsonl", [
-            {"id": f"ai:{i:05d}", "prompt": p, "response_a": a, "response_b": b, "p_a": lab["p_first"],
-             "source": "ai", "principle": lab["principle"]}
-            for i, (p, a, b, lab) in enumerate(zip(pairs["prompt"], pairs["first"], pairs["second"], pairs["labels"]))
-        ])
-        feedback_integrity(cfg, roles, pairs, tracker)
-        return path
+        for line in metrics_file.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if "table" not in row:
+                alarms.update(row["step"], {k: v for k, v in row.items() if isinstance(v, (int, float))})
     finally:
-        tracker.finish()
-        ray.shutdown()
+        alarms.sink, alarms.stop_on = sink, stop_on
 
 
-def sl_cai_only(cfg: Config) -> Path:
-    """`rlaif sl-cai`: critique -> revision data and the SFT checkpoint, nothing else."""
-    prepare(cfg, stage="sl-cai")
-    init_ray(cfg)
-    tracker = Tracker(cfg, Path(cfg.output_dir))
-    try:
-        return sl_cai(cfg, Roles(cfg, stage="sl-cai"), tracker)
-    finally:
-        tracker.finish()
-        ray.shutdown()
+class _Silent:
+    def log(self, *args, **kwargs) -> None: ...
+
+    def log_table(self, *args, **kwargs) -> None: ...
+
+    def alert(self, *args, **kwargs) -> None: ...
 
 
-def train(cfg: Config) -> Path:
-    """Check inputs, (SL-CAI,) start the roles, fit the PM on AI labels, run RL, save a Hugging Face checkpoint."""
-    from rlaif.eval_stage import TrainingEval  # imports this module: not at the top
+def with_policy(cfg: Config, path: str) -> Config:
+    return dataclasses.replace(cfg, policy=dataclasses.replace(
+        cfg.policy, model=dataclasses.replace(cfg.policy.model, path=path)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def train(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
+    """`rlaif train`: [SL-CAI,] AI feedback, integrity, preference model, RL; a Hugging Face checkpoint at the end."""
+    from rlaif.eval_stage import TrainingEval  # imports rlaif.session: not at the top
 
     evals = TrainingEval(cfg)  # the eval judge, prompts and models are checked now; the baseline is this policy
-    prompts, held_out, reward_fns = prepare(cfg)
     out = Path(cfg.output_dir)
-    init_ray(cfg)
-    tracker = Tracker(cfg, out)
-    try:
-        if cfg.sl_cai.enabled:  # CAI phase 1; RL then starts from (and keeps its KL to) the SL-CAI model
+    resume_from = checkpoint.resolve(cfg.trainer.resume, out)
+    saved = checkpoint.load(resume_from) if resume_from else None
+    stages = ("sl-cai", "rl") if cfg.sl_cai.enabled and saved is None else ("rl",)
+    run_cfg, plan, reward_fns = prepare(cfg, stages, overwrite, resuming=saved is not None)
+    with StopSignal() as stop, session(cfg, stages, overwrite, verbose, plan, saved) as tracker:
+        cfg, policy_init = run_cfg, saved.policy_init if saved else ""
+        if "sl-cai" in stages:  # CAI phase 1; RL then starts from (and keeps its KL to) the SL-CAI model
             sl_roles = Roles(cfg, stage="sl-cai")
-            checkpoint = sl_cai(cfg, sl_roles, tracker)
+            policy_init = str(sl_cai(cfg, sl_roles, tracker))
             sl_roles.shutdown()
-            cfg = dataclasses.replace(cfg, policy=dataclasses.replace(
-                cfg.policy, model=dataclasses.replace(cfg.policy.model, path=str(checkpoint))))
+        if policy_init:
+            cfg = with_policy(cfg, policy_init)
         t0 = time.perf_counter()
         roles = Roles(cfg)
-        tracker.log({"time/startup": time.perf_counter() - t0}, step=0)
-        loader = PromptLoader(prompts, cfg.seed)
-        log.info("AI feedback -> preference model on %d pairs", cfg.preference_model.label_prompts)
-        pairs = sample_and_label(cfg, roles, loader)  # RL-CAI: AI feedback on the policy's own samples
-        feedback_integrity(cfg, roles, pairs, tracker)  # measured every run; stops here below the gate
-        if roles.pm is not None:
-            pm = train_preference_model(cfg, roles, pairs, tracker)
-            log.info("preference model: %s", {k: round(v, 4) for k, v in pm.items()})
+        tracker.log({"time/startup": time.perf_counter() - t0}, step=saved.step if saved else 0)
+        loader = PromptLoader(plan.rl.train, cfg.seed)
         rl = cfg.rl
         kl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target > 0 else \
             FixedKLController(rl.kl_coef)
         state = RLState(kl=kl, reward_fns=reward_fns)
-        eval_texts = [p.text for p in held_out]
+        if saved is None:
+            pm_path, pm_norm = preference_model(cfg, roles, loader, tracker)
+            saved = checkpoint.TrainerState(step=0, loader={}, kl_coef=kl.value, moments={},
+                                            policy_init=policy_init, preference_model=pm_path, pm_normalization=pm_norm)
+            pending = None
+        else:
+            pending = restore(roles, resume_from, saved, loader, state)
+        if saved.preference_model:
+            roles.start_pm_scorers(saved.preference_model, *saved.pm_normalization)
+        if stop.signum:
+            raise Preempted(stop.signum, saved.step, resume_from)
+        eval_texts = [p.text for p in plan.rl.heldout]
         every = cfg.trainer.eval_every
-        alarms, judge = AlarmMonitor(cfg.alarms, cfg.trainer.stop_on_alarm, tracker), evals.verdict(held_out)
-        if every and eval_texts:
+        alarms, judge = AlarmMonitor(cfg.alarms, cfg.trainer.stop_on_alarm, tracker), evals.verdict(plan.rl.heldout)
+        if saved.step:  # resumed: the alarms see the run's history again, the judge its starting responses
+            replay_alarms(alarms, out / "metrics.jsonl")
+            if judge is not None and saved.judge_start:
+                judge.start = tuple(saved.judge_start)
+            evals.resume(saved.step)
+        elif every and eval_texts:
             ev = evaluate(cfg, roles, state, eval_texts, judge)
             tracker.log(ev, step=0)
             alarms.update(0, ev)
-        bar = tqdm(range(cfg.trainer.steps), desc="RL", disable=not cfg.trainer.progress, dynamic_ncols=True)
+        steps, first = cfg.trainer.steps, saved.step
+        bar = tqdm(range(first, steps), desc="RL", initial=first, total=steps, disable=not cfg.trainer.progress,
+                   dynamic_ncols=True)
         # Synchronous: generate step t's samples, then train on them. Async (one step off-policy): step t + 1's
         # samples are generated, with the weights of t - 1, while step t trains; the weight sync after step t waits
         # for that generation; truncated importance sampling corrects for the one-update lag.
-        pending = generate(cfg, roles, loader, 0) if cfg.trainer.steps else None
+        if pending is None and first < steps:
+            pending = generate(cfg, roles, loader, first)
         for step in bar:
             t = time.perf_counter()
             samples = pending.result()
             gen_wait = time.perf_counter() - t
-            last = step + 1 == cfg.trainer.steps
-            if cfg.trainer.async_ and not last:
-                pending = generate(cfg, roles, loader, step + 1)
+            last = step + 1 == steps
+            pending = generate(cfg, roles, loader, step + 1) if cfg.trainer.async_ and not last else None
             metrics, rows = rl_step(cfg, roles, state, step, samples)
             if not cfg.trainer.async_ and not last:
                 pending = generate(cfg, roles, loader, step + 1)
@@ -332,18 +328,48 @@ def train(cfg: Config) -> Path:
             metrics["time/step"] = time.perf_counter() - t
             tracker.log(metrics, step=step + 1)
             tracker.log_table("samples", rows, step=step + 1)
-            alarms.update(step + 1, metrics)  # raises AlarmStop for an alarm in trainer.stop_on_alarm
-            if every and eval_texts and ((step + 1) % every == 0 or step + 1 == cfg.trainer.steps):
-                ev = evaluate(cfg, roles, state, eval_texts, judge)
-                tracker.log(ev, step=step + 1)
-                alarms.update(step + 1, ev)
+            try:
+                alarms.update(step + 1, metrics)  # raises AlarmStop for an alarm in trainer.stop_on_alarm
+                if every and eval_texts and ((step + 1) % every == 0 or last):
+                    ev = evaluate(cfg, roles, state, eval_texts, judge)
+                    tracker.log(ev, step=step + 1)
+                    alarms.update(step + 1, ev)
+            except AlarmStop as exc:
+                exc.checkpoint = str(save_checkpoint(cfg, roles, step + 1, state, loader, tracker, pending, saved,
+                                                     judge)[0])
+                raise
             evals.snapshot(roles, step + 1)  # eval.every
             bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/policy_ref']:.4f}",
                             s=f"{metrics['time/step']:.1f}")
-        saved = roles.policy.call("save", str(out / "checkpoint"))[0]
-        log.info("saved the policy to %s", saved)
-        evals.finish(roles, tracker, saved, cfg.trainer.steps)  # eval.enabled: RL roles shut down, then `rlaif eval`
-        return Path(saved)
-    finally:
-        tracker.finish()
-        ray.shutdown()
+            save_every = cfg.trainer.save_every
+            if last or stop.signum or (save_every and (step + 1) % save_every == 0):
+                path, pending = save_checkpoint(cfg, roles, step + 1, state, loader, tracker, pending, saved, judge)
+            if stop.signum and not last:
+                raise Preempted(stop.signum, step + 1, path)
+        exported = roles.policy.call("save", str(out / "checkpoint"))[0]
+        log.info("saved the policy to %s", exported)
+        evals.finish(roles, tracker, exported, cfg.trainer.steps)  # eval.enabled: RL roles shut down, then `rlaif eval`
+        return Path(exported)
+
+
+def label(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
+    """`rlaif label`: AI-label pairs sampled from the policy and write them with the feedback-integrity report."""
+    run_cfg, plan, _ = prepare(cfg, ("label",), overwrite)
+    with session(cfg, ("label",), overwrite, verbose, plan) as tracker:
+        cfg = run_cfg
+        roles = Roles(cfg, stage="label")
+        pairs = sample_and_label(cfg, roles, PromptLoader(plan.rl.train, cfg.seed))
+        path = write_human_labels(Path(cfg.output_dir) / "feedback" / "ai_labels.jsonl", [
+            {"id": f"ai:{i:05d}", "prompt": p, "response_a": a, "response_b": b, "p_a": lab["p_first"],
+             "source": "ai", "principle": lab["principle"]}
+            for i, (p, a, b, lab) in enumerate(zip(pairs["prompt"], pairs["first"], pairs["second"], pairs["labels"]))
+        ])
+        feedback_integrity(cfg, roles, pairs, tracker)
+        return path
+
+
+def sl_cai_only(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
+    """`rlaif sl-cai`: critique -> revision data and the SFT checkpoint, nothing else."""
+    run_cfg, plan, _ = prepare(cfg, ("sl-cai",), overwrite)
+    with session(cfg, ("sl-cai",), overwrite, verbose, plan) as tracker:
+        return sl_cai(run_cfg, Roles(run_cfg, stage="sl-cai"), tracker)

@@ -212,7 +212,7 @@ JUDGE = ["eval.judge_function=tests.eval_judges:shorter_is_better",
     (["eval.every=2"], r"eval\.every: .* eval\.enabled"),
     (["eval.enabled=true"], r"eval\.enabled: the evaluation needs a judge"),
     (["sl_cai.self_consistency=1"], r"sl_cai\.self_consistency: a majority needs >= 2"),
-    (["sl_cai.self_consistency=3", "sl_cai.temperature=0"], r"sl_cai\.self_consistency: greedy"),
+    (["sl_cai.self_consistency=3", "sl_cai.temperature=0"], r"sl_cai\.temperature: must be > 0"),
     (["sl_cai.self_consistency=3", "sl_cai.self_consistency_key=no.such:fn"], r"sl_cai\.self_consistency_key"),
 ])
 def test_bad_alarm_eval_and_self_consistency_keys_name_the_key(overrides, message):
@@ -232,7 +232,7 @@ def test_the_cli_reports_a_stop_by_alarm_with_exit_code_4(monkeypatch, capsys, t
 
     alarm = Alarm("boilerplate", 7, "response/boilerplate", 0.9, "> 0.5", "response/boilerplate averaged 0.9")
 
-    def stopped(cfg):
+    def stopped(cfg, overwrite=False, verbose=False):
         raise AlarmStop(alarm)
 
     monkeypatch.setattr(trainer, "train", stopped)

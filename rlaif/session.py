@@ -1,0 +1,211 @@
+"""One command's life cycle: check every input, start (or join) Ray, own the run folder, stop cleanly.
+
+Nothing is written before every input is checked and Ray has room for every stage; on any exit (done, error,
+Ctrl-C, SIGTERM) the tracker is closed and every process of the run has ended before the command returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray
+
+from actors.roles import check_resources, role_plan
+from rlaif.algorithms import load_reward_functions
+from rlaif.checkpoint import TrainerState, checkpoints_dir, complete_checkpoints
+from rlaif.config import Config, ConfigError, save_config
+from rlaif.constitution import load_constitution
+from rlaif.human_labels import HumanLabelError, load_human_labels, write_jsonl
+from rlaif.models import resolve_models
+from rlaif.runtime import LOG_DIR_ENV, log_to_dir
+from rlaif.splits import plan_prompts
+from rlaif.stages import human_eval_pairs
+from rlaif.tracking import Tracker
+
+log = logging.getLogger("rlaif")
+_RAY_PROCESSES: list = []  # the processes of the local Ray this driver started (raylet, GCS, ...)
+
+
+def local_ray(cfg: Config) -> bool:
+    """Start a private Ray on this machine, or join a cluster (`ray job submit` sets RAY_ADDRESS)?"""
+    return not os.environ.get("RAY_ADDRESS") and cfg.ray.address == "local"
+
+
+def init_ray(cfg: Config, stages: tuple[str, ...], verbose: bool = False) -> None:
+    """Start (or join) Ray with worker output going to <output_dir>/logs, then check that every stage's actors fit.
+
+    A local Ray binds to 127.0.0.1 only. Quiet (not verbose): Ray's own start-up chatter is not printed and each
+    worker's stdout/stderr goes to its log file (rlaif.runtime.setup_worker); rlaif's warnings still show.
+    """
+    import psutil
+
+    env = {} if verbose else {LOG_DIR_ENV: str(Path(cfg.output_dir).resolve() / "logs")}
+    runtime_env = {"env_vars": env} | ({} if verbose else {"worker_process_setup_hook": "rlaif.runtime.setup_worker"})
+    level = logging.INFO if verbose else logging.ERROR
+    if not local_ray(cfg):
+        # Inside `ray job submit` RAY_ADDRESS points at the cluster: join it, never start a second Ray. The job's
+        # runtime_env (cluster/runtime_env.yaml) carries code and environment to the actors; ours adds the log folder.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or cfg.ray.address, logging_level=level,
+                 runtime_env=runtime_env)
+        log.info("Ray: joined the cluster at %s", ray.get_runtime_context().gcs_address)
+    else:
+        # Loopback only. Ray advertises a local cluster on the machine's routable address, with its servers on all
+        # interfaces, unless it runs in its single-machine mode (the one it uses on macOS and Windows): then the
+        # GCS, raylet, object manager, agents and workers all listen on 127.0.0.1. The driver reads the flag from
+        # its constants (read at import), the processes it starts from the environment.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+        before = {p.pid for p in psutil.Process().children()}
+        env |= {k: v for k, v in os.environ.items() if k.startswith(("RLAIF_", "VLLM_", "WANDB_"))}
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level=level, runtime_env=runtime_env)
+        _RAY_PROCESSES[:] = [p for p in psutil.Process().children() if p.pid not in before]
+        log.info("Ray: local on %s, %d CPUs, %d GPUs", ray.get_runtime_context().gcs_address.rsplit(":", 1)[0],
+                 cfg.ray.num_cpus, cfg.ray.num_gpus)
+    have = ray.cluster_resources()
+    node_gpus = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
+    for stage in stages:
+        check_resources(role_plan(cfg, stage), have.get("CPU", 0.0), have.get("GPU", 0.0), node_gpus,
+                        f"the Ray cluster at {ray.get_runtime_context().gcs_address}")
+
+
+def shutdown_ray(timeout: float = 30.0) -> None:
+    """ray.shutdown(), then wait for every process of the local Ray (and its workers, the roles) to exit; those
+    still alive after `timeout` are killed. The CLI never returns while a process of its run lives on."""
+    import psutil
+
+    procs = []
+    for p in _RAY_PROCESSES:
+        try:
+            procs += [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    if ray.is_initialized():
+        ray.shutdown()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=10)
+    _RAY_PROCESSES.clear()
+
+
+def check_output_dir(out: Path, overwrite: bool, resuming: bool = False) -> bool:
+    """True if `out` holds an earlier run that --overwrite lets this one replace; errors name output_dir. A run that
+    resumes from a checkpoint of `out` continues it."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file, not a folder")
+    earlier = out.is_dir() and any(out.iterdir())
+    if earlier and not (out / "config.yaml").is_file():
+        raise ConfigError(f"output_dir: {out} is not empty and holds no earlier rlaif run; choose a new or empty "
+                          "folder")
+    if earlier and not (overwrite or resuming):
+        found = complete_checkpoints(checkpoints_dir(out))
+        state = f"its newest checkpoint is {found[-1].name}" if found else "it has no complete checkpoint to resume"
+        raise ConfigError(f"output_dir: {out} holds an earlier run; use --overwrite or trainer.resume=auto ({state}; a "
+                          "new run never mixes its checkpoint and metrics with an old one)")
+    probe = out if out.is_dir() else next(p for p in out.absolute().parents if p.exists())
+    try:
+        tempfile.TemporaryDirectory(dir=probe).cleanup()
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot create {out}: {probe} is not writable ({exc.strerror})") from exc
+    return earlier and not resuming
+
+
+def prepare(cfg: Config, stages: tuple[str, ...], overwrite: bool = False, resuming: bool = False):
+    """Fail on bad input before anything is started or written. Returns the config the roles run with (every
+    model resolved to a checked local folder), the prompt plan (rlaif.splits: one split for every prompt source)
+    and the reward functions."""
+    check_output_dir(Path(cfg.output_dir), overwrite, resuming)
+    sl_cai_runs = "sl-cai" in stages
+    plan = plan_prompts(cfg, ("rl", "red_team", "helpful") if sl_cai_runs else ("rl",))
+    if cfg.preference_model.human_pairs and "rl" in stages:
+        load_human_labels(cfg.preference_model.human_pairs)
+    reward_fns = load_reward_functions(cfg.rl.reward_functions)
+    constitution = load_constitution(cfg.constitution.path)
+    if sl_cai_runs and not constitution.critique_revision:
+        raise ConfigError(f"constitution.path: {cfg.constitution.path} has no critique_revision pairs, which SL-CAI "
+                          "needs")
+    if cfg.labeler.human_eval and stages != ("sl-cai",):
+        try:
+            human_eval_pairs(cfg)
+        except HumanLabelError as exc:
+            raise ConfigError(f"labeler.human_eval: {exc}") from exc
+    if local_ray(cfg):
+        for stage in stages:
+            check_resources(role_plan(cfg, stage), cfg.ray.num_cpus, cfg.ray.num_gpus, cfg.ray.num_gpus,
+                            f"ray.num_cpus = {cfg.ray.num_cpus}, ray.num_gpus = {cfg.ray.num_gpus}")
+    run_cfg = resolve_models(cfg)
+    # The rollout engine's context must hold what it is asked to: vLLM would refuse it only once started.
+    config = json.loads((Path(run_cfg.policy.model.path) / "config.json").read_text(encoding="utf-8"))
+    limit = config.get("max_position_embeddings")
+    needs = {"data.max_prompt_tokens + rollout.max_new_tokens": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens}
+    if sl_cai_runs:
+        needs["sl_cai.max_context_tokens"] = cfg.sl_cai.max_context_tokens
+    for keys, tokens in needs.items():
+        if limit and tokens > limit:
+            raise ConfigError(f"{keys} = {tokens} exceeds the policy model's context of {limit} tokens "
+                              f"(max_position_embeddings of {cfg.policy.model.path})")
+    return run_cfg, plan, reward_fns
+
+
+@contextlib.contextmanager
+def session(cfg: Config, stages: tuple[str, ...], overwrite: bool, verbose: bool, plan=None,
+            resume: TrainerState | None = None) -> Iterator[Tracker]:
+    """Ray, the run folder and the tracker for one command (see the module docstring). A resumed run keeps its
+    folder, its metrics.jsonl up to the checkpoint's step and its wandb run."""
+    out, tracker = Path(cfg.output_dir), None
+    try:
+        init_ray(cfg, stages, verbose)
+        if check_output_dir(out, overwrite, resume is not None):
+            shutil.rmtree(out)  # --overwrite: the earlier run goes; its files never mix with this one's
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        if plan is not None:
+            for name, records in (("train_prompts", plan.rl.train), ("eval_prompts", plan.rl.heldout)):
+                write_jsonl(out / "data" / f"{name}.jsonl", [r.to_dict() for r in records])
+        log_to_dir(out / "logs")
+        tracker = Tracker(cfg, out, resume.step if resume else None, resume.wandb_run_id if resume else None)
+        yield tracker
+    finally:
+        if tracker is not None:
+            tracker.finish()
+        shutdown_ray()
+
+
+class StopSignal:
+    """SIGTERM or a first Ctrl-C asks the run to stop after the current step (with a checkpoint); a second Ctrl-C
+    interrupts at once. Installed only in the main thread; restored on exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.saved = {}
+
+    def __enter__(self) -> StopSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self.saved[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: stopping after this step with a checkpoint (Ctrl-C again to abandon it)",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)

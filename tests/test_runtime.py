@@ -1,0 +1,177 @@
+"""The process side of a run (rlaif.runtime): worker output redirected to log files, DeepSpeed's JIT-op folder and
+its stale build locks, and metrics.jsonl without bare NaN."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlaif.config import Config
+from rlaif.runtime import clear_stale_build_locks, torch_extensions_dir
+from rlaif.tracking import Tracker
+
+from .conftest import REPO
+
+PY = sys.executable
+
+
+def run_py(code: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_worker_hook_sends_everything_to_the_log_file_and_only_rlaif_warnings_to_the_console(tmp_path):
+    code = (
+        "import logging, os, sys\n"
+        "from rlaif.runtime import setup_worker\n"
+        "setup_worker()\n"
+        "print('python stdout noise'); print('python stderr noise', file=sys.stderr)\n"
+        "os.write(2, b'C-level noise\\n')\n"
+        "logging.getLogger('vllm').warning('library warning')\n"
+        "logging.getLogger('rlaif').info('rlaif info')\n"
+        "logging.getLogger('rlaif').warning('this matters')\n"
+    )
+    proc = run_py(code, {"RLAIF_LOG_DIR": str(tmp_path / "logs")}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == ["rlaif: WARNING: this matters"]
+    (log,) = (tmp_path / "logs").glob("worker-*.log")
+    text = log.read_text()
+    for line in ("python stdout noise", "python stderr noise", "C-level noise", "library warning", "rlaif info",
+                 "this matters"):
+        assert line in text
+
+
+def test_worker_hook_without_a_log_dir_changes_nothing(tmp_path):
+    proc = run_py("from rlaif.runtime import setup_worker\nsetup_worker()\nprint('shown')", {"RLAIF_LOG_DIR": ""}, 60)
+    assert proc.stdout == "shown\n"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_driver_console_shows_rlaif_and_errors_quiet_everything_verbose(tmp_path, verbose):
+    code = (
+        "import logging, warnings\n"
+        "from pathlib import Path\n"
+        "from rlaif.runtime import setup_console, log_to_dir\n"
+        f"setup_console({verbose})\n"
+        f"log_to_dir(Path({str(tmp_path)!r}))\n"
+        "logging.getLogger('rlaif').info('stage one')\n"
+        "logging.getLogger('rlaif.stages').warning('labels look biased')\n"
+        "logging.getLogger('transformers').warning('library chatter')\n"
+        "warnings.warn('a deprecation nobody acts on', FutureWarning)\n"
+        "logging.getLogger('ray').error('a library error')\n"
+    )
+    proc = run_py(code, {}, timeout=60)
+    lines = proc.stderr.splitlines()
+    if verbose:
+        for text in ("stage one", "labels look biased", "library chatter", "a deprecation nobody acts on",
+                     "a library error"):
+            assert any(text in line for line in lines), proc.stderr
+    else:
+        assert lines == ["rlaif: stage one", "rlaif: WARNING: labels look biased", "rlaif: ERROR: a library error"]
+    driver_log = (tmp_path / "driver.log").read_text()
+    for text in ("stage one", "library chatter", "a deprecation nobody acts on", "a library error"):
+        assert text in driver_log  # the file has everything either way
+
+
+def test_torch_extensions_dir_is_this_installs_own_unless_set(monkeypatch):
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    if os.access(sys.prefix, os.W_OK):
+        assert torch_extensions_dir() == Path(sys.prefix) / "var" / "torch_extensions"
+    else:
+        assert torch_extensions_dir().parent == Path.home() / ".cache" / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/x/y")
+    assert torch_extensions_dir() == Path("/x/y")
+
+
+def test_a_stale_lock_is_removed_and_a_held_one_kept(tmp_path):
+    stale, held = tmp_path / "op_a" / "lock", tmp_path / "op_b" / "lock"
+    for p in (stale, held):
+        p.parent.mkdir()
+        p.touch()
+    # A live "builder" holding its lock open, as torch's FileBaton does for the whole build.
+    holder = subprocess.Popen([PY, "-c", f"import os, time; fd = os.open({str(held)!r}, os.O_RDONLY); time.sleep(60)"])
+    try:
+        time.sleep(1.0)
+        removed = clear_stale_build_locks(tmp_path, settle_s=0.2)
+        assert removed == [stale]
+        assert not stale.exists() and held.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert clear_stale_build_locks(tmp_path, settle_s=0.2) == [held]  # its owner is gone now
+
+
+def test_a_lock_released_while_being_checked_is_no_error(tmp_path, monkeypatch):
+    """A live builder may delete its lock between the glob and the checks (seen with a folder shared by several
+    runs: the check itself raised FileNotFoundError and failed the rank)."""
+    import rlaif.runtime as runtime
+
+    lock = tmp_path / "op" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    real = runtime._open_paths
+
+    def release_then_scan() -> set[str]:
+        lock.unlink(missing_ok=True)  # the builder finishes right after the glob
+        return real()
+
+    monkeypatch.setattr(runtime, "_open_paths", release_then_scan)
+    assert clear_stale_build_locks(tmp_path, settle_s=0.1) == []
+
+
+def built_shm_op() -> Path | None:
+    """A folder where DeepSpeed's shm op was already built on this machine (copied: the test never rebuilds it)."""
+    torch_default = Path.home() / ".cache" / "torch_extensions" / f"py{sys.version_info[0]}{sys.version_info[1]}_cpu"
+    for root in (os.environ.get("TORCH_EXTENSIONS_DIR"), str(torch_extensions_dir()), str(torch_default)):
+        if root and (Path(root) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file():
+            return Path(root) / "deepspeed_shm_comm"
+    return None
+
+
+@pytest.mark.skipif(built_shm_op() is None, reason="needs DeepSpeed's shm op built once (install.sh or any CPU run)")
+def test_a_lock_left_by_a_killed_build_does_not_hang_joining_the_group(tmp_path):
+    """Before: torch waits for the lock file forever, so every later run hung in setup_distributed."""
+    shutil.copytree(built_shm_op(), tmp_path / "deepspeed_shm_comm", symlinks=True)
+    (tmp_path / "deepspeed_shm_comm" / "lock").touch()  # what a build killed mid-way leaves behind
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("from actors.group import join_group\n"
+            f"join_group('cpu', 0, 1, '127.0.0.1', {port})\n"
+            "import torch.distributed as dist\nprint('joined', dist.get_world_size())\n")
+    try:
+        proc = run_py(code, {"TORCH_EXTENSIONS_DIR": str(tmp_path)}, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("join_group waited on the stale build lock")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "joined 1" in proc.stdout
+    assert "removed a stale DeepSpeed/torch build lock" in proc.stderr
+    assert not (tmp_path / "deepspeed_shm_comm" / "lock").exists()
+
+
+def test_metrics_jsonl_never_holds_bare_nan(tmp_path, caplog):
+    cfg = Config()
+    cfg.wandb.enabled = False
+    tracker = Tracker(cfg, tmp_path)
+    tracker.log({"reward/score": float("nan"), "kl/policy_ref": float("inf"), "ok": 1.5, "text": "x"}, step=1)
+    tracker.log({"reward/score": float("nan")}, step=2)
+    tracker.log_table("samples", [{"prompt": "p", "reward_1": float("nan"), "nested": [float("-inf"), 2.0]}], step=1)
+    tracker.finish()
+
+    def no_constants(name):
+        raise AssertionError(f"bare {name} in metrics.jsonl")
+
+    rows = [json.loads(line, parse_constant=no_constants) for line in (tmp_path / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert rows[0] == {"step": 1, "reward/score": None, "kl/policy_ref": None, "ok": 1.5}
+    assert rows[2]["rows"] == [{"prompt": "p", "reward_1": None, "nested": [None, 2.0]}]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len([w for w in warnings if "reward/score" in w]) == 1  # said once, not every step
+    assert any("kl/policy_ref is inf at step 1" in w for w in warnings)
