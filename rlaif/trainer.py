@@ -110,8 +110,7 @@ class Roles:
             singles = [a for a in (self.rollout, self.labeler, self.reference) if a is not None]
             get([a.__ray_ready__.remote() for a in singles], t, "starting the rollout, labeler and reference actors")
         except BaseException:
-            if not os.environ.get("NOWAIT"):
-                self.shutdown()  # what did start must not outlive a failed start-up
+            self.shutdown()  # what did start must not outlive a failed start-up
             raise
 
     def get(self, refs, what: str):
@@ -297,8 +296,6 @@ def shutdown_ray(timeout: float = 30.0) -> None:
             continue
     if ray.is_initialized():
         ray.shutdown()
-    if os.environ.get("NOWAIT"):
-        return
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for p in alive:
         try:
