@@ -7,6 +7,7 @@ what is allowed, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -552,33 +553,19 @@ RANGES: dict[str, str] = {
 }
 
 
-def get_key(cfg: Config, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def check_range(key: str, value: float, interval: str) -> None:
-    """Raise a ConfigError naming `key` unless `value` lies in `interval` ("[1, inf)", "(0, 1]", ...)."""
-    lo_s, hi_s = (x.strip() for x in interval[1:-1].split(","))
-    lo, hi = float(lo_s), float(hi_s)
-    above = value > lo if interval[0] == "(" else value >= lo
-    below = value < hi if interval[-1] == ")" else value <= hi
-    if not (above and below):  # also catches NaN, for which every comparison is false
-        if hi == float("inf"):
-            allowed = f"{'>' if interval[0] == '(' else '>='} {lo_s}"
-        else:
-            allowed = f"in {interval}"
-        raise ConfigError(f"{key}: must be {allowed}, got {value}")
-
-
 def validate(cfg: Config) -> None:
     """Every range (RANGES) and the cross-field checks that a type alone cannot express."""
     for key, interval in RANGES.items():
         if key == "labeler.human_eval_pairs" and not cfg.labeler.human_eval:
             interval = "[0, inf)"  # no human set: the count is unused
-        check_range(key, get_key(cfg, key), interval)
+        value = functools.reduce(getattr, key.split("."), cfg)
+        lo_s, hi_s = (x.strip() for x in interval[1:-1].split(","))
+        lo, hi = float(lo_s), float(hi_s)
+        above = value > lo if interval[0] == "(" else value >= lo
+        below = value < hi if interval[-1] == ")" else value <= hi
+        if not (above and below):  # also catches NaN, for which every comparison is false
+            allowed = f"{'>' if interval[0] == '(' else '>='} {lo_s}" if hi == float("inf") else f"in {interval}"
+            raise ConfigError(f"{key}: must be {allowed}, got {value}")
     if not cfg.output_dir.strip():
         raise ConfigError("output_dir: must not be empty")
     if cfg.rl.tis_cap and cfg.rl.tis_cap < 1:

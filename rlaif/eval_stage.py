@@ -36,7 +36,7 @@ from rlaif.evaluate import (
     render_report,
 )
 from rlaif.human_labels import atomic_write_text, write_jsonl
-from rlaif.models import check_model_folder, resolve_model_path
+from rlaif.models import resolve_model_path, resolve_models
 from rlaif.redteam import (
     embed,
     mean_pairwise_distance,
@@ -133,9 +133,8 @@ class JudgePlan:
 def plan_judge(cfg: Config, command: str) -> JudgePlan:
     ec = cfg.eval
     if ec.judge.path:
-        mc = ec.judge  # resolved and checked like every role's model: Hub id, revision, pickle, remote code
-        path = resolve_model_path(mc.path, cfg.cache_dir, mc.revision, mc.allow_pickle)
-        check_model_folder(path, "eval.judge", mc.trust_remote_code, mc.allow_pickle)
+        mc = resolve_models(cfg).eval.judge  # checked like every role's model: Hub id, revision, pickle, remote code
+        path = mc.path
         warnings = []
         if cfg.labeler.model.path and path == resolve_model_path(cfg.labeler.model.path, cfg.cache_dir):
             warnings.append(f"the evaluation judge ({ec.judge.path}) is the training labeler (labeler.model.path): "

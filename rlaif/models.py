@@ -119,40 +119,18 @@ def _has(folder: Path, patterns: tuple[str, ...]) -> bool:
     return any(next(folder.glob(p), None) is not None for p in patterns)
 
 
-def check_model_folder(folder: str, key: str, trust_remote_code: bool, allow_pickle: bool) -> None:
-    """Refuse, before anything loads it, a folder without weights, with only pickle weights (unless allowed), or
-    one whose architecture exists only as the model's own code (unless trusted). `key` is e.g. "policy.model"."""
-    from transformers import CONFIG_MAPPING
-
-    path = Path(folder)
-    if not _has(path, SAFETENSORS):
-        if not _has(path, PICKLE):
-            raise ModelError(f"{key}.path: {folder} holds no weights (no *.safetensors, no pytorch_model.bin)")
-        if not allow_pickle:
-            raise ModelError(f"{key}.path: {folder} holds only pickle weights (pytorch_model.bin; unpickling can run "
-                             f"arbitrary code); convert them to safetensors, or set {key}.allow_pickle=true if you "
-                             "trust the source")
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{key}.path: {path / 'config.json'} is not valid JSON: {exc}") from exc
-    model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING and not trust_remote_code:
-        if config.get("auto_map"):
-            raise ModelError(f"{key}.path: {folder} needs its own Python code (model_type '{model_type}', config.json "
-                             f"auto_map); set {key}.trust_remote_code=true if you trust the source")
-        raise ModelError(f"{key}.path: {folder} has model_type '{model_type}', which this transformers does not know")
-
-
 def resolve_models(cfg):
     """The config with every role's model spec replaced by a checked local folder: the driver resolves Hub ids
     and builtins once, before Ray starts, so no actor downloads or converts anything. Errors name the key."""
+    from transformers import CONFIG_MAPPING
+
     sections = {}
-    for section, mc in (("policy", cfg.policy.model), ("labeler", cfg.labeler.model),
-                        ("preference_model", cfg.preference_model.model), ("critic", cfg.critic.model)):
-        if not mc.path:  # critic.model.path empty: the policy's model
+    for section, field, mc in (("policy", "model", cfg.policy.model), ("labeler", "model", cfg.labeler.model),
+                               ("preference_model", "model", cfg.preference_model.model),
+                               ("critic", "model", cfg.critic.model), ("eval", "judge", cfg.eval.judge)):
+        if not mc.path:  # critic.model.path empty: the policy's model; eval.judge empty: no model judge
             continue
-        key = f"{section}.model"
+        key = f"{section}.{field}"
         if mc.revision and not (HUB_ID.match(mc.path) and not Path(mc.path).is_dir()):
             raise ModelError(f"{key}.revision: '{mc.revision}' pins a Hub revision, but {key}.path '{mc.path}' is "
                              "not a Hub id")
@@ -162,9 +140,29 @@ def resolve_models(cfg):
             raise ModelError(f"{key}.revision: {exc}") from exc
         except (ValueError, FileNotFoundError) as exc:
             raise ModelError(f"{key}.path: {exc}") from exc
-        check_model_folder(folder, key, mc.trust_remote_code, mc.allow_pickle)
+        # Refuse, before anything loads it: no weights, only pickle weights (unless allowed), or an architecture
+        # that exists only as the model's own code (unless trusted).
+        path = Path(folder)
+        if not _has(path, SAFETENSORS):
+            if not _has(path, PICKLE):
+                raise ModelError(f"{key}.path: {folder} holds no weights (no *.safetensors, no pytorch_model.bin)")
+            if not mc.allow_pickle:
+                raise ModelError(f"{key}.path: {folder} holds only pickle weights (pytorch_model.bin; unpickling can "
+                                 f"run arbitrary code); convert them to safetensors, or set {key}.allow_pickle=true "
+                                 "if you trust the source")
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{key}.path: {path / 'config.json'} is not valid JSON: {exc}") from exc
+        model_type = config.get("model_type")
+        if model_type not in CONFIG_MAPPING and not mc.trust_remote_code:
+            if config.get("auto_map"):
+                raise ModelError(f"{key}.path: {folder} needs its own Python code (model_type '{model_type}', "
+                                 f"config.json auto_map); set {key}.trust_remote_code=true if you trust the source")
+            raise ModelError(f"{key}.path: {folder} has model_type '{model_type}', which this transformers does not "
+                             "know")
         model = dataclasses.replace(mc, path=folder, revision="")
-        sections[section] = dataclasses.replace(getattr(cfg, section), model=model)
+        sections[section] = dataclasses.replace(getattr(cfg, section), **{field: model})
     return dataclasses.replace(cfg, **sections)
 
 

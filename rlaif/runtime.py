@@ -93,18 +93,6 @@ def setup_worker() -> None:
 # --- DeepSpeed's JIT-built ops -------------------------------------------------------------------------------------
 
 
-def torch_extensions_dir() -> Path:
-    """TORCH_EXTENSIONS_DIR if set, else a folder of this install (its Python prefix): two installs sharing one
-    folder rebuild the op for each other and take its lock each time."""
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    prefix = Path(sys.prefix)
-    if os.access(prefix, os.W_OK):
-        return prefix / "var" / "torch_extensions"
-    tag = hashlib.sha256(str(prefix.resolve()).encode()).hexdigest()[:12]
-    return Path.home() / ".cache" / "torch_extensions" / f"rlaif-{tag}"
-
-
 def _open_paths() -> set[str]:
     """Every path some process on this machine holds open (as far as /proc lets us see)."""
     held = set()
@@ -164,9 +152,16 @@ def clear_stale_build_locks(root: Path, settle_s: float = 1.0) -> list[Path]:
 
 
 def prepare_torch_extensions() -> Path:
-    """Point TORCH_EXTENSIONS_DIR at this install's folder and clear stale build locks there; call before
-    deepspeed.init_distributed (which builds or loads the deepspeed_shm_comm op on CPU)."""
-    root = torch_extensions_dir()
+    """Point TORCH_EXTENSIONS_DIR (unless set) at a folder of this install, its Python prefix (two installs sharing
+    one folder rebuild the op for each other, taking its lock each time), and clear stale build locks there. Call
+    before deepspeed.init_distributed, which builds or loads the deepspeed_shm_comm op on CPU."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        root = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    elif os.access(sys.prefix, os.W_OK):
+        root = Path(sys.prefix) / "var" / "torch_extensions"
+    else:
+        tag = hashlib.sha256(str(Path(sys.prefix).resolve()).encode()).hexdigest()[:12]
+        root = Path.home() / ".cache" / "torch_extensions" / f"rlaif-{tag}"
     os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
     clear_stale_build_locks(root)
     return root

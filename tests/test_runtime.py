@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlaif.config import Config
-from rlaif.runtime import clear_stale_build_locks, torch_extensions_dir
+from rlaif.runtime import clear_stale_build_locks, prepare_torch_extensions
 from rlaif.tracking import Tracker
 
 from .conftest import REPO
@@ -83,11 +83,12 @@ def test_the_driver_console_shows_rlaif_and_errors_quiet_everything_verbose(tmp_
 def test_torch_extensions_dir_is_this_installs_own_unless_set(monkeypatch):
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     if os.access(sys.prefix, os.W_OK):
-        assert torch_extensions_dir() == Path(sys.prefix) / "var" / "torch_extensions"
+        assert prepare_torch_extensions() == Path(sys.prefix) / "var" / "torch_extensions"
     else:
-        assert torch_extensions_dir().parent == Path.home() / ".cache" / "torch_extensions"
+        assert prepare_torch_extensions().parent == Path.home() / ".cache" / "torch_extensions"
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(prepare_torch_extensions())  # what torch will use
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/x/y")
-    assert torch_extensions_dir() == Path("/x/y")
+    assert prepare_torch_extensions() == Path("/x/y")
 
 
 def test_a_stale_lock_is_removed_and_a_held_one_kept(tmp_path):
@@ -129,7 +130,8 @@ def test_a_lock_released_while_being_checked_is_no_error(tmp_path, monkeypatch):
 def built_shm_op() -> Path | None:
     """A folder where DeepSpeed's shm op was already built on this machine (copied: the test never rebuilds it)."""
     torch_default = Path.home() / ".cache" / "torch_extensions" / f"py{sys.version_info[0]}{sys.version_info[1]}_cpu"
-    for root in (os.environ.get("TORCH_EXTENSIONS_DIR"), str(torch_extensions_dir()), str(torch_default)):
+    for root in (os.environ.get("TORCH_EXTENSIONS_DIR"), str(Path(sys.prefix) / "var" / "torch_extensions"),
+                 str(torch_default)):
         if root and (Path(root) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file():
             return Path(root) / "deepspeed_shm_comm"
     return None
