@@ -141,7 +141,7 @@ def plan_judge(cfg: Config, command: str) -> JudgePlan:
                             "the optimizer was trained on its verdicts, so they overstate the gains")
         # The labeler's option log-prob scoring on the judge model; a fresh labeler section so no training-labeler
         # setting (mode, cache, ensembles) leaks into the judge.
-        model = ModelConfig(path=path, dtype=mc.dtype, trust_remote_code=mc.trust_remote_code)
+        model = ModelConfig(path=path, dtype=ec.judge.dtype, trust_remote_code=ec.judge.trust_remote_code)
         lc = LabelerConfig(model=model, chat_template=ec.judge_chat_template, cache=False, human_eval="",
                            kv_cache_gib=cfg.labeler.kv_cache_gib, max_model_len=cfg.labeler.max_model_len)
 
