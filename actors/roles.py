@@ -69,10 +69,17 @@ def check_resources(plan: dict[str, tuple[int, float]], cpus: float, gpus: float
 
 def wait_restarted(actor, what: str, timeout: float) -> None:
     """Block until Ray has restarted a crashed actor (its constructor ran again); RoleDied if it will not come back."""
-    try:
-        ray.get(actor.__ray_ready__.remote(), timeout=timeout)
-    except ray.exceptions.RayActorError as exc:
-        raise RoleDied(f"{what} died and Ray did not restart it (ray.max_restarts exhausted?): {exc}") from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 1.0))
+            return
+        except ray.exceptions.ActorUnavailableError:  # still restarting
+            if time.monotonic() > deadline:
+                raise RoleDied(f"{what} did not come back within {timeout:.0f}s (trainer.timeout_s)") from None
+            time.sleep(0.5)
+        except ray.exceptions.RayActorError as exc:
+            raise RoleDied(f"{what} died and Ray did not restart it (ray.max_restarts exhausted?): {exc}") from exc
 
 
 class Restartable:

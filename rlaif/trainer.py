@@ -268,7 +268,8 @@ def train(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
     saved = checkpoint.load(resume_from) if resume_from else None
     stages = ("sl-cai", "rl") if cfg.sl_cai.enabled and saved is None else ("rl",)
     run_cfg, plan, reward_fns = prepare(cfg, stages, overwrite, resuming=saved is not None)
-    with StopSignal() as stop, session(cfg, stages, overwrite, verbose, plan, saved) as tracker:
+    # StopSignal after Ray is up: ray.init installs a SIGTERM handler of its own (which aborts the driver)
+    with session(cfg, stages, overwrite, verbose, plan, saved) as tracker, StopSignal() as stop:
         cfg, policy_init = run_cfg, saved.policy_init if saved else ""
         if "sl-cai" in stages:  # CAI phase 1; RL then starts from (and keeps its KL to) the SL-CAI model
             sl_roles = Roles(cfg, stage="sl-cai")

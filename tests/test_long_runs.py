@@ -1,0 +1,144 @@
+"""Long runs on real Ray, vLLM and DeepSpeed, through the `rlaif` command: a run killed with SIGKILL resumes from its
+last checkpoint and ends exactly where an uninterrupted run ends; SIGTERM stops after the current step with a
+checkpoint and leaves no process behind; a rollout engine whose process dies is restarted and the run finishes with
+the same samples.
+
+What "the same" means: every metric of every RL step is equal to the uninterrupted run's (floats compared exactly),
+except wall-clock timings and rates derived from them (time/*, *seconds, *per_second), which no two runs share, and
+faults/* (which count the injected fault). The sample tables (prompt, both responses, AI label, rewards) are equal
+row for row: identical prompt order and sampling seeds.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.e2e
+STEPS = 6
+ARGS = ["train", "--config", "configs/debug.yaml", f"trainer.steps={STEPS}", "trainer.save_every=1",
+        "trainer.keep_last=2", "trainer.progress=false"]
+ENV = {**os.environ, "WANDB_MODE": "offline"}
+
+
+def start(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rlaif.cli", *ARGS, f"output_dir={out}", *extra], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def wait_for_step(out: Path, proc: subprocess.Popen, step: int, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended before step {step}: {proc.communicate()[1][-3000:]}"
+        if any(r.get("step", 0) >= step and "time/step" in r for r in rows(out)):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no step {step} within {timeout}s")
+
+
+def rows(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out_rows = []
+    for line in path.read_text().splitlines():
+        try:
+            out_rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written
+    return out_rows
+
+
+def steps(out: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in rows(out) if "time/step" in r}
+
+
+def tables(out: Path) -> dict[int, list]:
+    return {r["step"]: r["rows"] for r in rows(out) if r.get("table") == "samples"}
+
+
+def comparable(row: dict) -> dict:
+    timing = ("time/", "seconds", "per_second", "faults/")
+    return {k: v for k, v in row.items() if not any(t in k for t in timing)}
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    code, err = finish(start(out))
+    assert code == 0, err[-4000:]
+    return out
+
+
+def test_a_killed_run_resumes_exactly(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start(out)
+    wait_for_step(out, proc, 2)
+    for p in tree(proc.pid):  # SIGKILL: no handler runs, no checkpoint is written on the way out
+        p.kill()
+    proc.wait()
+    done = steps(out)
+    assert len(done) < STEPS, "the run finished before it could be killed"
+    code, err = finish(start(out, "trainer.resume=auto"))
+    assert code == 0, err[-4000:]
+    resumed, ref = steps(out), steps(reference)
+    assert sorted(resumed) == list(range(1, STEPS + 1))  # each step once: rows after the checkpoint were dropped
+    for step in ref:
+        assert comparable(resumed[step]) == comparable(ref[step]), f"step {step} differs after the resume"
+    assert tables(out) == tables(reference)
+    runs = {p.name.split("-")[-1] for p in (out / "wandb").glob("offline-run-*")}
+    assert len(runs) == 1, f"the resumed run is not the same wandb run: {runs}"
+    from safetensors.torch import load_file
+
+    a, b = (load_file(p / "checkpoint" / "model.safetensors") for p in (out, reference))
+    assert all((a[k] == b[k]).all() for k in a)  # bit for bit the same final policy
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_no_process_left(tmp_path):
+    out = tmp_path / "run"
+    proc = start(out)
+    wait_for_step(out, proc, 1)
+    procs = tree(proc.pid)
+    proc.send_signal(signal.SIGTERM)  # what `ray job stop` and a preempting scheduler send
+    code, err = finish(proc, timeout=300)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM after RL step" in err and "trainer.resume=auto" in err
+    stopped = max(steps(out))
+    assert stopped < STEPS and (out / "checkpoints" / f"step_{stopped:06d}" / "manifest.json").is_file()
+    alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {[p.name() for p in alive]}"
+
+
+def test_a_dead_rollout_engine_is_restarted_and_no_sample_is_lost(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start(out)
+    wait_for_step(out, proc, 1)
+    engines = [p for p in tree(proc.pid) if "RolloutWorker" in " ".join(p.cmdline())]
+    assert len(engines) == 1
+    engines[0].kill()
+    code, err = finish(proc)
+    assert code == 0, err[-4000:]
+    got, ref = steps(out), steps(reference)
+    assert got[STEPS]["faults/restarts"] == 1 and got[STEPS]["faults/rollout"] == 1
+    assert all(r["rollout/samples"] == 4 * 2 for r in got.values())  # rl.prompts_per_step x rollout.n_samples
+    assert tables(out) == tables(reference)  # the same samples, step by step: none lost, none twice
+    for step in ref:
+        assert comparable(got[step]) == comparable(ref[step]), f"step {step} differs after the restart"
