@@ -37,21 +37,26 @@ def node_ip_and_free_port() -> tuple[str, int]:
 
 
 class ActorGroup:
-    """`num_ranks` actors of `cls`, one bundle each, packed on as few nodes as possible."""
+    """`num_ranks` actors of `cls`, one placement-group bundle each: their own group placed with `strategy` (PACK,
+    SPREAD, STRICT_PACK, STRICT_SPREAD over the cluster's nodes), or bundles `bundles` of a shared group `pg`
+    (colocation with other roles)."""
 
     def __init__(
         self, cls: type, num_ranks: int, *args: Any, num_cpus: float = 1, num_gpus: float = 0,
-        env: dict[str, str] | None = None, timeout: float = 600.0, name: str = "group",
+        env: dict[str, str] | None = None, timeout: float = 600.0, name: str = "group", strategy: str = "PACK",
+        pg=None, bundles: list[int] | None = None,
     ) -> None:
         self.name, self.timeout = name, timeout
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
-        self.pg = placement_group([bundle] * num_ranks, strategy="PACK")
+        self.own_pg = pg is None
+        self.pg = placement_group([bundle] * num_ranks, strategy=strategy) if pg is None else pg
+        bundles = list(range(num_ranks)) if bundles is None else bundles
         self.actors = []
         try:
-            get(self.pg.ready(), timeout, f"placement group for {name} ({num_ranks} x {bundle})")
+            get(self.pg.ready(), timeout, f"placement group for {name} ({num_ranks} x {bundle}, {strategy})")
             remote_cls = ray.remote(cls)
             for rank in range(num_ranks):
-                strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
+                strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundles[rank])
                 options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "scheduling_strategy": strategy}
                 if env:
                     options["runtime_env"] = {"env_vars": env}
@@ -78,7 +83,8 @@ class ActorGroup:
 
     def shutdown(self) -> None:
         kill_and_wait(self.actors)
-        remove_placement_group(self.pg)
+        if self.own_pg:
+            remove_placement_group(self.pg)
 
 
 def kill_and_wait(actors: list, timeout: float = 30.0) -> None:

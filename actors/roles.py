@@ -16,6 +16,8 @@ from collections import Counter
 from typing import Any
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.critic import CriticWorker
 from actors.group import ActorGroup, get, kill_and_wait
@@ -86,10 +88,10 @@ class Restartable:
     """A single-process role that Ray restarts when its process dies. `role.method.remote(...)` returns a Call that
     Roles.get resolves, retrying on the restarted actor; everything else matches a Ray actor handle."""
 
-    def __init__(self, roles: Roles, name: str, cls: type, *args: Any, num_gpus: float = 0.0) -> None:
+    def __init__(self, roles: Roles, name: str, cls: type, *args: Any, num_gpus: float = 0.0, placement=None) -> None:
         self.roles, self.name = roles, name
         self.actor = ray.remote(cls).options(num_cpus=1, num_gpus=num_gpus, max_restarts=roles.max_restarts,
-                                             max_task_retries=0).remote(*args)
+                                             max_task_retries=0, scheduling_strategy=placement).remote(*args)
 
     def __getattr__(self, method: str) -> _Method:
         return _Method(self, method)
@@ -144,20 +146,47 @@ class Roles:
         self.weight_version = 0
         plan = role_plan(cfg, stage)
         self.rollout = self.labeler = self.reference = self.pm = self.policy = self.critic = None
-        self.sync_weights = None
+        self.sync_weights, self.pgs = None, []
+        r, engines = cfg.ray, plan["rollout"][0]
 
-        def group(cls, role: str) -> ActorGroup | None:
-            if role not in plan:
-                return None
-            return ActorGroup(cls, plan[role][0], cfg, num_gpus=plan[role][1], timeout=self.timeout, name=role)
+        def bundle(pg, i: int) -> PlacementGroupSchedulingStrategy:
+            return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
 
         try:
-            self.rollout = RolloutEngines(cfg, plan["rollout"][1], self.timeout, stage, self.max_restarts)
+            if r.colocate and "policy" in plan:
+                # One bundle per policy rank holding what is colocated with it (on GPU: fractions of its GPUs).
+                roles_in = [["policy"] + [k for k, n in (("critic", plan.get("critic", (0,))[0]),
+                                                          ("rollout", engines)) if i < n]
+                            + (["reference", "labeler"] if i == 0 else []) for i in range(plan["policy"][0])]
+                shared = placement_group([{"CPU": len([k for k in b if k in plan]),
+                                           **({"GPU": g} if (g := sum(plan[k][1] for k in b if k in plan)) else {})}
+                                          for b in roles_in], strategy=r.placement_policy)
+                self.pgs.append(shared)
+                self.get(shared.ready(), f"the colocated placement group ({roles_in})")
+                engine_at, aux_at = [bundle(shared, i) for i in range(engines)], bundle(shared, 0)
+                group_at = {"pg": shared}
+            else:
+                own = placement_group([{"CPU": 1, **({"GPU": plan["rollout"][1]} if plan["rollout"][1] else {})}]
+                                      * engines, strategy=r.placement_rollout)
+                self.pgs.append(own)
+                self.get(own.ready(), f"placement group for {engines} rollout engines ({r.placement_rollout})")
+                engine_at, aux_at, group_at = [bundle(own, i) for i in range(engines)], None, {}
+
+            def group(cls, role: str) -> ActorGroup | None:
+                if role not in plan:
+                    return None
+                n = plan[role][0]
+                where = {**group_at, "bundles": list(range(n))} if group_at else {"strategy": r.placement_policy}
+                return ActorGroup(cls, n, cfg, num_gpus=plan[role][1], timeout=self.timeout, name=role, **where)
+
+            self.rollout = RolloutEngines(cfg, plan["rollout"][1], self.timeout, stage, self.max_restarts, engine_at)
             self.rollout.on_restart = self._engine_restarted
             if "labeler" in plan:
-                self.labeler = Restartable(self, "labeler", LabelerWorker, cfg, num_gpus=plan["labeler"][1])
+                self.labeler = Restartable(self, "labeler", LabelerWorker, cfg, num_gpus=plan["labeler"][1],
+                                           placement=aux_at)
             if "reference" in plan:
-                self.reference = Restartable(self, "reference", ReferenceWorker, cfg, num_gpus=plan["reference"][1])
+                self.reference = Restartable(self, "reference", ReferenceWorker, cfg, num_gpus=plan["reference"][1],
+                                             placement=aux_at)
             self.policy = group(PolicyWorker, "policy")
             self.critic = group(CriticWorker, "critic")
             # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
@@ -237,12 +266,26 @@ class Roles:
         return {"faults/restarts": float(sum(self.faults.values())),
                 **{f"faults/{role}": float(n) for role, n in self.faults.items()}}
 
+    def placement(self) -> dict[str, list[str]]:
+        """The node each actor of each role runs on (written to output_dir/logs/placement.json)."""
+        def node(a) -> Any:
+            return (a.actor if isinstance(a, Restartable) else a).__ray_call__.remote(
+                lambda self: ray.get_runtime_context().get_node_id())
+
+        roles = {"rollout": self.rollout.actors if self.rollout else [], "labeler": [self.labeler],
+                 "reference": [self.reference], "policy": self.policy.actors if self.policy else [],
+                 "critic": self.critic.actors if self.critic else []}
+        return {k: self.get([node(a) for a in v if a is not None], "placement") for k, v in roles.items()
+                if any(a is not None for a in v)}
+
     def shutdown(self) -> None:
         singles = [*(self.rollout.actors if self.rollout else []), self.labeler, self.reference]
         kill_and_wait([a.actor if isinstance(a, Restartable) else a for a in singles if a is not None])
         for grp in (self.pm, self.policy, self.critic):
             if grp is not None:
                 grp.shutdown()
+        for pg in self.pgs:
+            remove_placement_group(pg)
 
 
 def sharded(group: ActorGroup, method: str, batch: Batch, *args) -> list:

@@ -238,13 +238,15 @@ class RolloutEngines:
     come back in the prompts' order. Every engine receives every weight update. Ray restarts an engine whose process
     dies (ray.max_restarts); `on_restart(index, error)` (set by the owner) brings it back to the current weights."""
 
-    def __init__(self, cfg: Config, num_gpus: float, timeout: float, stage: str = "rl", max_restarts: int = 0) -> None:
+    def __init__(self, cfg: Config, num_gpus: float, timeout: float, stage: str = "rl", max_restarts: int = 0,
+                 placement: list | None = None) -> None:
         import ray
 
         self.cfg, self.timeout = cfg, timeout
+        placement = placement or [None] * cfg.rollout.num_engines  # a scheduling strategy per engine
         self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts,
-                                                         max_task_retries=0).remote(cfg, stage, i)
-                       for i in range(cfg.rollout.num_engines)]
+                                                         max_task_retries=0, scheduling_strategy=placement[i])
+                       .remote(cfg, stage, i) for i in range(cfg.rollout.num_engines)]
         self.epochs = [0] * len(self.actors)  # restarts recovered from, per engine
         self.on_restart = None
 

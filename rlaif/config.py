@@ -322,6 +322,13 @@ class RayConfig:
     # Times Ray restarts a crashed rollout engine, labeler, reference or preference-model scorer (the step it served
     # is retried; faults/restarts counts them). DeepSpeed ranks cannot rejoin their group: their death ends the run.
     max_restarts: int = 3
+    # Where the ranks and engines go on a multi-node cluster (Ray placement-group strategies): PACK (as few nodes as
+    # possible), SPREAD (over the nodes where it can), STRICT_PACK (one node), STRICT_SPREAD (one node each).
+    placement_policy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # policy (and critic) ranks
+    placement_rollout: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # the vLLM engines
+    # Colocate instead: policy rank i shares one bundle (node; on GPU, the fractions gpus_per_* of its GPUs) with
+    # critic rank i and rollout engine i, and bundle 0 also holds the reference and the labeler.
+    colocate: bool = False
 
 
 @dataclass
@@ -618,6 +625,10 @@ def validate(cfg: Config) -> None:
                               "use bfloat16 or float32 (float16 is fine for the labeler, which only scores)")
     validate_eval(cfg)
     validate_alarms(cfg)
+    if cfg.ray.colocate and max(cfg.rollout.num_engines, cfg.critic.num_ranks) > cfg.policy.num_ranks:
+        raise ConfigError(f"ray.colocate: rollout.num_engines = {cfg.rollout.num_engines} and critic.num_ranks = "
+                          f"{cfg.critic.num_ranks} must not exceed policy.num_ranks = {cfg.policy.num_ranks} (one "
+                          "bundle per policy rank)")
     if cfg.device == "cpu":
         for key in ("num_gpus", "gpus_per_policy_rank", "gpus_per_rollout", "gpus_per_aux"):
             if getattr(cfg.ray, key):

@@ -280,6 +280,7 @@ def train(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
         t0 = time.perf_counter()
         roles = Roles(cfg)
         tracker.log({"time/startup": time.perf_counter() - t0}, step=saved.step if saved else 0)
+        (out / "logs" / "placement.json").write_text(json.dumps(roles.placement()))  # node of every actor
         loader = PromptLoader(plan.rl.train, cfg.seed)
         rl = cfg.rl
         kl = AdaptiveKLController(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target > 0 else \
