@@ -11,7 +11,7 @@ import torch
 from actors.group import ActorGroup, get
 from actors.policy import PolicyWorker
 from actors.reference import ReferenceWorker
-from actors.rollout import RolloutWorker
+from actors.rollout import RolloutEngines, RolloutWorker
 from actors.weight_sync import WeightSync
 from rlaif.config import load_config
 from rlaif.logprobs import batch_logprobs
@@ -65,6 +65,23 @@ def test_trainer_and_reference_logprobs_describe_what_vllm_sampled(roles):
 
 def rollout_path(rollout) -> str:
     return get(rollout.__ray_call__.remote(lambda self: self.path), 60, "path")
+
+
+def test_two_engines_sample_what_one_engine_samples(roles):
+    """rollout.num_engines=2: prompts balanced over the engines by length, each keeping its own seed, gathered back
+    in order: the same tokens as one engine sampling every prompt with those seeds."""
+    cfg, _, _ = roles
+    two = RolloutEngines(dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, num_engines=2)), 0, 300)
+    try:
+        prompts = PROMPTS + ["Tell me a joke about cats.", "Explain photosynthesis briefly."]
+        split = two.generate(prompts, 2, 11, temperature=0.7)
+        alone = get(two.actors[0].generate.remote(prompts, 2, 11, temperature=0.7), 300, "one engine")
+        assert split.texts["prompt"] == alone.texts["prompt"] == [p for p in prompts for _ in range(2)]
+        assert split.response_lists() == alone.response_lists()
+        assert torch.equal(split["sampler_logprobs"], alone["sampler_logprobs"])
+    finally:
+        for a in two.actors:
+            ray.kill(a)
 
 
 def greedy(rollout, seed=0):
