@@ -260,17 +260,17 @@ def with_policy(cfg: Config, path: str) -> Config:
 
 def train(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
     """`rlaif train`: [SL-CAI,] AI feedback, integrity, preference model, RL; a Hugging Face checkpoint at the end."""
-    from rlaif.eval_stage import TrainingEval  # imports rlaif.session: not at the top
-
     try:
-        return _train(cfg, overwrite, verbose, TrainingEval)
+        return _train(cfg, overwrite, verbose)
     except RoleDied as exc:  # a DeepSpeed rank died: this run cannot continue, its last checkpoint can
         found = checkpoint.complete_checkpoints(checkpoint.checkpoints_dir(cfg.output_dir))
         where = f"the newest checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
         raise RoleDied(f"{exc}; {where}: run the same command with trainer.resume=auto") from exc
 
 
-def _train(cfg: Config, overwrite: bool, verbose: bool, TrainingEval) -> Path:  # noqa: N803
+def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
+    from rlaif.eval_stage import TrainingEval  # imports rlaif.session: not at the top
+
 
     evals = TrainingEval(cfg)  # the eval judge, prompts and models are checked now; the baseline is this policy
     out = Path(cfg.output_dir)
