@@ -271,7 +271,6 @@ def train(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
 def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
     from rlaif.eval_stage import TrainingEval  # imports rlaif.session: not at the top
 
-
     evals = TrainingEval(cfg)  # the eval judge, prompts and models are checked now; the baseline is this policy
     out = Path(cfg.output_dir)
     resume_from = checkpoint.resolve(cfg.trainer.resume, out)
