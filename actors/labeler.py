@@ -163,6 +163,7 @@ class LabelerWorker:
     def p_a(self, questions: list[str]) -> list[float]:
         """P(A) per question; in CoT mode after a greedy rationale (scored on the very ids it was generated from
         and as), clamped to [0.4, 0.6]."""
+        self.load()  # also called directly, by the evaluation judge
         chat = self.lc.chat_template
         if self.lc.mode == "cot":
             prompts = [self.prompt_ids(render(self.tokenizer, q, chat)) for q in questions]

@@ -64,7 +64,7 @@ def prompt_files(tmp_path) -> list[str]:
     return [f"eval.red_team=[{red}]", f"eval.benign=[{benign}]"]
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(k: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """The Wilson score interval written out again from its formula, for the hand counts (ties: half a success)."""
     p = k / n
     centre, half = p + z * z / (2 * n), z * ((p * (1 - p) + z * z / (4 * n)) / n) ** 0.5
