@@ -43,9 +43,11 @@ class Preempted(Exception):
 
     def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
         name = signal.Signals(signum).name
-        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
-        super().__init__(f"stopped by {name} after RL step {step}; {where}; resume with the same command and "
-                         "trainer.resume=auto")
+        if checkpoint:
+            text = f"checkpoint {checkpoint}; resume with the same command and trainer.resume=auto"
+        else:
+            text = "no checkpoint was written yet; start again with --overwrite"
+        super().__init__(f"stopped by {name} after RL step {step}; {text}")
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 

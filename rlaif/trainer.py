@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,7 +305,9 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
             pending = restore(roles, resume_from, saved, loader, state)
         if saved.preference_model:
             roles.start_pm_scorers(saved.preference_model, *saved.pm_normalization)
-        if stop.signum:
+        if stop.signum:  # before the first RL step: the checkpoint resumed from, or none (Ctrl-C: "interrupted")
+            if resume_from is None and stop.signum == signal.SIGINT:
+                raise KeyboardInterrupt
             raise Preempted(stop.signum, saved.step, resume_from)
         eval_texts = [p.text for p in plan.rl.heldout]
         every = cfg.trainer.eval_every

@@ -96,15 +96,16 @@ def test_hub_ids_for_every_role_quiet_console_and_worker_logs(tmp_path, tiny_pat
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert not left, f"processes of the run outlived the command: {left}"
     # A local Ray on loopback only: the GCS, raylet, object manager, agents and every worker's server. The one
-    # exception is not Ray's: torch.distributed's TCPStore (the DeepSpeed rendezvous, hosted by rank 0 of each group)
-    # listens on all interfaces and torch has no option to bind it elsewhere.
+    # exception is not Ray's: torch.distributed's TCPStore (the DeepSpeed rendezvous, hosted by rank 0 of each group,
+    # and the weight-sync broadcast group's, hosted by policy rank 0) listens on all interfaces and torch has no
+    # option to bind it elsewhere.
     loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
     ray_servers = {(ip, port) for ip, port, title in listening if not title.startswith(("ray::PolicyWorker",
                                                                                       "ray::CriticWorker",
                                                                                       "ray::PreferenceModelWorker"))}
     assert len(ray_servers) >= 5 and {ip for ip, _ in ray_servers} <= loopback, sorted(listening)
     stores = {(port, title.split(".")[0]) for ip, port, title in listening if ip not in loopback}
-    assert len(stores) <= 3, sorted(listening)  # one rendezvous each: policy, critic, preference model
+    assert len(stores) <= 4, sorted(listening)  # rendezvous of policy, critic, preference model; weight sync
 
     # Quiet: rlaif's lines and the progress bar; nothing from vLLM, DeepSpeed, transformers, wandb or Ray's workers.
     console = (proc.stdout + proc.stderr).split("\n")
