@@ -21,14 +21,15 @@ COMMON = [
     "rl.use_preference_model=false", "rl.reward_functions=[rlaif.rewards:vowel_fraction]",
     "rl.prompts_per_step=8", "rollout.n_samples=4", "rl.epochs=2", "rl.kl_coef=0.0", "policy.lr=5e-3",
     "critic.lr=1e-3", "labeler.human_eval=", "labeler.audit_samples=0",
+    # a rule-based pairwise judge as labeler: no labeler model to start (online DPO trains on its labels)
+    "labeler.function=rlaif.judges:prefer_vowels",
 ]
 RUNS = {
     "control": ["policy.lr=0"],
     **{a: [f"rl.algorithm={a}"] for a in ("rloo", "grpo", "dr-grpo", "reinforce++", "ppo")},
     # online DPO ordered by the AI labeler: here a rule-based pairwise judge that prefers the response with more
     # vowels, going through the labeler's both-orders machinery; the reward is only measured, never trained on
-    "online-dpo": ["rl.algorithm=online-dpo", "rl.dpo_preference=labeler",
-                   "labeler.function=rlaif.judges:prefer_vowels"],
+    "online-dpo": ["rl.algorithm=online-dpo", "rl.dpo_preference=labeler"],
     # KL in the loss (k3) with an adaptive coefficient aiming at a small target
     "kl-in-loss": ["rl.algorithm=grpo", "rl.kl_in=loss", "rl.kl_coef=1.0", "rl.kl_target=0.5", "rl.kl_horizon=200"],
     # one step off-policy generation, in bf16 (policy, reference and vLLM)
