@@ -56,12 +56,26 @@ VARIANTS: dict[str, dict] = {
     "omp2": {"overrides": [], "env": {"OMP_NUM_THREADS": "2"}},  # every actor's torch on 2 threads, not Ray's 1
     "async_omp2": {"overrides": ["trainer.async=true"], "env": {"OMP_NUM_THREADS": "2"}},
 }
+# TRL runs in one process whose torch uses every core by default ("trl"); on a loaded machine two OpenMP threads that
+# spin-wait for each other lose most of their time (measured: HF generate 28 s on one thread, 105-225 s on two, at a
+# load of ~4 from other users), so TRL is also run on one thread ("trl_1t"), and rlaif is compared with the faster.
+TRL_VARIANTS: dict[str, dict] = {"trl": {}, "trl_1t": {"OMP_NUM_THREADS": "1"}}
 
 
 def workload(quick: bool) -> dict:
     if quick:
         return {"model": "builtin:tiny-llama", "prompts_per_step": 4, "n": 2, "max_new_tokens": 16}
     return {"model": "builtin:smollm2-135m", "prompts_per_step": 16, "n": 2, "max_new_tokens": 64}
+
+
+def run_logged(cmd: list[str], env: dict, log: Path, what: str) -> float:
+    """Run a command with its output going to `log` as it comes; its wall seconds, or an error with the log's tail."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise RuntimeError(f"{what} failed (exit {code}); log {log}:\n{log.read_text()[-3000:]}")
+    return time.perf_counter() - t0
 
 
 def run_rlaif(name: str, steps: int, wl: dict, out: Path, overrides: list[str] = (), env: dict | None = None
@@ -74,13 +88,7 @@ def run_rlaif(name: str, steps: int, wl: dict, out: Path, overrides: list[str] =
            f"rollout.n_samples={wl['n']}", f"rollout.max_new_tokens={wl['max_new_tokens']}",
            f"data.prompts={PROMPTS}", *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    (out / "log.txt").write_text(proc.stdout + proc.stderr)
-    if proc.returncode:
-        raise RuntimeError(f"rlaif {name} failed (exit {proc.returncode}); log {out / 'log.txt'}:\n"
-                           + (proc.stdout + proc.stderr)[-3000:])
+    wall = run_logged(cmd, env, out / "log.txt", f"rlaif {name}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps_rows = [r for r in rows if "time/step" in r]
     rl = steps_rows[1:]  # steps after the first
@@ -90,23 +98,17 @@ def run_rlaif(name: str, steps: int, wl: dict, out: Path, overrides: list[str] =
             "steps_measured": len(rl), "wall_s": wall, "rows": steps_rows}
 
 
-def run_trl(steps: int, wl: dict, out: Path, quick: bool) -> dict:
+def run_trl(name: str, steps: int, wl: dict, out: Path, quick: bool) -> dict:
     out.mkdir(parents=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(out), "--steps", str(steps)]
     if quick:
         cmd.append("--quick")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    (out / "log.txt").write_text(proc.stdout + proc.stderr)
-    if proc.returncode:
-        raise RuntimeError(f"TRL failed (exit {proc.returncode}); log {out / 'log.txt'}:\n"
-                           + (proc.stdout + proc.stderr)[-3000:])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **TRL_VARIANTS[name]}
+    wall = run_logged(cmd, env, out / "log.txt", name)
     res = json.loads((out / "trl.json").read_text())
     step = statistics.mean(res["step_s"])
-    return {"side": "trl", "step_s": step, "cps": wl["prompts_per_step"] * wl["n"] / step, "phases": res["phases"],
-            "steps_measured": len(res["step_s"]), "wall_s": wall}
+    return {"side": f"{name} ({res['threads']}t)", "step_s": step, "cps": wl["prompts_per_step"] * wl["n"] / step,
+            "phases": res["phases"], "steps_measured": len(res["step_s"]), "wall_s": wall}
 
 
 def trl_worker(out: Path, steps: int, quick: bool) -> None:
@@ -134,6 +136,8 @@ def trl_worker(out: Path, steps: int, quick: bool) -> None:
     class StepEnds(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             ends.append(time.perf_counter())
+            print(f"TRL step {state.global_step} ended, {ends[-1] - (ends[-2] if len(ends) > 1 else t_start):.1f} s",
+                  flush=True)
 
     def length_reward(prompts, completions, **kwargs) -> list[float]:
         return length_200(prompts, [c[0]["content"] if isinstance(c, list) else c for c in completions])
@@ -150,6 +154,7 @@ def trl_worker(out: Path, steps: int, quick: bool) -> None:
     )
     trainer = GRPOTrainer(model=model, reward_funcs=length_reward, args=args, train_dataset=data,
                           processing_class=tokenizer, callbacks=[StepEnds()])
+    t_start = time.perf_counter()
     trainer.train()
     step_s = [b - a for a, b in zip(ends, ends[1:])]  # steps after the first
     measured = {s for s in range(1, len(ends))}  # profiling steps are global_step at entry: 0-based per step
@@ -179,7 +184,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is not counted")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
-    parser.add_argument("--no-trl", action="store_true", help="rlaif variants only (no ratio is printed)")
+    parser.add_argument("--trl", default="trl,trl_1t", help=f"comma-separated, from {', '.join(TRL_VARIANTS)}; "
+                        "empty: rlaif only (no ratio)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="", help="folder for the runs (default: a temporary one)")
     parser.add_argument("--trl-worker", default="", help=argparse.SUPPRESS)
@@ -189,39 +195,46 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.rounds = 2, 1
-    variants = args.variants.split(",")
+    variants, trls = args.variants.split(","), [t for t in args.trl.split(",") if t]
     for v in variants:
         if v not in VARIANTS:
             parser.error(f"--variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    for t in trls:
+        if t not in TRL_VARIANTS:
+            parser.error(f"--trl: unknown variant {t!r}; known: {', '.join(TRL_VARIANTS)}")
     wl = workload(args.quick)
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-vs-trl-"))
     print(f"workload: {wl}, {args.steps} steps per run ({args.steps - 1} measured), {args.rounds} rounds; runs in "
           f"{root}", flush=True)
-    sides = [*variants] + ([] if args.no_trl else ["trl"])
+    sides = [*variants, *trls]
     results: list[list[dict]] = []
     for rnd in range(args.rounds):
         order = sides if rnd % 2 == 0 else sides[::-1]
         got = {}
         for side in order:
             out = root / f"r{rnd}-{side}"
-            got[side] = run_trl(args.steps, wl, out, args.quick) if side == "trl" \
+            got[side] = run_trl(side, args.steps, wl, out, args.quick) if side in TRL_VARIANTS \
                 else run_rlaif(side, args.steps, wl, out, VARIANTS[side]["overrides"], VARIANTS[side].get("env"))
             print(f"round {rnd + 1}: {describe(got[side])}", flush=True)
         results.append([got[s] for s in sides])
     print("\nmean over rounds (completions/s, seconds per step by phase):")
-    for i, side in enumerate(sides):
+    for i in range(len(sides)):
         runs = [r[i] for r in results]
-        mean = {"side": side if side == "trl" else f"rlaif:{side}", "cps": statistics.mean(r["cps"] for r in runs),
+        mean = {"side": runs[0]["side"], "cps": statistics.mean(r["cps"] for r in runs),
                 "step_s": statistics.mean(r["step_s"] for r in runs),
                 "phases": {k: statistics.mean(r["phases"][k] for r in runs) for k in runs[0]["phases"]},
                 "wall_s": statistics.mean(r["wall_s"] for r in runs)}
         print("  " + describe(mean))
-    if args.no_trl:
+    if not trls:
         return
-    print("\nrlaif completions/s / TRL completions/s, same round (target >= 3x):")
+    print("\nrlaif completions/s / TRL completions/s in the same round, median over rounds (target >= 3x):")
     for i, side in enumerate(variants):
-        ratios = [r[i]["cps"] / r[-1]["cps"] for r in results]
-        print(f"  {side:<12} {statistics.median(ratios):5.2f}x  (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+        line = []
+        for j, t in enumerate([*trls, "best TRL"]):
+            ratios = [r[i]["cps"] / (r[len(variants) + j]["cps"] if t != "best TRL"
+                                     else max(x["cps"] for x in r[len(variants):])) for r in results]
+            line.append(f"vs {t} {statistics.median(ratios):5.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})")
+        print(f"  {side:<12} " + "   ".join(line))
 
 
 if __name__ == "__main__":
