@@ -19,3 +19,9 @@ def vowel_fraction(prompts: list[str], responses: list[str]) -> list[float]:
 def brevity(prompts: list[str], responses: list[str]) -> list[float]:
     """1 for an empty answer, falling linearly to 0 at 400 characters: a counterweight to length-seeking rewards."""
     return [max(0.0, 1.0 - len(text) / 400) for text in responses]
+
+
+def length_200(prompts: list[str], responses: list[str]) -> list[float]:
+    """-|len(text) - 200| / 200: 0 at exactly 200 characters, -1 at 0 or 400. The rule-based reward of the peer
+    benchmark against TRL (bench/bench_vs_trl.py; DESIGN.md section 8)."""
+    return [-abs(len(text) - 200) / 200 for text in responses]

@@ -78,6 +78,11 @@ def setup_worker() -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    # A file, not a terminal, is block-buffered: lines still in the buffer when Ray kills the actor at shutdown
+    # (vLLM's start-up log, for one) would never reach the file.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     to_file = logging.StreamHandler(sys.stderr)
     to_file.setFormatter(logging.Formatter(FILE_FORMAT))
     root = logging.getLogger()

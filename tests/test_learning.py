@@ -1,8 +1,9 @@
 """Each RL algorithm must raise a programmatic reward on held-out prompts, on the tiny model, on CPU.
 
-The same run with policy.lr=0 is the control: it sees the same prompts and seeds but cannot learn, so a gain over
-both the starting reward and the control is learning, not noise or drift. Runs are shared between tests (one
-`rlaif train` each): the plain GRPO run is also the no-KL baseline that KL in the loss must keep bounded.
+The held-out evaluation samples with one fixed seed at every step, so a policy that did not change scores exactly
+its starting reward again (vLLM sampling is seeded per request): the step-0 evaluation is the no-learning control,
+and a gain over it is learning, not sampling noise. Runs are shared between tests (one `rlaif train` each): the
+plain GRPO run is also the no-KL baseline that KL in the loss must keep bounded.
 """
 
 import json
@@ -25,7 +26,6 @@ COMMON = [
     "labeler.function=rlaif.judges:prefer_vowels",
 ]
 RUNS = {
-    "control": ["policy.lr=0"],
     **{a: [f"rl.algorithm={a}"] for a in ("rloo", "grpo", "dr-grpo", "reinforce++", "ppo")},
     # online DPO ordered by the AI labeler: here a rule-based pairwise judge that prefers the response with more
     # vowels, going through the labeler's both-orders machinery; the reward is only measured, never trained on
@@ -61,15 +61,11 @@ def steps_of(rows: list[dict], key: str) -> list[float]:
 
 @pytest.mark.parametrize("name", ["rloo", "grpo", "dr-grpo", "reinforce++", "ppo", "online-dpo", "async-bf16"])
 def test_algorithm_raises_held_out_reward(tmp_path_factory, name):
-    rows, control = run(tmp_path_factory, name), run(tmp_path_factory, "control")
+    rows = run(tmp_path_factory, name)
     start, end = eval_reward(rows, 0), eval_reward(rows, STEPS)
-    control_start, control_end = eval_reward(control, 0), eval_reward(control, STEPS)
-    if name != "async-bf16":  # same weights, same held-out samples (bf16 samples differently)
-        assert start == pytest.approx(control_start, abs=1e-6)
     gain = end - start
-    print(f"{name}: held-out reward {start:.4f} -> {end:.4f} (gain {gain:+.4f}; lr=0 control {control_end:.4f})")
+    print(f"{name}: held-out reward {start:.4f} -> {end:.4f} (gain {gain:+.4f})")
     assert gain > 0.04, f"{name} did not learn: {start:.4f} -> {end:.4f}"
-    assert end > control_end + 0.04, f"{name} no better than the lr=0 control ({control_end:.4f})"
     if name == "ppo":
         losses = steps_of(rows, "critic/value_loss")
         assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, f"critic value loss did not fall: {losses}"
