@@ -50,6 +50,9 @@ class RolloutWorker:
             worker_extension_cls="actors.weight_sync.WeightReceiver", **kwargs,
         )
         self.weight_version = 0
+        import vllm
+
+        log.info("rollout engine %d (%s stage): vLLM %s serving %s", index, stage, vllm.__version__, self.path)
 
     def encode_prompts(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Each text as a user turn in the chat template, within data.max_prompt_tokens; and how many were cut.

@@ -291,7 +291,7 @@ def test_debug_run_as_ray_job_on_own_cluster_checkpoints_on_ray_job_stop(tmp_pat
     # Quiet there too: the job's log holds rlaif's lines, the workers' output is in output_dir/logs.
     assert "Initializing a V1 LLM engine" not in logs, logs[-3000:]
     worker_logs = "".join(p.read_text(errors="replace") for p in (out / "logs").glob("worker-*.log"))
-    assert ":actor_name:RolloutWorker" in worker_logs and "Initializing a V1 LLM engine" in worker_logs
+    assert ":actor_name:RolloutWorker" in worker_logs and "rollout engine 0 (rl stage): vLLM" in worker_logs
 
     # SIGTERM: the step in flight finished, a complete checkpoint of it was written, and the log says how to resume.
     steps = rl_steps_done(out)
