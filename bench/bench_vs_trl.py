@@ -81,15 +81,15 @@ def run_logged(cmd: list[str], env: dict, log: Path, what: str) -> float:
 def run_rlaif(name: str, steps: int, wl: dict, out: Path, overrides: list[str] = (), env: dict | None = None
               ) -> dict:
     """One `rlaif train` of bench/peer.yaml in a fresh process; the metrics of its RL steps after the first."""
-    out.mkdir(parents=True)
+    out.mkdir(parents=True)  # the log beside the run's own folder (rlaif refuses a non-empty new output_dir)
     cmd = [sys.executable, "-m", "rlaif.cli", "train", "--config", str(REPO / "bench/peer.yaml"),
-           f"output_dir={out}", f"trainer.steps={steps}", f"policy.model.path={wl['model']}",
+           f"output_dir={out / 'run'}", f"trainer.steps={steps}", f"policy.model.path={wl['model']}",
            f"labeler.model.path={wl['model']}", f"rl.prompts_per_step={wl['prompts_per_step']}",
            f"rollout.n_samples={wl['n']}", f"rollout.max_new_tokens={wl['max_new_tokens']}",
            f"data.prompts={PROMPTS}", *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
     wall = run_logged(cmd, env, out / "log.txt", f"rlaif {name}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     steps_rows = [r for r in rows if "time/step" in r]
     rl = steps_rows[1:]  # steps after the first
     step = statistics.mean(r["time/step"] for r in rl)
