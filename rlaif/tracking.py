@@ -1,10 +1,16 @@
-"""Run tracking: every metric goes to wandb (online/offline) and to metrics.jsonl in the run folder."""
+"""Run tracking: every metric goes to wandb (online/offline) and to metrics.jsonl in the run folder.
+
+metrics.jsonl is the record; wandb is a view of it. A wandb failure never ends a run: `ray job stop`, SLURM and
+Kubernetes send SIGTERM to the whole process tree, so wandb's service process (a child of the driver) dies while the
+run is still finishing its step and writing the checkpoint. Then wandb is switched off with a warning, the run goes
+on, and metrics.jsonl keeps every metric (with `tracking/wandb_failed` = 1 from that step on)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ class Tracker:
         self.jsonl = open(path, "a", encoding="utf-8")
         self.warned: set[str] = set()
         self.run = None
+        self.wandb_failed = False
         if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
             import wandb
 
@@ -52,44 +59,59 @@ class Tracker:
                 mode=cfg.wandb.mode, config=to_dict(cfg), reinit="finish_previous",
                 id=resume_id, resume="allow" if resume_id else None,
             )
+        self.run_id: str | None = self.run.id if self.run is not None else None  # kept for resume if wandb fails
 
-    @property
-    def run_id(self) -> str | None:
-        return self.run.id if self.run is not None else None
+    def _wandb(self, what: str, call: Callable[[], Any]) -> None:
+        if self.run is None:
+            return
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - any wandb failure: metrics.jsonl stays the record
+            import wandb
+
+            log.warning("wandb failed (%s: %s: %s); wandb is off for the rest of this run, metrics.jsonl keeps every "
+                        "metric", what, type(exc).__name__, exc)
+            self.run, self.wandb_failed = None, True
+            try:
+                wandb.teardown()  # unregisters wandb's exit hook, which would print the same error again at exit
+            except Exception:  # noqa: BLE001 - the service is gone; nothing left to close
+                pass
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.wandb_failed:
+            numbers["tracking/wandb_failed"] = 1.0
         for key, value in numbers.items():
             if not math.isfinite(value) and key not in self.warned:
                 self.warned.add(key)
                 log.warning("metric %s is %s at step %d (written as null to metrics.jsonl)", key, value, step)
         self.jsonl.write(json.dumps(json_safe({"step": step, **numbers}), allow_nan=False) + "\n")
         self.jsonl.flush()
-        if self.run is not None:
-            self.run.log(numbers, step=step)
+        self._wandb(f"log at step {step}", lambda: self.run.log(numbers, step=step))
 
     def log_table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
         if not rows:
             return
         self.jsonl.write(json.dumps(json_safe({"step": step, "table": name, "rows": rows}), allow_nan=False) + "\n")
+        self.jsonl.flush()
         if self.run is not None:
             import wandb
 
             columns = list(rows[0])
-            self.run.log({name: wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])},
-                         step=step)
+            table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
+            self._wandb(f"table {name} at step {step}", lambda: self.run.log({name: table}, step=step))
 
     def alert(self, title: str, text: str) -> None:
         """A wandb alert, when wandb is on: sent at once online; offline, recorded in the run file for `wandb sync`."""
         if self.run is not None:
             import wandb
 
-            self.run.alert(title=title[:63], text=text, level=wandb.AlertLevel.WARN)
+            self._wandb("alert", lambda: self.run.alert(title=title[:63], text=text, level=wandb.AlertLevel.WARN))
 
     def finish(self) -> str | None:
         self.jsonl.close()
         if self.run is None:
             return None
         run_dir = self.run.dir
-        self.run.finish()
-        return run_dir
+        self._wandb("finish", self.run.finish)
+        return run_dir if not self.wandb_failed else None

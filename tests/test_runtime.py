@@ -177,3 +177,45 @@ def test_metrics_jsonl_never_holds_bare_nan(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len([w for w in warnings if "reward/score" in w]) == 1  # said once, not every step
     assert any("kl/policy_ref is inf at step 1" in w for w in warnings)
+
+
+DEAD_WANDB = """
+import json, logging, signal, sys, time
+from pathlib import Path
+import psutil
+from rlaif.config import Config
+from rlaif.tracking import Tracker
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
+out = Path(sys.argv[1])
+cfg = Config()
+cfg.wandb.enabled, cfg.wandb.mode = True, "offline"
+tracker = Tracker(cfg, out)
+run_id = tracker.run_id
+tracker.log({"a": 1.0}, step=1)
+# what `ray job stop` does to the driver's process tree: SIGTERM to every child, wandb's service among them
+service = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("wandb")]
+assert service, [p.name() for p in psutil.Process().children(recursive=True)]
+for p in service:
+    p.send_signal(signal.SIGTERM)
+psutil.wait_procs(service, timeout=30)
+tracker.log_table("samples", [{"prompt": "p"}], step=2)
+tracker.log({"a": 2.0}, step=2)
+tracker.alert("title", "text")
+print("FINISH", tracker.finish(), tracker.run_id == run_id)
+"""
+
+
+def test_a_dead_wandb_service_switches_wandb_off_and_the_run_goes_on(tmp_path):
+    """`ray job stop` (and SLURM, Kubernetes) SIGTERM the whole process tree, wandb's service with it, while the run
+    still finishes its step and checkpoints. Bug caught: a wandb call raising ConnectionResetError ends the run before
+    the checkpoint (what the Ray-job stop test saw), or wandb's exit hook raising again at exit."""
+    proc = subprocess.run([PY, "-c", DEAD_WANDB, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true"}, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FINISH None True" in proc.stdout, proc.stdout
+    assert proc.stdout.count("wandb failed (") == 1, proc.stdout  # said once, then wandb is off
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0] == {"step": 1, "a": 1.0}
+    assert rows[1]["table"] == "samples" and rows[1]["rows"] == [{"prompt": "p"}]
+    assert rows[2] == {"step": 2, "a": 2.0, "tracking/wandb_failed": 1.0}
