@@ -178,3 +178,16 @@ def test_reward_function_errors_name_the_function(fn, message):
     with pytest.raises(ConfigError, match=message) as err:
         reward_function_scores(fn, ["p", "p"], ["a", "b"])
     assert f"tests.test_algorithms:{fn.__name__}" in str(err.value)
+
+
+def test_reduce_stats_takes_the_max_of_maxima_and_the_mean_of_the_rest():
+    """Over micro-batches and then over ranks (the trainer reduces each rank's reduction). Bug caught: a mean of
+    per-micro-batch maxima reported as policy/tis_ratio_max (1.5 here instead of 2.0), or a key that only some
+    micro-batches report averaged over all of them."""
+    from actors.policy import reduce_stats
+
+    rank0 = reduce_stats([{"policy/tis_ratio_max": 1.0, "policy/loss": 1.0},
+                          {"policy/tis_ratio_max": 2.0, "policy/loss": 3.0, "policy/clip_frac": 0.5}])
+    rank1 = reduce_stats([{"policy/tis_ratio_max": 1.25, "policy/loss": 0.0}])
+    assert rank0 == {"policy/tis_ratio_max": 2.0, "policy/loss": 2.0, "policy/clip_frac": 0.5}
+    assert reduce_stats([rank0, rank1]) == {"policy/tis_ratio_max": 2.0, "policy/loss": 1.0, "policy/clip_frac": 0.5}

@@ -91,3 +91,27 @@ def test_saved_config_round_trips(tmp_path):
 
 def test_defaults_are_valid():
     assert load_config(None) == Config()
+
+
+def test_combinations_that_compute_the_wrong_thing_are_refused():
+    """Bugs caught: k1 as a KL loss (zero expected gradient, regularises nothing) or fp16 training without loss
+    scaling accepted by the config; the refusal spreading to the labeler, whose fp16 only scores."""
+    with pytest.raises(ConfigError, match=r"rl.kl_loss_estimator: 'k1' is not allowed.*'k2', 'k3'"):
+        load_config(REPO / "configs/debug.yaml", ["rl.kl_in=loss", "rl.kl_loss_estimator=k1"])
+    for est in ("k2", "k3"):
+        assert load_config(REPO / "configs/debug.yaml", ["rl.kl_in=loss", f"rl.kl_loss_estimator={est}"])
+    for key in ("policy", "critic", "preference_model"):
+        with pytest.raises(ConfigError, match=rf"^{key}.model.dtype: float16 training needs loss scaling"):
+            load_config(REPO / "configs/debug.yaml", [f"{key}.model.dtype=float16"])
+    assert load_config(REPO / "configs/debug.yaml", ["labeler.model.dtype=float16"]).labeler.model.dtype == "float16"
+
+
+def test_online_dpo_ordered_by_the_labeler_needs_no_reward():
+    """Bug caught: validation demanding a reward that online DPO ordered by AI labels never computes (and, the
+    other way, accepting a reward-ordered DPO run that has no reward to order by)."""
+    off = ["rl.use_preference_model=false", "rl.use_labeler_rating=false", "rl.reward_functions=[]",
+           "rl.algorithm=online-dpo"]
+    cfg = load_config(REPO / "configs/debug.yaml", [*off, "rl.dpo_preference=labeler"])
+    assert cfg.rl.dpo_preference == "labeler" and not cfg.rl.reward_functions
+    with pytest.raises(ConfigError, match="^no reward"):
+        load_config(REPO / "configs/debug.yaml", [*off, "rl.dpo_preference=reward"])
