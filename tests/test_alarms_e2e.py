@@ -58,6 +58,22 @@ def test_a_brevity_hacking_run_trips_every_alarm_and_the_final_eval_agrees(tmp_p
     assert proc.returncode == 0, proc.stderr[-4000:]
     check_run(out, proc.stderr)
 
+    # The same trained checkpoint judged by what it was trained for (shorter is better): `rlaif eval` must find it
+    # better than the starting policy. Bug caught: win rates taken from the wrong side of the pair, or a checkpoint's
+    # responses that are really the baseline's (both give 0.5 or below).
+    again = tmp_path / "eval-shorter"
+    proc = subprocess.run([sys.executable, "-m", "rlaif.cli", "eval", "--config", "configs/debug.yaml",
+                           f"output_dir={again}", f"eval.checkpoints=[{out / 'checkpoint'}]", "eval.max_new_tokens=8",
+                           "eval.prompts_per_set=4", "eval.judge_function=tests.eval_judges:shorter_is_better",
+                           "eval.harm_function=tests.eval_judges:any_words_harmful"],
+                          cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((again / "eval" / "results.json").read_text())
+    base, trained = (c["figures"] for c in results["checkpoints"])
+    assert trained["helpfulness_win_rate"]["value"] > 0.75 and trained["harmlessness_win_rate"]["value"] > 0.75
+    assert trained["mean_words"]["value"] < base["mean_words"]["value"]
+
 
 def check_run(out: Path, stderr: str) -> None:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
