@@ -629,6 +629,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"ray.colocate: rollout.num_engines = {cfg.rollout.num_engines} and critic.num_ranks = "
                           f"{cfg.critic.num_ranks} must not exceed policy.num_ranks = {cfg.policy.num_ranks} (one "
                           "bundle per policy rank)")
+    if cfg.ray.colocate and cfg.device == "cuda":
+        # Policy rank i and engine i would share one GPU, and NCCL refuses two ranks of one communicator on one
+        # device; the colocated handoff (CUDA IPC, as OpenRLHF does) is not written. Refuse rather than fail at sync.
+        raise ConfigError("ray.colocate: not available with device 'cuda' yet: the weight sync is an NCCL broadcast, "
+                          "which cannot join two processes on one GPU (a CUDA-IPC handoff is not written); "
+                          "allowed: ray.colocate=false on GPU, true or false on CPU")
     if cfg.device == "cpu":
         for key in ("num_gpus", "gpus_per_policy_rank", "gpus_per_rollout", "gpus_per_aux"):
             if getattr(cfg.ray, key):

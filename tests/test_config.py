@@ -115,3 +115,13 @@ def test_online_dpo_ordered_by_the_labeler_needs_no_reward():
     assert cfg.rl.dpo_preference == "labeler" and not cfg.rl.reward_functions
     with pytest.raises(ConfigError, match="^no reward"):
         load_config(REPO / "configs/debug.yaml", [*off, "rl.dpo_preference=reward"])
+
+
+def test_colocation_on_gpu_is_refused_until_a_cuda_ipc_sync_exists():
+    """Bug caught: a colocated GPU run accepted, which would fail only at its first weight sync (NCCL refuses two ranks
+    of one communicator on one GPU), after the model loads and the stages before RL have run."""
+    gpu = load_config(REPO / "configs/gpu.yaml")
+    assert not gpu.ray.colocate
+    with pytest.raises(ConfigError, match="^ray.colocate: not available with device 'cuda'"):
+        load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true"])
+    assert load_config(REPO / "configs/debug.yaml", ["ray.colocate=true"]).ray.colocate  # CPU: gloo, no such limit
