@@ -136,7 +136,7 @@ def zero_engine(model, lr: float, stage: int, micro_batch: int, grad_accum: int,
     return engine
 
 
-def use_cpu_threads(cfg, role: str) -> int:
+def use_cpu_threads(cfg, role: str, stage: str = "rl") -> int:
     """Give this actor's torch its share of the node's cores (see ray.cpu_threads_*); returns the thread count.
     Call first in an actor's constructor; vLLM's CPU engine reads VLLM_CPU_OMP_THREADS_BIND when it starts."""
     import torch
@@ -146,9 +146,14 @@ def use_cpu_threads(cfg, role: str) -> int:
     r = cfg.ray
     n = {"policy": r.cpu_threads_policy, "rollout": r.cpu_threads_rollout, "aux": r.cpu_threads_aux}[role]
     if n <= 0:
-        ppo = cfg.rl.algorithm == "ppo"
-        peers = {"policy": cfg.policy.num_ranks + (cfg.critic.num_ranks if ppo else 0),
-                 "rollout": cfg.rollout.num_engines, "aux": 3}[role]
+        trainers = cfg.policy.num_ranks + (cfg.critic.num_ranks if cfg.rl.algorithm == "ppo" else 0)
+        engines = cfg.rollout.num_engines
+        # trainer.async: the engines generate step t+1 while the ranks train step t, so both share the cores (all
+        # of them each would oversubscribe them: measured, no overlap gain at all on 2 cores). The policy ranks
+        # are the same actors in an SFT stage of the same run, which then also gets the smaller share.
+        overlap = cfg.trainer.async_ and stage == "rl"
+        peers = {"policy": trainers + (engines if overlap else 0), "rollout": engines + (trainers if overlap else 0),
+                 "aux": 3}[role]
         n = max(1, len(os.sched_getaffinity(0)) // peers)
     os.environ["OMP_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)

@@ -25,7 +25,7 @@ class RolloutWorker:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.rollout.kv_cache_gib)
         if cfg.device == "cpu":  # engine `index` gets its own slice of this node's cores (ray.cpu_threads_rollout)
             cores = sorted(os.sched_getaffinity(0))
-            n = use_cpu_threads(cfg, "rollout")
+            n = use_cpu_threads(cfg, "rollout", stage)
             start = (index * n) % len(cores)
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in (cores * 2)[start : start + n])
         from vllm import LLM

@@ -116,7 +116,8 @@ def test_a_receiver_whose_sender_never_sends_times_out_naming_what_it_waited_for
 
 
 def test_cpu_thread_budget_splits_the_cores_between_peers():
-    """Bugs caught: every actor running torch on every core (oversubscription), an explicit ray.cpu_threads_* ignored,
+    """Bugs caught: every actor running torch on every core (oversubscription, also when trainer.async overlaps
+    generation and training), an explicit ray.cpu_threads_* ignored,
     OMP_NUM_THREADS (read by vLLM's and DeepSpeed's native code) left at another value."""
     before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     cores = len(os.sched_getaffinity(0))
@@ -127,6 +128,12 @@ def test_cpu_thread_budget_splits_the_cores_between_peers():
         cfg.rl.algorithm, cfg.critic.num_ranks = "ppo", 2  # policy and critic ranks share the cores
         assert use_cpu_threads(cfg, "policy") == max(1, cores // 4)
         assert use_cpu_threads(cfg, "aux") == max(1, cores // 3)
+        cfg.rl.algorithm, cfg.critic.num_ranks = "grpo", 1
+        cfg.trainer.async_ = True  # generation overlaps training: one policy rank and one engine share the cores
+        assert use_cpu_threads(cfg, "policy") == max(1, cores // 3) and use_cpu_threads(cfg, "rollout") == max(
+            1, cores // 3) and use_cpu_threads(cfg, "rollout", stage="sl-cai") == cores
+        cfg.policy.num_ranks = 1
+        assert use_cpu_threads(cfg, "rollout") == max(1, cores // 2) == use_cpu_threads(cfg, "policy")
         cfg.ray.cpu_threads_rollout = 3
         assert use_cpu_threads(cfg, "rollout") == 3 == torch.get_num_threads()
         assert os.environ["OMP_NUM_THREADS"] == "3"
