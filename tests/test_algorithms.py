@@ -191,3 +191,29 @@ def test_reduce_stats_takes_the_max_of_maxima_and_the_mean_of_the_rest():
     rank1 = reduce_stats([{"policy/tis_ratio_max": 1.25, "policy/loss": 0.0}])
     assert rank0 == {"policy/tis_ratio_max": 2.0, "policy/loss": 2.0, "policy/clip_frac": 0.5}
     assert reduce_stats([rank0, rank1]) == {"policy/tis_ratio_max": 2.0, "policy/loss": 1.0, "policy/clip_frac": 0.5}
+
+
+def test_eval_reward_is_the_training_reward_rating_included():
+    """Bug caught: eval/reward leaving out a part of the training reward (the labeler's direct rating was missing), so
+    the held-out curve and the training curve measure different things. Fake roles with known values."""
+    from types import SimpleNamespace
+
+    from rlaif.batch import Batch
+    from rlaif.config import Config
+    from rlaif.trainer import RLState, evaluate, reward
+
+    cfg = Config()
+    cfg.rl.use_preference_model, cfg.rl.use_labeler_rating = False, True
+    batch = Batch.from_token_lists([[1], [1]], [[5, 6], [7]], pad_id=0, prompt=["p", "p"], response=["ab", "c"])
+
+    def chars(prompts, texts):
+        return [float(len(t)) for t in texts]
+
+    roles = SimpleNamespace(pm=None, rollout=SimpleNamespace(generate=lambda prompts, n, seed: batch),
+                            labeler=SimpleNamespace(rate=SimpleNamespace(remote=lambda p, t: [0.5, -1.0])),
+                            get=lambda ref, what: ref)
+    state = RLState(kl=None, reward_fns=[chars])
+    total, parts = reward(cfg, roles, state, batch)
+    assert total.tolist() == [2.5, 0.0] and parts == {"chars": 1.5, "labeler_rating": -0.25}
+    out = evaluate(cfg, roles, state, ["p"])
+    assert out["eval/reward"] == 1.25 and out["eval/labeler_rating"] == -0.25 and out["eval/chars"] == 1.5
