@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import time
 
 import torch
@@ -87,27 +89,41 @@ class PolicyWorker:
             losses.append(loss.item())
         return {"sft/loss": sum(losses) / len(losses), "sft/tokens": float(shard.token_count())}
 
-    def init_weight_sync(self, backend: str, host: str, port: int, world_size: int, timeout_s: float) -> None:
-        """Rank 0 founds the weight-sync broadcast group (as its rank 0) with every vLLM worker."""
-        from actors.weight_sync import BroadcastGroup, Param, plan_buckets
+    def plan_weight_sync(self, shared: bool) -> dict | None:
+        """Every rank: the buckets the weights travel in. `shared`: this rank sends through a bucket-sized buffer
+        that its engines map; returns the buffer's handle for them."""
+        from actors.weight_sync import Param, plan_buckets, share_buffer
 
         module = self.engine.module
         self.sync_params = [(n, p) for n, p in module.named_parameters()]
         shapes = [Param(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.sync_params]
         self.sync_buckets = plan_buckets(shapes, self.cfg.rollout.sync_bucket_mb << 20)
-        self.sync_group = BroadcastGroup(backend, host, port, 0, world_size, timeout_s, self.engine.device) \
-            if self.rank == 0 else None
+        self.sync_group = self.sync_shared = self.sync_handle = None
+        if not shared:
+            return None
+        nbytes = max(sum(math.prod(p.shape) for p in b) * b[0].dtype.itemsize for b in self.sync_buckets)
+        self.sync_shared, self.sync_handle = share_buffer(nbytes, self.engine.device)
+        return self.sync_handle
+
+    def init_weight_sync(self, backend: str, host: str, port: int, world_size: int, timeout_s: float) -> None:
+        """A sending rank founds its weight-sync group (as its rank 0) with its engines' vLLM workers."""
+        from actors.weight_sync import BroadcastGroup
+
+        self.sync_group = BroadcastGroup(backend, host, port, 0, world_size, timeout_s, self.engine.device)
+        if self.sync_handle and self.sync_handle["kind"] == "shm":
+            # every receiver mapped the file before joining the group: unlinked, it goes when the last mapping does
+            os.unlink(self.sync_handle["path"])
 
     def weight_buckets(self) -> list:
         return self.sync_buckets
 
     def send_weights(self) -> dict[str, float]:
-        """Every rank takes part (ZeRO-3 gathers bucket by bucket); rank 0 broadcasts each bucket to the engines."""
+        """Every rank takes part (ZeRO-3 gathers bucket by bucket); the sending ranks hand each bucket on."""
         from actors.weight_sync import send_buckets
 
         t0 = time.perf_counter()
         sent = send_buckets(self.sync_group, self.sync_params, self.sync_buckets, self.cfg.policy.zero_stage == 3,
-                            self.engine.device)
+                            self.engine.device, self.sync_shared)
         return {"bytes": float(sent), "seconds": time.perf_counter() - t0}
 
     def save_checkpoint(self, folder: str) -> None:

@@ -139,9 +139,11 @@ class RolloutWorker:
         return {"replies": [o.outputs[0].text.strip() for o in outs], "truncated": cut, "max_tokens": longest}
 
     def init_weight_sync(self, backend: str, host: str, port: int, first_rank: int, world_size: int,
-                         timeout_s: float) -> None:
-        """Join the weight-sync broadcast group: this engine's workers take ranks first_rank.. (one per TP rank)."""
-        self.llm.collective_rpc("init_weight_sync", args=(backend, host, port, first_rank, world_size, timeout_s))
+                         timeout_s: float, shared: dict | None = None) -> None:
+        """Join the weight-sync group: this engine's workers take ranks first_rank.. (one per TP rank); `shared`:
+        the handle of the sender's buffer, mapped first."""
+        self.llm.collective_rpc("init_weight_sync",
+                                args=(backend, host, port, first_rank, world_size, timeout_s, shared))
 
     def receive_weights(self, buckets: list, version: int) -> float:
         """Reload the policy's weights as policy rank 0 broadcasts them, then drop the prefix cache (its KV entries

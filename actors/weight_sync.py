@@ -11,6 +11,12 @@ so no full state dict is held twice anywhere, and each engine reloads layer by l
 receive and send is bounded by `trainer.timeout_s`: a stalled peer raises an error naming the bucket and the role
 that was waiting, instead of hanging the run.
 
+Where the engines can map the sender's memory (`rollout.sync_transport`: shared, or auto), the bytes do not travel
+through the group at all: the sender writes each bucket into one bucket-sized buffer that its receivers map, and the
+group carries only "bucket i is ready" and a barrier once every receiver has copied it out. On CPU the buffer is a
+file in /dev/shm (every engine on policy rank 0's node); on GPU it is CUDA IPC memory on the GPU that policy rank i
+shares with engine i under `ray.colocate` (NCCL cannot join two processes on one GPU), with one gloo group per pair.
+
 The receiving side runs inside vLLM's worker (`WeightReceiver` is passed as vLLM's `worker_extension_cls`), so the
 same code serves the in-process CPU engine and multi-process tensor-parallel GPU engines (each TP worker receives
 the full tensors; vLLM's weight loaders keep its own shard).
@@ -18,12 +24,17 @@ the full tensors; vLLM's weight loaders keep its own shard).
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
+
+log = logging.getLogger("rlaif")
 
 
 @dataclass(frozen=True)
@@ -92,11 +103,55 @@ class BroadcastGroup:
             self.pg.broadcast(tensor, src=0)
             torch.cuda.current_stream().synchronize()
 
+    def barrier(self, what: str) -> None:
+        """Every rank has finished with `what` (gloo: the shared-buffer handoff's "copied out")."""
+        try:
+            self.pg.barrier().wait(timedelta(seconds=self.timeout_s))
+        except RuntimeError as exc:
+            side = "policy rank sending" if self.rank == 0 else f"vLLM worker (sync rank {self.rank})"
+            raise TimeoutError(f"weight sync: {side} waiting for every engine to copy out {what} failed after up to "
+                               f"{self.timeout_s:.0f}s (trainer.timeout_s): {exc}") from exc
+
+
+def share_buffer(nbytes: int, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """A bucket-sized byte buffer, and a handle by which a process on the same node (CPU) or GPU (CUDA) maps it."""
+    if device.type == "cuda":
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        rebuild, args = reduce_tensor(buf)  # a CUDA IPC handle (the storage stays alive as long as `buf`)
+        return buf, {"kind": "cuda_ipc", "rebuild": rebuild, "args": args, "nbytes": nbytes,
+                     "gpu": str(torch.cuda.get_device_properties(device).uuid)}
+    path = f"/dev/shm/rlaif-weight-sync-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    buf = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
+    return buf, {"kind": "shm", "path": path, "nbytes": nbytes}
+
+
+def map_buffer(handle: dict) -> tuple[torch.Tensor, torch.device]:
+    """The receiving side of share_buffer: the same memory, and the device it is on."""
+    if handle["kind"] == "cuda_ipc":
+        # Ray gives each actor its own CUDA_VISIBLE_DEVICES: find the sender's GPU among this process's by its UUID
+        local = [i for i in range(torch.cuda.device_count())
+                 if str(torch.cuda.get_device_properties(i).uuid) == handle["gpu"]]
+        if not local:
+            raise RuntimeError(f"weight sync: the policy's GPU {handle['gpu']} is not visible to this vLLM worker; "
+                               "CUDA IPC needs the engine on its policy rank's GPU (ray.colocate=true)")
+        args = list(handle["args"])
+        args[6] = local[0]  # rebuild_cuda_tensor's device index, in this process's numbering
+        buf = handle["rebuild"](*args)
+        return buf, buf.device
+    if not os.path.exists(handle["path"]):
+        raise RuntimeError(f"weight sync: shared buffer {handle['path']} not found: is this vLLM engine on policy "
+                           "rank 0's node? (rollout.sync_transport=broadcast works across nodes)")
+    return torch.from_file(handle["path"], shared=True, size=handle["nbytes"], dtype=torch.uint8), torch.device("cpu")
+
 
 def send_buckets(group: BroadcastGroup | None, named: list[tuple[str, torch.nn.Parameter]],
-                 buckets: list[list[Param]], zero3: bool, device: torch.device) -> int:
-    """Policy side; every rank calls it (ZeRO-3 gathers each bucket collectively), rank 0 (group given) sends.
-    Returns the bytes sent."""
+                 buckets: list[list[Param]], zero3: bool, device: torch.device,
+                 shared: torch.Tensor | None = None) -> int:
+    """Policy side; every rank calls it (ZeRO-3 gathers each bucket collectively), the ranks with a group send:
+    broadcast through the group, or written into the `shared` buffer that the group's receivers map. Returns the
+    bytes sent."""
     import deepspeed
 
     by_name, sent, failure = dict(named), 0, None
@@ -105,9 +160,19 @@ def send_buckets(group: BroadcastGroup | None, named: list[tuple[str, torch.nn.P
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3):
             if group is None or failure is not None:
                 continue  # after a failed send rank 0 still takes part in every gather: the other ranks wait on it
-            flat = torch.cat([t.detach().reshape(-1).to(bucket[0].dtype) for t in params]).to(device)
+            what = f"bucket {i + 1}/{len(buckets)}"
             try:
-                group.broadcast(flat, f"bucket {i + 1}/{len(buckets)}")
+                if shared is None:
+                    flat = torch.cat([t.detach().reshape(-1).to(bucket[0].dtype) for t in params]).to(device)
+                    group.broadcast(flat, what)
+                else:  # flatten straight into the mapped buffer; the group says when it is ready and when read
+                    nbytes = sum(_numel(p.shape) for p in bucket) * bucket[0].dtype.itemsize
+                    flat = shared[:nbytes].view(bucket[0].dtype)
+                    torch.cat([t.detach().reshape(-1).to(bucket[0].dtype) for t in params], out=flat)
+                    if flat.is_cuda:
+                        torch.cuda.current_stream().synchronize()
+                    group.broadcast(torch.tensor([i], dtype=torch.int64), what)
+                    group.barrier(what)
             except (RuntimeError, TimeoutError) as exc:
                 failure = exc
             sent += flat.numel() * flat.element_size()
@@ -130,26 +195,55 @@ def receive_buckets(group: BroadcastGroup, buckets: list[list[Param]], device: t
             offset += n
 
 
+def receive_shared(group: BroadcastGroup, shared: torch.Tensor, buckets: list[list[Param]]
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
+    """vLLM side of the shared-buffer handoff: copy each bucket out of the mapped buffer once the sender says it is
+    ready (the copy, because vLLM's layerwise reload may keep a layer's tensors until the next bucket), then let the
+    sender overwrite it."""
+    for i, bucket in enumerate(buckets):
+        what = f"bucket {i + 1}/{len(buckets)}"
+        ready = torch.tensor([-1], dtype=torch.int64)
+        group.broadcast(ready, what)
+        if int(ready) != i:
+            raise RuntimeError(f"weight sync: expected {what}, the sender announced bucket {int(ready) + 1}")
+        nbytes = sum(_numel(p.shape) for p in bucket) * bucket[0].dtype.itemsize
+        flat = shared[:nbytes].view(bucket[0].dtype).clone()
+        if flat.is_cuda:
+            torch.cuda.current_stream().synchronize()
+        group.barrier(what)
+        offset = 0
+        for p in bucket:
+            n = _numel(p.shape)
+            yield p.name, flat[offset : offset + n].view(p.shape)
+            offset += n
+
+
 class WeightReceiver:
     """Mixed into vLLM's worker class (worker_extension_cls): join the sync group, then reload from broadcasts."""
 
     def init_weight_sync(self, backend: str, host: str, port: int, rank: int, world_size: int,
-                         timeout_s: float) -> None:
-        """Join as sync rank `rank` + this worker's TP rank."""
+                         timeout_s: float, shared: dict | None = None) -> None:
+        """Join as sync rank `rank` + this worker's TP rank; map the sender's buffer first (`shared`: its handle),
+        so that once the group stands the sender knows every receiver holds the mapping."""
         # Mixed into vLLM's worker: self.device and self.rank (its tensor-parallel rank) are the worker's.
         device = self.device if backend == "nccl" else torch.device("cpu")
+        self._sync_shared = map_buffer(shared)[0] if shared else None
         self._sync_group = BroadcastGroup(backend, host, port, rank + self.rank, world_size, timeout_s, device)
         self._sync_device = device
 
     def receive_weights(self, buckets: list[list[Param]]) -> float:
         t0 = time.perf_counter()
-        self.reload_weights(weights_iterator=receive_buckets(self._sync_group, buckets, self._sync_device))
+        weights = receive_buckets(self._sync_group, buckets, self._sync_device) if self._sync_shared is None else \
+            receive_shared(self._sync_group, self._sync_shared, buckets)
+        self.reload_weights(weights_iterator=weights)
         return time.perf_counter() - t0
 
 
 class WeightSync:
-    """Driver side: one broadcast group of policy rank 0 (sync rank 0) and every engine's workers (ranks 1..);
-    calling it streams the policy's current weights into every engine."""
+    """Driver side: the weight-sync groups and their transport; calling it streams the policy's current weights into
+    every engine. Broadcast: one group of policy rank 0 (sync rank 0) and every engine's workers (ranks 1..). Shared
+    buffer on CPU: the same group, carrying only signals. Shared buffer on GPU (colocated): one gloo group per policy
+    rank i and its engine i."""
 
     def __init__(self, cfg, policy, engines: list) -> None:
         from actors.group import get, node_ip_and_free_port
@@ -157,18 +251,50 @@ class WeightSync:
         self.policy, self.engines, timeout = policy, engines, cfg.trainer.timeout_s
         self.get = lambda refs, what: get(refs, timeout, what)
         tp = self.get([e.tensor_parallel_size.remote() for e in engines], "rollout.tensor_parallel_size")
-        first = [1 + sum(tp[:i]) for i in range(len(engines))]
-        world = 1 + sum(tp)
-        rank0 = policy.actors[0]
-        host, port = self.get(rank0.__ray_call__.remote(lambda self: node_ip_and_free_port()), "sync address")
-        backend = "nccl" if cfg.device == "cuda" else "gloo"
-        self.get([a.init_weight_sync.remote(backend, host, port, world, timeout) for a in policy.actors]
-                 + [e.init_weight_sync.remote(backend, host, port, f, world, timeout) for e, f in zip(engines, first)],
-                 "weight sync: connecting policy rank 0 and the vLLM engines")
-        self.buckets = self.get(rank0.weight_buckets.remote(), "policy.weight_buckets")
+        self.shared = self._shared(cfg, policy, engines, tp)
+        # which policy rank sends to which engines
+        serves = {i: [i] for i in range(len(engines))} if self.shared and cfg.device == "cuda" else \
+            {0: list(range(len(engines)))}
+        handles = self.get([a.plan_weight_sync.remote(self.shared and r in serves)
+                            for r, a in enumerate(policy.actors)], "weight sync: planning buckets")
+        backend = "nccl" if cfg.device == "cuda" and not self.shared else "gloo"
+        calls = []
+        for r, mine in serves.items():
+            sender = policy.actors[r]
+            host, port = self.get(sender.__ray_call__.remote(lambda self: node_ip_and_free_port()), "sync address")
+            world = 1 + sum(tp[e] for e in mine)
+            calls.append(sender.init_weight_sync.remote(backend, host, port, world, timeout))
+            first = 1
+            for e in mine:
+                calls.append(engines[e].init_weight_sync.remote(backend, host, port, first, world, timeout, handles[r]))
+                first += tp[e]
+        self.get(calls, "weight sync: connecting the policy ranks and the vLLM engines")
+        self.buckets = self.get(policy.actors[0].weight_buckets.remote(), "policy.weight_buckets")
+
+    @staticmethod
+    def _shared(cfg, policy, engines: list, tp: list[int]) -> bool:
+        """rollout.sync_transport: can (auto) or must (shared) the engines map the sender's memory?"""
+        import ray
+
+        want = cfg.rollout.sync_transport
+        if want == "broadcast":
+            return False
+        if cfg.device == "cuda":  # engine i on policy rank i's GPU (config validation allows no other colocation)
+            why = "" if cfg.ray.colocate and set(tp) == {1} else "CUDA IPC needs each engine on its policy rank's " \
+                "GPU (ray.colocate=true, rollout.tensor_parallel_size=1)"
+        else:
+            node = lambda a: a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())  # noqa: E731
+            nodes = ray.get([node(policy.actors[0]), *[node(e) for e in engines]], timeout=cfg.trainer.timeout_s)
+            far = [i for i, n in enumerate(nodes[1:]) if n != nodes[0]]
+            why = f"rollout engines {far} are not on policy rank 0's node" if far else ""
+        if why and want == "shared":
+            raise RuntimeError(f"rollout.sync_transport=shared: {why}; allowed: auto (shared where possible) or "
+                               "broadcast")
+        if why:
+            log.info("weight sync: broadcast, not a shared buffer: %s", why)
+        return not why
 
     def __call__(self, version: int) -> dict[str, float]:
-
         sends = [a.send_weights.remote() for a in self.policy.actors]  # every rank: ZeRO-3 gathers by bucket
         receives = [e.receive_weights.remote(self.buckets, version) for e in self.engines]
         try:
@@ -176,7 +302,8 @@ class WeightSync:
             self.get(receives, "weight sync: vLLM engines receiving")
         except Exception as exc:
             raise SyncFailed(_died(sends), _died(receives)) from exc
-        return {"weight_sync/bytes": sent["bytes"], "weight_sync/gb_per_second": sent["bytes"] / 1e9 / sent["seconds"]}
+        return {"weight_sync/bytes": sent["bytes"], "weight_sync/gb_per_second": sent["bytes"] / 1e9 / sent["seconds"],
+                "weight_sync/shared_buffer": float(self.shared)}
 
 
 class SyncFailed(RuntimeError):

@@ -6,8 +6,11 @@ Starts what the trainer starts for RL -- a one-rank policy ActorGroup (DeepSpeed
 (RolloutEngines), joined by actors.weight_sync.WeightSync (a gloo broadcast group, buckets of
 rollout.sync_bucket_mb) -- and times, interleaved round by round after a warm-up round:
 
-* sync:      WeightSync(version): every bucket flattened on policy rank 0, broadcast, and reloaded by vLLM's
-             `reload_weights` inside the engine, then its prefix cache reset -- the trainer's time/weight_sync.
+* sync/shared:    WeightSync(version) with rollout.sync_transport=shared (the default, auto, on one node): every
+             bucket flattened by policy rank 0 into a /dev/shm buffer that the engine maps, copied out by the engine
+             and reloaded by vLLM's `reload_weights`, then its prefix cache reset -- the trainer's time/weight_sync.
+* sync/broadcast: the same with rollout.sync_transport=broadcast: each bucket broadcast over the gloo group (what
+             engines on other nodes get).
 * memcpy:    torch `copy_` of the same parameter tensors (the policy's named_parameters, as sent) into preallocated
              ones, in this process, on both cores (torch's default threads here) and on one thread.
 and, to say where the sync's time goes (each part alone, as the sync runs it):
@@ -18,6 +21,7 @@ and, to say where the sync's time goes (each part alone, as the sync runs it):
              vLLM's layerwise reload copies them in and re-runs its CPU weight processing (repacking).
 
 Printed: the bytes sent, each measurement's median seconds and GB/s, and sync / memcpy (time ratio; target <= 2x).
+Switching transports rebuilds the WeightSync between measurements (not timed).
 Threads: the actors run as the trainer starts them (num_cpus=1, so Ray sets OMP_NUM_THREADS=1). The machine is
 shared and noisy: read the per-round spread.
 
@@ -27,6 +31,7 @@ shared and noisy: read the per-round spread.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -102,9 +107,18 @@ def main() -> None:
         engines = RolloutEngines(cfg, 0.0, 600)
         engine = engines.actors[0]
         get(engine.__ray_ready__.remote(), 600, "rollout engine start")
-        sync = WeightSync(cfg, policy, engines.actors)
+        cfgs = {t: dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, sync_transport=t))
+                for t in ("shared", "broadcast")}
+        current: dict[str, WeightSync] = {}
+
+        def use(transport: str) -> WeightSync:
+            if transport not in current:
+                current.clear()
+                current[transport] = WeightSync(cfgs[transport], policy, engines.actors)
+            return current[transport]
+
         rank0 = policy.actors[0]
-        buckets = sync.buckets
+        buckets = use("broadcast").buckets
 
         # The same tensors the sync sends, for the memory copy: the model's parameters (tied ones once).
         model = load_causal_lm(resolve_model_path(cfg.policy.model.path, cfg.cache_dir), cfg.policy.model.dtype)
@@ -128,13 +142,16 @@ def main() -> None:
 
         version = [0]
 
-        def full_sync() -> float:
+        def full_sync(transport: str) -> float:
+            sync = use(transport)
             version[0] += 1
             t0 = time.perf_counter()
-            sync(version[0])
+            metrics = sync(version[0])
+            assert metrics["weight_sync/shared_buffer"] == (transport == "shared")
             return time.perf_counter() - t0
 
         def broadcast(keep: bool = False) -> float:
+            use("broadcast")
             t0 = time.perf_counter()
             refs = [rank0.__ray_call__.remote(broadcast_send), run_on_engine(receive_only, buckets, keep)]
             get(refs, 600, "bench broadcast")
@@ -149,7 +166,8 @@ def main() -> None:
             return get(rank0.__ray_call__.remote(flatten_only), 600, "bench flatten")
 
         broadcast(keep=True)  # the engine keeps one received copy of the weights for the reload-only measurement
-        measures = {"sync": full_sync, f"memcpy/{default_threads}t": lambda: memcpy(default_threads),
+        measures = {"sync/shared": lambda: full_sync("shared"), "sync/broadcast": lambda: full_sync("broadcast"),
+                    f"memcpy/{default_threads}t": lambda: memcpy(default_threads),
                     "memcpy/1t": lambda: memcpy(1), "flatten": flatten, "broadcast": broadcast, "reload": reload}
         seconds: dict[str, list[float]] = {k: [] for k in measures}
         for rnd in range(rounds + 1):
@@ -169,15 +187,18 @@ def main() -> None:
           f"<= {cfg.rollout.sync_bucket_mb} MiB ({cfg.policy.model.path} {cfg.policy.model.dtype})")
     print(f"median of {rounds} rounds (seconds, GB/s of the weights' bytes; per-round values in brackets):")
     for k, v in med.items():
-        print(f"  {k:<11} {v:7.3f} s  {nbytes / v / 1e9:7.2f} GB/s  [{', '.join(f'{x:.2f}' for x in seconds[k])}]")
+        print(f"  {k:<14} {v:7.3f} s  {nbytes / v / 1e9:7.2f} GB/s  [{', '.join(f'{x:.2f}' for x in seconds[k])}]")
     print("sync time / memory-copy time (target <= 2x):")
-    for k in med:
-        if k.startswith("memcpy"):
-            print(f"  sync / {k:<10} {med['sync'] / med[k]:7.1f}x")
+    for s in ("sync/shared", "sync/broadcast"):
+        for k in med:
+            if k.startswith("memcpy"):
+                print(f"  {s} / {k:<10} {med[s] / med[k]:7.1f}x")
+    print(f"  sync/shared / sync/broadcast {med['sync/shared'] / med['sync/broadcast']:.2f}x")
     parts = {k: med[k] for k in ("flatten", "broadcast", "reload")}
     print(f"parts: flatten {parts['flatten']:.3f} s, broadcast incl. flatten {parts['broadcast']:.3f} s, "
-          f"reload {parts['reload']:.3f} s; broadcast + reload = {parts['broadcast'] + parts['reload']:.3f} s of the "
-          f"sync's {med['sync']:.3f} s; largest: {max(('broadcast', 'reload'), key=lambda k: parts[k])}")
+          f"reload {parts['reload']:.3f} s; broadcast + reload = {parts['broadcast'] + parts['reload']:.3f} s of "
+          f"sync/broadcast's {med['sync/broadcast']:.3f} s; sync/shared less reload (the handoff): "
+          f"{med['sync/shared'] - parts['reload']:.3f} s")
 
 
 def _numel(shape: tuple[int, ...]) -> int:

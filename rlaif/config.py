@@ -58,6 +58,10 @@ class RolloutConfig:
     num_engines: int = 1  # vLLM engines (data parallel): each step's prompts are balanced across them by length
     tensor_parallel_size: int = 1  # GPUs per engine (vLLM tensor parallelism; 1 on CPU)
     sync_bucket_mb: int = 64  # weight sync streams the policy's weights into the engines in buckets of this size
+    # How the buckets reach the engines. broadcast: through a gloo (CPU) or NCCL (GPU) group, any node. shared: the
+    # engines map a bucket-sized buffer of the sending policy rank (/dev/shm on CPU, every engine on policy rank 0's
+    # node; CUDA IPC on GPU, ray.colocate=true); the group then carries only signals. auto: shared where possible.
+    sync_transport: Literal["auto", "shared", "broadcast"] = "auto"
     n_samples: int = 2  # responses per prompt; pairs for the labeler come from these
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -629,12 +633,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"ray.colocate: rollout.num_engines = {cfg.rollout.num_engines} and critic.num_ranks = "
                           f"{cfg.critic.num_ranks} must not exceed policy.num_ranks = {cfg.policy.num_ranks} (one "
                           "bundle per policy rank)")
-    if cfg.ray.colocate and cfg.device == "cuda":
-        # Policy rank i and engine i would share one GPU, and NCCL refuses two ranks of one communicator on one
-        # device; the colocated handoff (CUDA IPC, as OpenRLHF does) is not written. Refuse rather than fail at sync.
-        raise ConfigError("ray.colocate: not available with device 'cuda' yet: the weight sync is an NCCL broadcast, "
-                          "which cannot join two processes on one GPU (a CUDA-IPC handoff is not written); "
-                          "allowed: ray.colocate=false on GPU, true or false on CPU")
+    if cfg.ray.colocate and cfg.device == "cuda" and cfg.rollout.sync_transport == "broadcast":
+        # policy rank i and engine i share one GPU, where NCCL refuses two ranks of one communicator
+        raise ConfigError("rollout.sync_transport: 'broadcast' cannot reach engines colocated with the policy on GPU "
+                          "(NCCL joins no two processes of one GPU); allowed with ray.colocate=true: auto, shared "
+                          "(CUDA IPC)")
+    if cfg.ray.colocate and cfg.device == "cuda" and cfg.rollout.tensor_parallel_size != 1:
+        raise ConfigError("rollout.tensor_parallel_size: must be 1 with ray.colocate=true on GPU (engine i lives on "
+                          f"policy rank i's GPU), got {cfg.rollout.tensor_parallel_size}")
+    if cfg.rollout.sync_transport == "shared" and cfg.device == "cuda" and not cfg.ray.colocate:
+        raise ConfigError("rollout.sync_transport: 'shared' on GPU is CUDA IPC, which needs each engine on its policy "
+                          "rank's GPU: set ray.colocate=true, or use auto or broadcast")
     if cfg.device == "cpu":
         for key in ("num_gpus", "gpus_per_policy_rank", "gpus_per_rollout", "gpus_per_aux"):
             if getattr(cfg.ray, key):

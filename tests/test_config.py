@@ -117,11 +117,18 @@ def test_online_dpo_ordered_by_the_labeler_needs_no_reward():
         load_config(REPO / "configs/debug.yaml", [*off, "rl.dpo_preference=reward"])
 
 
-def test_colocation_on_gpu_is_refused_until_a_cuda_ipc_sync_exists():
-    """Bug caught: a colocated GPU run accepted, which would fail only at its first weight sync (NCCL refuses two ranks
-    of one communicator on one GPU), after the model loads and the stages before RL have run."""
+def test_colocation_on_gpu_needs_the_cuda_ipc_handoff():
+    """Bug caught: a colocated GPU run accepted with a sync that cannot reach its engines, failing only at its first
+    weight sync (NCCL refuses two ranks of one communicator on one GPU), after the stages before RL have run."""
     gpu = load_config(REPO / "configs/gpu.yaml")
-    assert not gpu.ray.colocate
-    with pytest.raises(ConfigError, match="^ray.colocate: not available with device 'cuda'"):
-        load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true"])
+    assert not gpu.ray.colocate and gpu.rollout.sync_transport == "auto"
+    assert load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true"]).ray.colocate  # auto: CUDA IPC
+    with pytest.raises(ConfigError, match="^rollout.sync_transport: 'broadcast' cannot reach engines colocated"):
+        load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true", "rollout.sync_transport=broadcast"])
+    with pytest.raises(ConfigError, match="^rollout.tensor_parallel_size: must be 1 with ray.colocate=true on GPU"):
+        load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true", "rollout.tensor_parallel_size=2"])
+    with pytest.raises(ConfigError, match="^rollout.sync_transport: 'shared' on GPU is CUDA IPC"):
+        load_config(REPO / "configs/gpu.yaml", ["rollout.sync_transport=shared"])
+    with pytest.raises(ConfigError, match="rollout.sync_transport.*auto.*shared.*broadcast"):
+        load_config(REPO / "configs/debug.yaml", ["rollout.sync_transport=ipc"])
     assert load_config(REPO / "configs/debug.yaml", ["ray.colocate=true"]).ray.colocate  # CPU: gloo, no such limit

@@ -1,6 +1,7 @@
 """The throughput building blocks alone (no Ray, no vLLM): the tensor batch, weight-sync buckets and broadcasts over a
 real gloo group between two threads, its timeout, and the CPU thread budget."""
 
+import math
 import os
 import socket
 import threading
@@ -10,7 +11,16 @@ import pytest
 import torch
 
 from actors.group import use_cpu_threads
-from actors.weight_sync import BroadcastGroup, Param, plan_buckets, receive_buckets, send_buckets
+from actors.weight_sync import (
+    BroadcastGroup,
+    Param,
+    map_buffer,
+    plan_buckets,
+    receive_buckets,
+    receive_shared,
+    send_buckets,
+    share_buffer,
+)
 from rlaif.batch import Batch
 from rlaif.config import Config
 
@@ -99,6 +109,31 @@ def test_weights_stream_in_buckets_over_gloo_and_arrive_exact():
     assert [n for n, _ in got[1]] == [n for n, _ in named]
     for (_, sent), (_, came) in zip(named, got[1]):
         assert came.dtype == sent.dtype and torch.equal(came, sent.detach())
+
+
+def test_weights_handed_over_through_one_shared_buffer_arrive_exact():
+    """rollout.sync_transport=shared on CPU: the sender writes every bucket into one /dev/shm buffer, which the
+    receiver maps by its handle. Bugs caught: the receiver yielding views of the buffer that the next bucket
+    overwrites (vLLM's layerwise reload holds a layer's tensors across buckets, as this test holds all of them), the
+    sender writing before the receiver has copied out, offsets or dtypes wrong, the file left behind."""
+    torch.manual_seed(1)
+    named = [("w1", torch.nn.Parameter(torch.randn(3, 4))), ("b1", torch.nn.Parameter(torch.randn(4))),
+             ("w2", torch.nn.Parameter(torch.randn(5, 2))), ("h", torch.nn.Parameter(torch.randn(6).bfloat16()))]
+    buckets = plan_buckets([Param(n, tuple(t.shape), t.dtype) for n, t in named], 64)
+    assert len(buckets) == 3
+    nbytes = max(sum(math.prod(p.shape) for p in b) * b[0].dtype.itemsize for b in buckets)
+    buf, handle = share_buffer(nbytes, torch.device("cpu"))
+    mapped, device = map_buffer(handle)
+    os.unlink(handle["path"])  # as the policy does once its receivers joined: the mappings keep the memory
+    assert device.type == "cpu" and mapped.numel() == nbytes == 64  # w1 and b1: 16 float32
+    got = in_threads(lambda g: send_buckets(g, named, buckets, zero3=False, device=torch.device("cpu"), shared=buf),
+                     lambda g: list(receive_shared(g, mapped, buckets)), timeout_s=30)
+    assert got[0] == sum(t.numel() * t.element_size() for _, t in named), got
+    assert [n for n, _ in got[1]] == [n for n, _ in named]
+    for (_, sent), (_, came) in zip(named, got[1]):
+        assert came.dtype == sent.dtype and torch.equal(came, sent.detach())
+    with pytest.raises(RuntimeError, match="not found: is this vLLM engine on policy rank 0's node"):
+        map_buffer(handle)  # another node: no such file, and the error says what to do
 
 
 def test_a_receiver_whose_sender_never_sends_times_out_naming_what_it_waited_for():

@@ -41,6 +41,7 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "reward/score" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["weight_sync/shared_buffer"] == 1 for r in steps)  # one node: the engine maps the policy's buffer
     assert any("pm/loss_last" in r for r in rows)
 
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -43,3 +43,5 @@ def test_policy_ranks_and_engines_on_different_nodes(two_nodes, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "weight_sync/bytes" in r]
     assert len(steps) == 2 and all(r["weight_sync/bytes"] > 0 for r in steps)
+    # rollout.sync_transport=auto: an engine on another node cannot map policy rank 0's /dev/shm, so: broadcast
+    assert all(r["weight_sync/shared_buffer"] == 0 for r in steps)

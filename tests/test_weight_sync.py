@@ -88,8 +88,13 @@ def greedy(rollout, seed=0):
     return get(rollout.generate.remote(PROMPTS, 1, seed, temperature=0.0, max_new_tokens=16), 300, "greedy")
 
 
-def test_vllm_matches_transformers_after_a_zero3_update(roles, tmp_path):
+@pytest.mark.parametrize("transport", ["shared", "broadcast"])
+def test_vllm_matches_transformers_after_a_zero3_update(roles, tmp_path, transport):
+    """After a ZeRO-3 update on 2 ranks and a weight sync through /dev/shm (shared) or a gloo broadcast, vLLM samples
+    what transformers computes from the saved checkpoint. Bugs caught: a bucket cut or ordered wrongly, ZeRO-3 shards
+    sent ungathered, the reload skipping vLLM's CPU weight repacking, the transport setting ignored."""
     cfg, policy, rollout = roles
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, sync_transport=transport))
     before = greedy(rollout)
     batch = get(rollout.generate.remote(PROMPTS, 2, 1), 300, "sample")
     batch["advantages"] = torch.where(torch.arange(8) % 2 == 0, 1.0, -1.0)[:, None] * batch.response_mask
@@ -97,8 +102,9 @@ def test_vllm_matches_transformers_after_a_zero3_update(roles, tmp_path):
     metrics = policy.call_sharded("train", batch.split(2), 0.0)
     assert all(abs(m["approx_kl_old"]) < 1e-6 for m in metrics)  # first step: ratio 1 (one optimizer step)
 
-    sync = WeightSync(cfg, policy, [rollout])  # gloo broadcast, bucketed, from both ZeRO-3 ranks' shards
+    sync = WeightSync(cfg, policy, [rollout])  # bucketed, from both ZeRO-3 ranks' shards
     metrics = sync(version=1)
+    assert metrics["weight_sync/shared_buffer"] == (transport == "shared")
     params = load_causal_lm(rollout_path(rollout)).parameters()
     assert metrics["weight_sync/bytes"] == sum(p.numel() * 4 for p in params)  # every parameter, once
     after = greedy(rollout)
