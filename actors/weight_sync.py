@@ -249,6 +249,7 @@ class WeightSync:
         from actors.group import get, node_ip_and_free_port
 
         self.policy, self.engines, timeout = policy, engines, cfg.trainer.timeout_s
+        self.timeout = timeout
         self.get = lambda refs, what: get(refs, timeout, what)
         tp = self.get([e.tensor_parallel_size.remote() for e in engines], "rollout.tensor_parallel_size")
         self.shared = self._shared(cfg, policy, engines, tp)
@@ -301,7 +302,7 @@ class WeightSync:
             sent = self.get(sends, "weight sync: policy ranks sending")[0]
             self.get(receives, "weight sync: vLLM engines receiving")
         except Exception as exc:
-            raise SyncFailed(_died(sends), _died(receives)) from exc
+            raise sync_failure(sends, receives, grace_s=min(30.0, self.timeout)) from exc
         return {"weight_sync/bytes": sent["bytes"], "weight_sync/gb_per_second": sent["bytes"] / 1e9 / sent["seconds"],
                 "weight_sync/shared_buffer": float(self.shared)}
 
@@ -312,6 +313,16 @@ class SyncFailed(RuntimeError):
     def __init__(self, policy_ranks: list[int], engines: list[int]) -> None:
         super().__init__(f"weight sync failed; dead policy ranks {policy_ranks}, dead engines {engines}")
         self.policy_ranks, self.engines = policy_ranks, engines
+
+
+def sync_failure(sends: list, receives: list, grace_s: float) -> SyncFailed:
+    """Which sides of a failed sync died. The sender learns of a dead peer (gloo: "connection closed by peer")
+    before Ray has failed the dead actor's call, so wait up to grace_s for Ray to report it (live receivers may stay
+    blocked in the broken group: those are not deaths)."""
+    import ray
+
+    ray.wait(sends + receives, num_returns=len(sends) + len(receives), timeout=grace_s)
+    return SyncFailed(_died(sends), _died(receives))
 
 
 def _died(refs: list) -> list[int]:

@@ -127,3 +127,55 @@ def test_vllm_matches_transformers_after_a_zero3_update(roles, tmp_path, transpo
     assert changed == len(PROMPTS), "the update did not reach vLLM"
     # the trained policy's own log-probs (through DeepSpeed) agree with the checkpoint's in transformers
     assert masked_max_diff(logprobs(policy, dataclasses.replace(after)), hf_lp, after) < 1e-4
+
+
+def test_zero_stage_0_takes_the_same_step_as_zero_2(roles):
+    """policy.zero_stage=0 (nothing partitioned: the fast choice on one rank) must train exactly what ZeRO-2 trains,
+    here on two ranks. Bugs caught: stage 0 not averaging the two ranks' gradients (each rank would step on its own
+    shard and the ranks drift apart), accumulation or clipping scaled differently, the stage setting ignored."""
+    cfg, _, rollout = roles
+    batch = get(rollout.generate.remote(PROMPTS, 2, 3), 300, "sample")
+    batch["advantages"] = torch.where(torch.arange(8) % 2 == 0, 1.0, -1.0)[:, None] * batch.response_mask
+    batch.meta["denom"] = float(batch.token_count())
+    after, before = {}, None
+    for stage in (0, 2):
+        c = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, zero_stage=stage, lr=1e-3))
+        group = ActorGroup(PolicyWorker, 2, c, timeout=300, name=f"policy-zero{stage}")
+        try:
+            assert group.call("__ray_call__", lambda self: self.engine.zero_optimization_stage()) == [stage, stage]
+            before = logprobs(group, batch) if before is None else before
+            group.call_sharded("train", batch.split(2), 0.0)
+            # each rank scores the whole batch: ranks that drifted apart disagree
+            both = group.call("logprobs", batch)
+            assert masked_max_diff(both[0], both[1], batch) < 1e-6
+            after[stage] = both[0]
+        finally:
+            group.shutdown()
+    assert masked_max_diff(after[0], before, batch) > 0.05  # the step moved the policy
+    assert masked_max_diff(after[0], after[2], batch) < 1e-3
+
+
+@ray.remote(num_cpus=0)
+class _Peer:
+    def fail(self) -> None:
+        raise RuntimeError("Connection closed by peer")  # what gloo tells the sender when a receiver dies
+
+    def die_in(self, seconds: float) -> None:
+        import os
+        import time
+
+        time.sleep(seconds)
+        os._exit(1)
+
+
+def test_a_receiver_that_dies_after_the_sender_failed_is_named_dead(roles):
+    """The sender's gloo error arrives before Ray fails the dead engine's call. Bug caught (CI, stop 13): the deaths
+    were read at once, no engine was named dead, so the trainer did not restart the engine and the run ended."""
+    from actors.weight_sync import sync_failure
+
+    sender, engine = _Peer.remote(), _Peer.remote()
+    sends, receives = [sender.fail.remote()], [engine.die_in.remote(1.0)]
+    with pytest.raises(ray.exceptions.RayTaskError):
+        ray.get(sends)
+    failure = sync_failure(sends, receives, grace_s=30)
+    assert failure.engines == [0] and failure.policy_ranks == []
