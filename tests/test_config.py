@@ -55,7 +55,7 @@ def test_list_keys():
 
 
 def test_literal_lists_allowed_values():
-    with pytest.raises(ConfigError, match=r"policy.zero_stage: got 4; allowed values: 1, 2, 3"):
+    with pytest.raises(ConfigError, match=r"policy.zero_stage: got 4; allowed values: 0, 1, 2, 3"):
         load_config(None, ["policy.zero_stage=4"])
     with pytest.raises(ConfigError, match=r"device: got 'tpu'; allowed values: 'cpu', 'cuda'"):
         load_config(None, ["device=tpu"])

@@ -66,7 +66,7 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     [
         (["policy.model.path=/no/such/model"], "model path not found: /no/such/model"),
         (["trainer.stepz=2"], "unknown config key 'trainer.stepz'"),
-        (["policy.zero_stage=5"], "policy.zero_stage: got 5; allowed values: 1, 2, 3"),
+        (["policy.zero_stage=5"], "policy.zero_stage: got 5; allowed values: 0, 1, 2, 3"),
     ],
 )
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, overrides, message):
