@@ -8,16 +8,14 @@ seeded advantages), with the same micro-batches (policy.micro_batch_size), the s
 (rlaif.logprobs.response_logprobs, rlaif.algorithms.policy_loss) and gradient clipping:
 
 * actor: `PolicyWorker.train` on a one-rank ActorGroup (ZeRO stage policy.zero_stage, torch AdamW), called through
-  Ray from this process -- what the trainer does every step. As the trainer starts it (num_cpus=1), Ray sets
-  OMP_NUM_THREADS=1 in the actor, so its torch runs on one thread; it is also measured with OMP_NUM_THREADS=2 set in
-  the actor's runtime_env, i.e. both cores.
+  Ray from this process, started as the trainer starts it -- so with the trainer's thread budget
+  (ray.cpu_threads_policy; all cores when 0).
 * plain: this process, no Ray, no DeepSpeed: the same forward and loss, loss / micro-batches, backward, then
-  clip_grad_norm_ + torch.optim.AdamW.step, at torch.set_num_threads(1) and (2).
+  clip_grad_norm_ + torch.optim.AdamW.step, on as many torch threads as the actor reported.
 
-The four are interleaved round by round (after a warm-up round), so machine noise hits them alike. Printed: tokens/s
-of each (tokens = prompt + response positions through the forward; response tokens/s in brackets), the threads torch
-reported inside each, and the ratios actor / plain at matching thread counts (target >= 0.9x) and actor(1 thread) /
-plain(2 threads): what the trainer's thread budget costs. The machine is shared: read the spread between rounds.
+The two alternate round by round (after a warm-up round), so machine noise hits them alike. Printed: tokens/s of each
+(tokens = prompt + response positions through the forward; response tokens/s in brackets), the threads torch reported
+inside each, and the ratio actor / plain (target >= 0.9x). The machine is shared: read the spread between rounds.
 
 --quick: the tiny builtin Llama, 8 samples, micro-batch 4, 1 round.
 """
@@ -124,24 +122,22 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
-        actors = {"actor/1": ActorGroup(PolicyWorker, 1, cfg, timeout=900, name="policy"),  # as the trainer starts it
-                  "actor/2": ActorGroup(PolicyWorker, 1, cfg, timeout=900, name="policy-2t",
-                                        env={"OMP_NUM_THREADS": "2"})}
-        threads = {k: get(g.actors[0].__ray_call__.remote(lambda self: __import__("torch").get_num_threads()), 60,
-                          "threads") for k, g in actors.items()}
+        actor = ActorGroup(PolicyWorker, 1, cfg, timeout=900, name="policy")  # as the trainer starts it
+        threads = {"actor": get(actor.actors[0].__ray_call__.remote(
+            lambda self: __import__("torch").get_num_threads()), 60, "threads")}
         plain = PlainLoop(cfg)
         shared = ray.put(batch)
 
         def run(side: str) -> float:
-            if side.startswith("actor"):
+            if side == "actor":
                 t0 = time.perf_counter()
-                actors[side].call_sharded("train", [shared], 0.0)
+                actor.call_sharded("train", [shared], 0.0)
                 return time.perf_counter() - t0
-            torch.set_num_threads(int(side[-1]))
+            torch.set_num_threads(threads["actor"])
             threads[side] = torch.get_num_threads()
             return plain.train(batch)
 
-        sides = ["actor/1", "plain/1", "plain/2", "actor/2"]
+        sides = ["actor", "plain"]
         seconds: dict[str, list[float]] = {s: [] for s in sides}
         for rnd in range(rounds + 1):
             for side in sides if rnd % 2 else sides[::-1]:
@@ -157,10 +153,7 @@ def main() -> None:
         print(f"  {s:<8} threads {threads[s]}  {tps[s]:7.1f} tok/s  [{tps[s] * batch.token_count() / tokens:6.1f}]"
               f"  {statistics.median(seconds[s]):6.2f} s per update  (rounds: "
               f"{', '.join(f'{x:.1f}' for x in seconds[s])})")
-    print("ratios (target >= 0.9x):")
-    print(f"  actor / plain, 1 thread each      {tps['actor/1'] / tps['plain/1']:.3f}x")
-    print(f"  actor / plain, 2 threads each     {tps['actor/2'] / tps['plain/2']:.3f}x")
-    print(f"  actor as started (1 thread) / plain on both cores  {tps['actor/1'] / tps['plain/2']:.3f}x")
+    print(f"actor / plain, {threads['actor']} thread(s) each (target >= 0.9x): {tps['actor'] / tps['plain']:.3f}x")
 
 
 if __name__ == "__main__":
