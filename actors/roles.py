@@ -81,7 +81,16 @@ def wait_restarted(actor, what: str, timeout: float) -> None:
                 raise RoleDied(f"{what} did not come back within {timeout:.0f}s (trainer.timeout_s)") from None
             time.sleep(0.5)
         except ray.exceptions.RayActorError as exc:
-            raise RoleDied(f"{what} died and Ray did not restart it (ray.max_restarts exhausted?): {exc}") from exc
+            raise RoleDied(f"{what} died and Ray did not restart it (ray.max_restarts exhausted?): "
+                           f"{actor_death(exc)}") from exc
+
+
+def actor_death(exc: Exception) -> str:
+    """Ray's many-line actor error in one line for the console: which actor, and why it is dead."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    who = [x for x in lines if x.startswith(("class_name:", "pid:"))]
+    why = [x for x in lines if x.startswith("The actor is dead because")]
+    return " ".join([lines[0] if lines else type(exc).__name__, *who, *why])[:400]
 
 
 class Restartable:
@@ -209,8 +218,8 @@ class Roles:
         try:
             return get(refs, self.timeout, what)
         except ray.exceptions.RayActorError as exc:
-            raise RoleDied(f"{what}: an actor of a DeepSpeed group died ({exc}); its process group cannot be "
-                           "repaired") from exc
+            raise RoleDied(f"{what}: an actor of a DeepSpeed group died ({actor_death(exc)}); its process group "
+                           "cannot be repaired") from exc
 
     def restarted(self, role: str, exc: Exception) -> None:
         self.faults[role.split(".")[0]] += 1

@@ -142,3 +142,30 @@ def test_a_dead_rollout_engine_is_restarted_and_no_sample_is_lost(reference, tmp
     assert tables(out) == tables(reference)  # the same samples, step by step: none lost, none twice
     for step in ref:
         assert comparable(got[step]) == comparable(ref[step]), f"step {step} differs after the restart"
+
+
+def test_a_dead_policy_rank_ends_the_run_naming_the_checkpoint_to_resume_from(tmp_path):
+    """A DeepSpeed rank cannot rejoin its process group: the run must end (not hang in the surviving rank's
+    collective), say which checkpoint `trainer.resume=auto` will take, and leave no process behind. Bugs caught: the
+    death not detected (the run hangs until the timeout), a generic traceback instead of the resume hint, actors or
+    vLLM left running."""
+    out = tmp_path / "run"
+    proc = start(out)
+    wait_for_step(out, proc, 1)
+    while not (out / "checkpoints" / "step_000001" / "manifest.json").is_file():  # killed after, not during, a save
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    procs = tree(proc.pid)
+    ranks = [p for p in procs if "PolicyWorker" in " ".join(p.cmdline())]
+    assert len(ranks) == 2  # configs/debug.yaml: policy.num_ranks=2
+    ranks[1].kill()
+    code, err = finish(proc, timeout=300)
+    assert code == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]  # one line, not Ray's many-line error
+    assert last.startswith("rlaif: ") and "class_name: PolicyWorker" in last
+    assert "run the same command with trainer.resume=auto" in last
+    newest = sorted((out / "checkpoints").glob("step_*"))[-1]
+    assert f"the newest checkpoint is {newest}" in last and (newest / "manifest.json").is_file()
+    assert max(steps(out)) < STEPS
+    alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left behind: {[p.name() for p in alive]}"
