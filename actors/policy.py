@@ -148,8 +148,9 @@ class PolicyWorker:
                 return None
             return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
-    def save(self, out_dir: str) -> str | None:
+    def save(self, out_dir: str, card: dict[str, str]) -> str | None:
+        """The policy as a Hugging Face folder with its model card (rlaif.trust.model_card: every export has one)."""
         state = self._full_state_dict()
         if self.rank != 0:
             return None
-        return str(save_pretrained_atomic(self.engine.module, self.tokenizer, out_dir, state_dict=state))
+        return str(save_pretrained_atomic(self.engine.module, self.tokenizer, out_dir, card, state_dict=state))

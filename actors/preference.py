@@ -84,7 +84,7 @@ class PreferenceModelWorker:
     def normalization(self) -> tuple[float, float]:
         return self.mean, self.std
 
-    def save(self, out_dir: str) -> str | None:
+    def save(self, out_dir: str, card: dict[str, str]) -> str | None:
         import deepspeed
 
         from rlaif.models import save_pretrained_atomic
@@ -95,7 +95,7 @@ class PreferenceModelWorker:
             if int(os.environ["RANK"]) != 0:
                 return None
             state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-        return str(save_pretrained_atomic(module, self.tokenizer, out_dir, state_dict=state))
+        return str(save_pretrained_atomic(module, self.tokenizer, out_dir, card, state_dict=state))
 
 
 class PreferenceScorer(PreferenceModelWorker):

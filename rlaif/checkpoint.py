@@ -73,6 +73,7 @@ class TrainerState:
     preference_model: str = ""  # the trained preference model's folder, "" without one
     pm_normalization: tuple[float, float] = (0.0, 1.0)
     judge_start: list | None = None  # the held-out judge's starting responses (alarms.divergence_window)
+    trust: dict = field(default_factory=dict)  # the trust gate's record (rlaif.trust.TrustRecord.to_dict())
 
 
 def capture_rng() -> dict[str, Any]:

@@ -10,7 +10,9 @@
 The console shows rlaif's own lines, the progress bar and the warnings that matter; every other library's output
 and the Ray workers' logs go to <output_dir>/logs/ (--verbose: everything on the console). An output_dir that holds
 an earlier run is refused unless --overwrite is given. Exit status: 0 done, 2 bad input (the first line names the
-key, file:line or value at fault; nothing is written), 3 stopped by the feedback-integrity gate, 130 interrupted.
+key, file:line or value at fault; nothing is written), 3 stopped by the trust gate (the AI feedback did not pass its
+checks against held-out human labels; --accept-untrusted-feedback trains anyway and marks every result), 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rlaif.config import ConfigError, load_config
 from rlaif.constitution import ConstitutionError
 from rlaif.data import DataError
 from rlaif.runtime import setup_console
+from rlaif.trust import UNTRUSTED, read_record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", required=True, help="YAML config (see configs/)")
         p.add_argument("--overwrite", action="store_true",
                        help="replace the earlier run in output_dir (refused without this flag)")
+        p.add_argument("--accept-untrusted-feedback", action="store_true",
+                       help="train on AI feedback that did not pass the trust gate (trust.accept_untrusted_feedback); "
+                            "every result is then marked untrusted")
         p.add_argument("--verbose", action="store_true",
                        help="show every library's output and the Ray workers' logs on the console")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
@@ -55,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "import-audit":
             return import_audit(args.audit, args.out)
-        cfg = load_config(args.config, args.overrides)
+        overrides = args.overrides + ["trust.accept_untrusted_feedback=true"] * args.accept_untrusted_feedback
+        cfg = load_config(args.config, overrides)
         output_dir = cfg.output_dir
         from rlaif import eval_stage, trainer  # import Ray and the actors: only once the config is good
 
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlaif: error: {exc}", file=sys.stderr)
         return 2
     except FeedbackIntegrityError as exc:
-        print(f"rlaif: stopped by the feedback-integrity gate: {exc}", file=sys.stderr)
+        print(f"rlaif: stopped by the trust gate: {exc}", file=sys.stderr)
         return 3
     except AlarmStop as exc:  # trainer.stop_on_alarm
         where = f"checkpoint at {exc.checkpoint}" if exc.checkpoint else "no checkpoint saved"
@@ -87,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     what = {"train": "policy checkpoint", "label": "AI labels", "sl-cai": "SL-CAI checkpoint",
             "eval": "evaluation report", "red-team": "red-team prompt source"}[args.command]
     print(f"rlaif: done; {what} at {path}")
+    record = read_record(Path(output_dir) / "feedback") if args.command in ("train", "label") else None
+    if record is not None and record.status == UNTRUSTED:
+        print(f"rlaif: UNTRUSTED: {record.summary()}. Every checkpoint of this run carries this mark in its "
+              f"README.md and trust.json.")
     return 0
 
 

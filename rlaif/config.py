@@ -95,9 +95,22 @@ class LabelerConfig:
     # Feedback integrity, measured on every run: held-out human-labelled pairs ("builtin:pyrit": pyrit's
     # human-scored harm responses, paired; or a JSONL file in the rlaif.human_labels format; "" for none).
     human_eval: str = "builtin:pyrit"
-    human_eval_pairs: int = 64
-    min_human_agreement: float = 0.0  # > 0: stop before RL when agreement with the human labels is lower
+    human_eval_pairs: int = 64  # pairs of labeler.human_eval scored; the trust gate's checks are measured on them
     audit_samples: int = 16  # labelled pairs exported for a person to review, each with AI critiques
+
+
+@dataclass
+class TrustConfig:
+    """The trust gate (rlaif/trust.py): before the preference model trains and before RL, each check compares the
+    lower end of the 95% interval of a figure measured on labeler.human_eval's pairs with its bar, and the run stops
+    (exit 3) unless every check passes. A bar of 0 turns its check off."""
+
+    min_agreement: float = 0.55  # order-averaged AI labels vs the human labels (chance is 0.5)
+    min_position_consistency: float = 0.5  # both presentation orders prefer the same response (a coin: 0.5)
+    min_pm_human_accuracy: float = 0.5  # the trained preference model on the held-out human pairs
+    # Train anyway on feedback that did not pass (--accept-untrusted-feedback): every checkpoint's model card and
+    # trust.json, the wandb summary and tags, the eval report and the last console line say the run is untrusted.
+    accept_untrusted_feedback: bool = False
 
 
 @dataclass
@@ -349,6 +362,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     preference_model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -507,7 +521,9 @@ RANGES: dict[str, str] = {
     "labeler.kv_cache_gib": "[1, inf)",
     "labeler.batch_size": "[1, inf)",
     "labeler.human_eval_pairs": "[1, inf)",
-    "labeler.min_human_agreement": "[0, 1]",
+    "trust.min_agreement": "[0, 1]",
+    "trust.min_position_consistency": "[0, 1]",
+    "trust.min_pm_human_accuracy": "[0, 1]",
     "labeler.audit_samples": "[0, inf)",
     "preference_model.num_ranks": "[1, inf)",
     "preference_model.label_prompts": "[1, inf)",

@@ -278,12 +278,13 @@ class TrainingEval:
             if k <= step and (path / "config.json").is_file():
                 self.saved[f"rl-step-{k}"] = str(path)
 
-    def snapshot(self, roles, step: int) -> None:
-        """Save the policy after RL step `step` when eval.every says so (the final policy is saved anyway)."""
+    def snapshot(self, roles, step: int, card: dict[str, str]) -> None:
+        """Save the policy after RL step `step` (with its model card) when eval.every says so (the final policy is
+        saved anyway)."""
         every = self.cfg.eval.every
         if self.cfg.eval.enabled and every and step % every == 0 and step < self.cfg.trainer.steps:
             path = Path(self.cfg.output_dir) / "eval" / "checkpoints" / f"step_{step}"
-            self.saved[f"rl-step-{step}"] = roles.policy.call("save", str(path))[0]
+            self.saved[f"rl-step-{step}"] = roles.policy.call("save", str(path), card)[0]
 
     def finish(self, roles, tracker: Tracker, final: str, step: int) -> Path | None:
         """After RL: stop the held-out judge; with eval.enabled shut the RL roles down and evaluate the baseline,

@@ -24,7 +24,7 @@ first=response_a, second=response_b):
   human prefers the first response; for the preference model p = sigmoid(r_a - r_b) (:func:`preference_probs`) on
   held-out pairs. :func:`expected_calibration_error` and :func:`reliability_bins` are generic.
 
-:func:`check_gate` stops a run whose labeler agrees with humans less than ``labeler.min_human_agreement``;
+:mod:`rlaif.trust` turns these figures into the trust gate's decision;
 :func:`audit_sample` / :func:`export_audit` / :func:`import_audit` give people a seeded slice of labelled pairs to
 review and turn their verdicts back into human labels; :func:`write_html_report` writes one self-contained HTML file
 (inline SVG, no scripts, no external assets).
@@ -51,13 +51,12 @@ from rlaif.human_labels import (
     write_jsonl,
 )
 
-GATE_KEY = "labeler.min_human_agreement"
 LABEL_KEYS = ("principle", "p_first", "p_first_in_a", "p_first_in_b", "consistent")
 CHOICES = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 
 class FeedbackIntegrityError(RuntimeError):
-    """The AI labels fail the human-agreement gate (or the gate cannot be checked)."""
+    """The AI feedback did not pass the trust gate (rlaif.trust): the run stops with exit code 3."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -317,33 +316,6 @@ def integrity_metrics(report: IntegrityReport, prefix: str = "integrity/") -> di
     return out
 
 
-def check_gate(report: IntegrityReport | Mapping[str, float], min_agreement: float | None,
-               key: str = GATE_KEY) -> None:
-    """Raise FeedbackIntegrityError when agreement with human labels is below `min_agreement`.
-
-    `report` is an IntegrityReport or the dict of :func:`integrity_metrics`. A bar of None or 0 disables the gate.
-    A bar set while no human-labelled pair was measured also raises: the gate cannot pass unmeasured.
-    """
-    if not min_agreement:
-        return
-    if isinstance(report, IntegrityReport):
-        measured, n = report.agreement, report.n_human
-    else:
-        measured, n = report.get("integrity/agreement"), int(report.get("integrity/n_human", 0))
-    if measured is None or n == 0:
-        raise FeedbackIntegrityError(
-            f"{key} = {min_agreement:.3f} but no human-labelled (non-tie) pair was measured, so agreement with "
-            f"human labels is unknown: provide human-labelled pairs (e.g. the pyrit set from rlaif.human_labels) "
-            f"or set {key}: 0 to run without the gate")
-    if measured < min_agreement:
-        low, high = wilson_interval(measured, n)
-        raise FeedbackIntegrityError(
-            f"AI feedback agrees with human labels on {measured:.1%} of {n} human-labelled pairs (ties excluded; "
-            f"95% interval {low:.1%}-{high:.1%}), below the bar {key} = {min_agreement:.1%}: the labels would train "
-            f"the preference model on the labeler's biases. Use a stronger labeler or better principles, check "
-            f"position bias, or lower {key}")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Audit sample: export for review, import reviewed verdicts as human labels
 # ---------------------------------------------------------------------------------------------------------------
@@ -581,10 +553,11 @@ th{background:#f2f2f2}
 
 
 def render_html(report: IntegrityReport, audit_rows: Sequence[Mapping] = (), title: str = "AI feedback integrity",
-                min_agreement: float | None = None) -> str:
-    """One self-contained HTML page: headline figures, the plots as inline SVG, per-principle and audit tables."""
+                gate: Sequence[tuple[str, bool]] = (), verdict: str = "") -> str:
+    """One self-contained HTML page: the trust gate's checks first (`gate`: one line per check and whether it
+    passed; `verdict`: the decision), then headline figures, the plots as inline SVG, per-principle and audit
+    tables."""
     r = report
-    below = min_agreement and (r.agreement is None or r.agreement < min_agreement)
     headline = [
         ("Pairs labelled", str(r.n_pairs)),
         ("Pairs scored in both orders", str(r.n_both_orders)),
@@ -602,16 +575,18 @@ def render_html(report: IntegrityReport, audit_rows: Sequence[Mapping] = (), tit
         (f"ECE vs human labels ({r.n_bins} bins, order-averaged)", _fmt(r.ece)),
         ("ECE vs human labels (single order)", _fmt(r.ece_forward)),
     ]
-    if min_agreement:
-        headline.append((f"Gate {GATE_KEY}", f"{min_agreement:.1%}: " + ("FAILED" if below else "passed")))
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{_E(title)}</title>",
         f"<style>{_CSS}</style>", "</head>", "<body>", f"<h1>{_E(title)}</h1>",
-        "<h2>Headline figures</h2>", '<table id="headline">',
     ]
+    if gate:
+        parts += ["<h2>Trust gate</h2>", f'<p id="verdict"{"" if verdict == "trusted" else " class=bad"}>'
+                  f"{_E(verdict.upper())}</p>", '<ul id="gate">']
+        parts += [f"<li{'' if ok else ' class=bad'}>{_E(line)}</li>" for line, ok in gate]
+        parts.append("</ul>")
+    parts += ["<h2>Headline figures</h2>", '<table id="headline">']
     for name, value in headline:
-        cls = ' class="bad"' if name.startswith(("Gate", "Agreement with")) and below else ""
-        parts.append(f"<tr><th>{_E(name)}</th><td{cls}>{_E(value)}</td></tr>")
+        parts.append(f"<tr><th>{_E(name)}</th><td>{_E(value)}</td></tr>")
     parts += ["</table>", "<h2>Plots</h2>",
               f'<div class="fig">{svg_reliability(r.reliability, r.reliability_forward)}</div>',
               f'<div class="fig">{svg_histogram(r.histogram, r.raw_histogram)}</div>',
@@ -652,9 +627,10 @@ def render_html(report: IntegrityReport, audit_rows: Sequence[Mapping] = (), tit
 
 
 def write_html_report(path: str | os.PathLike, report: IntegrityReport, audit_rows: Sequence[Mapping] = (),
-                      title: str = "AI feedback integrity", min_agreement: float | None = None) -> Path:
+                      title: str = "AI feedback integrity", gate: Sequence[tuple[str, bool]] = (),
+                      verdict: str = "") -> Path:
     """Write the self-contained HTML report atomically (temporary file, then rename)."""
-    return atomic_write_text(path, render_html(report, audit_rows, title, min_agreement))
+    return atomic_write_text(path, render_html(report, audit_rows, title, gate, verdict))
 
 
 def write_report_json(path: str | os.PathLike, report: IntegrityReport) -> Path:

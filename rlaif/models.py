@@ -272,14 +272,18 @@ def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return values[torch.arange(values.size(0)), last]
 
 
-def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
-    """Hugging Face folder (safetensors + tokenizer), written beside the target and renamed into place."""
+def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, card: dict[str, str], state_dict: dict | None = None
+                           ) -> Path:
+    """Hugging Face folder (safetensors + tokenizer + `card`: {file name: text}, the model card and trust record of
+    rlaif.trust), written beside the target and renamed into place: a model never appears without its card."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent))
     try:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        for name, text in card.items():  # after save_pretrained, whose own README.md (if any) the card replaces
+            (tmp / name).write_text(text, encoding="utf-8")
         if out.exists():
             old = out.with_name(out.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

@@ -5,6 +5,7 @@ fit the preference model on them. Each stage is a function over the role handles
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import random
@@ -19,7 +20,6 @@ from rlaif.human_labels import HumanPair, atomic_write_text, build_pyrit_human_s
 from rlaif.integrity import (
     audit_sample,
     calibration_summary,
-    check_gate,
     comparison_inputs,
     export_audit,
     integrity_metrics,
@@ -32,6 +32,18 @@ from rlaif.integrity import (
 )
 from rlaif.splits import PMPair, plan_pairs, plan_prompts
 from rlaif.tracking import Tracker
+from rlaif.trust import (
+    RECORD,
+    UNCHECKED,
+    UNTRUSTED,
+    TrustRecord,
+    console_lines,
+    decide,
+    enforce,
+    labeler_checks,
+    model_card,
+    trust_metrics,
+)
 
 log = logging.getLogger("rlaif")
 
@@ -66,8 +78,10 @@ def sample_and_label(cfg: Config, roles, loader: PromptLoader) -> dict[str, list
     return {"prompt": prompts, "first": firsts, "second": seconds, "labels": labels}
 
 
-def feedback_integrity(cfg: Config, roles, pairs: dict[str, list], tracker: Tracker) -> dict[str, float]:
-    """Agreement with held-out human labels, position consistency, calibration, an audit sheet; then the gate."""
+def feedback_integrity(cfg: Config, roles, pairs: dict[str, list], tracker: Tracker, trains: str) -> TrustRecord:
+    """Agreement with held-out human labels, position consistency, calibration, an audit sheet; then the trust gate
+    (rlaif.trust) on what `trains` names: the run stops here when the labels did not pass and the user has not
+    accepted untrusted feedback. The report and the record (feedback/trust.json) are written either way."""
     out = Path(cfg.output_dir) / "feedback"
     human = human_eval_pairs(cfg)
     labels, human_p = pairs["labels"], None
@@ -83,16 +97,39 @@ def feedback_integrity(cfg: Config, roles, pairs: dict[str, list], tracker: Trac
         ), "labeler.critique (audit)")
         for r, a, b in zip(rows, crit[: len(rows)], crit[len(rows) :]):
             r["critique_a"], r["critique_b"] = a, b
+    checks = labeler_checks(report, cfg.trust)
+    record = decide(checks, cfg.trust, trains)
     export_audit(out / "audit.jsonl", rows)
     write_report_json(out / "integrity.json", report)
-    write_html_report(out / "integrity.html", report, rows, min_agreement=cfg.labeler.min_human_agreement or None)
+    html_path = write_html_report(out / "integrity.html", report, rows, gate=[(c.explain(), c.ok) for c in checks],
+                                  verdict=record.status)
     metrics = integrity_metrics(report) | label_stats(pairs["labels"], prefix="pm_labels/")
     tracker.log(metrics, step=0)
     tracker.log_table("audit", [{k: str(v) for k, v in r.items()} for r in rows[:8]], step=0)
-    log.info("feedback integrity: %s (report: %s)", {k: round(v, 3) for k, v in metrics.items()},
-             out / "integrity.html")
-    check_gate(report, cfg.labeler.min_human_agreement)
-    return metrics
+    where = f"{report.n_human} human-labelled pairs ({cfg.labeler.human_eval})" if human else \
+        "no human-labelled pairs (labeler.human_eval is empty)"
+    log.info("feedback integrity on %s; report: %s", where, html_path)
+    record_trust(cfg, record, tracker)
+    enforce(record, html_path)
+    return record
+
+
+def record_trust(cfg: Config, record: TrustRecord, tracker: Tracker) -> None:
+    """Say the gate's decision on the console, write feedback/trust.json, and mark the wandb run."""
+    for line in console_lines(record.checks):
+        log.info("  %s", line)
+    if record.status == UNTRUSTED:
+        log.warning("trust gate: the AI feedback did not pass, and the run trains on it anyway because "
+                    "trust.accept_untrusted_feedback is set: every result of this run is marked UNTRUSTED")
+    elif record.status == UNCHECKED and not record.trains and not all(c.ok for c in record.checks):
+        log.warning("trust gate: the AI feedback did not pass, but it trains nothing in this run (the reward "
+                    "comes from rl.reward_functions alone)")
+    else:
+        log.info("trust gate: %s", record.status.upper())
+    atomic_write_text(Path(cfg.output_dir) / "feedback" / RECORD, json.dumps(record.to_dict(), indent=1) + "\n")
+    tracker.log(trust_metrics(record), step=0)
+    tracker.mark({"trust/status": record.status, "trust/summary": record.summary()},
+                 ["untrusted-feedback"] if record.status == UNTRUSTED else [])
 
 
 def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: Tracker) -> dict[str, float]:
@@ -269,4 +306,7 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
                 "sft/seconds_per_step": (time.perf_counter() - t0) / len(losses)}
     tracker.log(metrics, step=0)
     log.info("SL-CAI: %s", {k: round(v, 4) for k, v in metrics.items()})
-    return Path(roles.policy.call("save", str(out / "checkpoint"))[0])
+    note = ("the SL-CAI policy: supervised on its own critiqued revisions (and helpful answers); the AI-feedback trust "
+            "gate runs after this stage, on the labels that train the preference model")
+    card = model_card(TrustRecord(UNCHECKED, note=note), "SL-CAI policy", cfg)
+    return Path(roles.policy.call("save", str(out / "checkpoint"), card)[0])

@@ -108,6 +108,18 @@ class Tracker:
 
             self._wandb("alert", lambda: self.run.alert(title=title[:63], text=text, level=wandb.AlertLevel.WARN))
 
+    def mark(self, summary: dict[str, Any], tags: list[str]) -> None:
+        """Set values in the wandb run's summary and add tags (the trust gate's decision); metrics.jsonl gets the
+        summary as one `summary` row (step 0)."""
+        self.jsonl.write(json.dumps(json_safe({"step": 0, "summary": summary, "tags": tags})) + "\n")
+        self.jsonl.flush()
+        if self.run is not None:
+            def update() -> None:
+                self.run.summary.update(summary)
+                self.run.tags = tuple(dict.fromkeys((*self.run.tags, *tags)))
+
+            self._wandb("summary", update)
+
     def finish(self) -> str | None:
         self.jsonl.close()
         if self.run is None:

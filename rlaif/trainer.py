@@ -44,12 +44,14 @@ from rlaif.session import StopSignal, prepare, session
 from rlaif.stages import (
     feedback_integrity,
     label_stats,
+    record_trust,
     sample_and_label,
     score_pm,
     sl_cai,
     train_preference_model,
 )
 from rlaif.tracking import Tracker
+from rlaif.trust import UNCHECKED, TrustRecord, decide, enforce, feedback_trains, model_card, pm_check, write_card
 
 log = logging.getLogger("rlaif")
 
@@ -170,19 +172,27 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
 # The stages before RL, and what a checkpoint saves and restores
 
 
-def preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: Tracker) -> tuple[str, tuple]:
-    """RL-CAI's feedback phase: AI labels on the policy's own samples, measured against human labels (the gate may
-    stop the run here), then the preference model fit on them and saved. Returns its folder and normalisation."""
+def preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: Tracker
+                     ) -> tuple[str, tuple, TrustRecord]:
+    """RL-CAI's feedback phase: AI labels on the policy's own samples, measured against human labels (the trust gate
+    may stop the run here), then the preference model fit on them, checked on the held-out human pairs (the gate
+    again, before RL) and saved with its card. Returns its folder, normalisation, and the gate's record."""
     log.info("AI feedback -> preference model on %d pairs", cfg.preference_model.label_prompts)
     pairs = sample_and_label(cfg, roles, loader)
-    feedback_integrity(cfg, roles, pairs, tracker)
+    record = feedback_integrity(cfg, roles, pairs, tracker, feedback_trains(cfg))
     if not cfg.rl.use_preference_model:
-        return "", (0.0, 1.0)
+        return "", (0.0, 1.0), record
     roles.start_pm_trainer()
     pm = train_preference_model(cfg, roles, pairs, tracker)
-    log.info("preference model: %s", {k: round(v, 4) for k, v in pm.items()})
-    path = roles.pm.call("save", str(Path(cfg.output_dir) / "preference_model"))[0]
-    return path, tuple(roles.pm.call("normalization")[0])
+    log.info("preference model: held-out AI pairs accuracy %s, ECE %s; trained on %d pairs",
+             *(f"{pm[k]:.3f}" if k in pm else "n/a" for k in ("pm/heldout_accuracy", "pm/heldout_ece")),
+             int(pm["pm/train_pairs"]))
+    record = decide(record.checks + [pm_check(pm, cfg.trust)], cfg.trust, record.trains)
+    record_trust(cfg, record, tracker)
+    enforce(record, Path(cfg.output_dir) / "feedback" / "pm_calibration.html")  # before RL, before the PM is kept
+    path = roles.pm.call("save", str(Path(cfg.output_dir) / "preference_model"),
+                         model_card(record, "Preference model", cfg))[0]
+    return path, tuple(roles.pm.call("normalization")[0]), record
 
 
 def save_checkpoint(cfg: Config, roles: Roles, done: int, state: RLState, loader: PromptLoader, tracker: Tracker,
@@ -198,6 +208,7 @@ def save_checkpoint(cfg: Config, roles: Roles, done: int, state: RLState, loader
     if pending is not None:
         pending = Ready(pending.result())
         checkpoint.save_batch(pending.batch, staging / "next_batch")
+    write_card(staging, model_card(trust_of(start), "Resumable RL checkpoint (DeepSpeed ZeRO states)", cfg, done))
     m = state.moments
     saved = dataclasses.replace(
         start, step=done, loader=loader.state(), kl_coef=state.kl.value,
@@ -236,7 +247,7 @@ def replay_alarms(alarms: AlarmMonitor, metrics_file: Path) -> None:
     try:
         for line in metrics_file.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            if "table" not in row:
+            if "table" not in row and "summary" not in row:
                 alarms.update(row["step"], {k: v for k, v in row.items() if isinstance(v, (int, float))})
     finally:
         alarms.sink, alarms.stop_on = sink, stop_on
@@ -248,6 +259,13 @@ class _Silent:
     def log_table(self, *args, **kwargs) -> None: ...
 
     def alert(self, *args, **kwargs) -> None: ...
+
+
+def trust_of(state: checkpoint.TrainerState) -> TrustRecord:
+    """The trust gate's record of a run (kept in its checkpoints, so a resumed run marks its results alike)."""
+    if not state.trust:  # a checkpoint written before rlaif had the gate
+        return TrustRecord(UNCHECKED, note="the run that wrote this checkpoint predates rlaif's trust gate")
+    return TrustRecord.from_dict(state.trust)
 
 
 def with_policy(cfg: Config, path: str) -> Config:
@@ -297,9 +315,10 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
             FixedKLController(rl.kl_coef)
         state = RLState(kl=kl, reward_fns=reward_fns)
         if saved is None:
-            pm_path, pm_norm = preference_model(cfg, roles, loader, tracker)
+            pm_path, pm_norm, trust = preference_model(cfg, roles, loader, tracker)
             saved = checkpoint.TrainerState(step=0, loader={}, kl_coef=kl.value, moments={},
-                                            policy_init=policy_init, preference_model=pm_path, pm_normalization=pm_norm)
+                                            policy_init=policy_init, preference_model=pm_path, pm_normalization=pm_norm,
+                                            trust=trust.to_dict())
             pending = None
         else:
             pending = restore(roles, resume_from, saved, loader, state)
@@ -352,7 +371,8 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
                 exc.checkpoint = str(save_checkpoint(cfg, roles, step + 1, state, loader, tracker, pending, saved,
                                                      judge)[0])
                 raise
-            evals.snapshot(roles, step + 1)  # eval.every
+            evals.snapshot(roles, step + 1, model_card(trust_of(saved), f"RL-CAI policy after step {step + 1}", cfg,
+                                                       step + 1))  # eval.every
             bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/policy_ref']:.4f}",
                             s=f"{metrics['time/step']:.1f}")
             save_every = cfg.trainer.save_every
@@ -360,7 +380,8 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
                 path, pending = save_checkpoint(cfg, roles, step + 1, state, loader, tracker, pending, saved, judge)
             if stop.signum and not last:
                 raise Preempted(stop.signum, step + 1, path)
-        exported = roles.policy.call("save", str(out / "checkpoint"))[0]
+        exported = roles.policy.call("save", str(out / "checkpoint"),
+                                     model_card(trust_of(saved), "RL-CAI policy", cfg, cfg.trainer.steps))[0]
         log.info("saved the policy to %s", exported)
         evals.finish(roles, tracker, exported, cfg.trainer.steps)  # eval.enabled: RL roles shut down, then `rlaif eval`
         return Path(exported)
@@ -378,7 +399,7 @@ def label(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
              "source": "ai", "principle": lab["principle"]}
             for i, (p, a, b, lab) in enumerate(zip(pairs["prompt"], pairs["first"], pairs["second"], pairs["labels"]))
         ])
-        feedback_integrity(cfg, roles, pairs, tracker)
+        feedback_integrity(cfg, roles, pairs, tracker, "the AI labels this command writes")
         return path
 
 

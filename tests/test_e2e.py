@@ -43,6 +43,11 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all(r["weight_sync/shared_buffer"] == 1 for r in steps)  # one node: the engine maps the policy's buffer
     assert any("pm/loss_last" in r for r in rows)
+    # a healthy run trips no default alarm; the ones that can judge 3 steps did check (bug caught: a default that fires
+    # on ordinary noise, e.g. counting tied pairs against the reward, or not running at all)
+    states = {k: v for r in rows if r["step"] == 3 for k, v in r.items() if k.startswith("alarms/")}
+    assert states == {"alarms/boilerplate": 0.0, "alarms/reward_agreement": 0.0}
+    assert not [r for r in rows if r.get("table") == "alarms"] and "ALARM" not in proc.stderr
 
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
@@ -59,6 +64,38 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     assert table["columns"] == ["step", "prompt", "response_1", "response_2", "principle", "ai_label_p1",
                                 "reward_1", "reward_2"]
     assert all(0.0 <= row[5] <= 1.0 for row in table["data"])
+
+    # The debug labeler is a random tiny model: its feedback fails the trust gate, the debug config trains on anyway
+    # (trust.accept_untrusted_feedback) and every result says so: the console, the model card, wandb's summary and tags
+    trust = json.loads((out / "feedback" / "trust.json").read_text())
+    assert trust["status"] == "untrusted" and trust["accepted"]
+    assert "trust gate: the AI feedback did not pass, and the run trains on it anyway" in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"rlaif: UNTRUSTED: {trust['summary']}. Every checkpoint of this " \
+        "run carries this mark in its README.md and trust.json."
+    assert "**Trust: UNTRUSTED.**" in (ckpt / "README.md").read_text()
+    assert json.loads((ckpt / "trust.json").read_text())["checks"] == trust["checks"]
+    summary, tags = wandb_summary_and_tags(runs[0])
+    assert summary["trust/status"] == "untrusted" and summary["trust/summary"] == trust["summary"]
+    assert "untrusted-feedback" in tags
+    assert hist[0]["trust/untrusted"] == 1
+
+
+def wandb_summary_and_tags(run) -> tuple[dict, set[str]]:
+    """The summary values and the tags an offline wandb run file records."""
+    from wandb.proto import wandb_internal_pb2
+
+    from .wandb_history import records
+
+    summary, tags = {}, set()
+    for raw in records(run):
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "summary":
+            summary |= {item.key: json.loads(item.value_json) for item in rec.summary.update}
+        elif kind == "run":
+            tags |= set(rec.run.tags)
+    return summary, tags
 
 
 @pytest.mark.parametrize(

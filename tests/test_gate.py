@@ -1,12 +1,17 @@
-"""The feedback-integrity gate and the human audit round trip, end to end through the `rlaif` command.
+"""The trust gate and the human audit round trip, end to end through the `rlaif` command.
 
-1. `rlaif label` with a bar no labeler meets (labeler.min_human_agreement=0.99) exits 3, names the key and the
-   measured agreement on stderr, and still writes the integrity report and the audit sheet.
-2. `rlaif train` with the same bar stops before the preference model and RL: no checkpoint folder.
+The debug config's labeler is a random tiny model: its feedback cannot pass the trust gate's default bars on 16
+human-labelled pairs (rlaif/trust.py), and the debug config carries on past the gate by its own key. With that key
+turned back off:
+1. `rlaif label` exits 3, names each check that did not pass with its figure, interval, n and key, says the two ways
+   on, and still writes the integrity report (the gate's checks first), the audit sheet and feedback/trust.json.
+2. `rlaif train` stops before the preference model and RL: no checkpoint folder, no PM.
 3. A reviewer fills `human_choice` in the exported audit sheet; `rlaif import-audit` turns it into human labels that
    load back with rlaif.human_labels.load_human_labels.
-4. A short `rlaif train` mixes them into the PM's data, each once, on one side of its split, while pairs that
-   labeler.human_eval holds out never train it.
+4. A short `rlaif train --accept-untrusted-feedback` (the flag wins over the key) mixes them into the PM's data, each
+   once, on one side of its split, while pairs that labeler.human_eval holds out never train it; and every model it
+   leaves carries the UNTRUSTED mark: the policy, the preference model and the resumable checkpoint have a README.md
+   model card and a trust.json, and the console's last line says so.
 
 The labeler uses the transformers backend here (one vLLM engine fewer per run; the backends agree, see
 tests/test_labeler.py); everything else is the debug config on a local Ray.
@@ -27,7 +32,7 @@ from rlaif.stages import human_eval_pairs
 from .conftest import REPO
 
 pytestmark = pytest.mark.e2e
-BAR = "labeler.min_human_agreement=0.99"
+BAR = "trust.accept_untrusted_feedback=false"  # the default everywhere but in the debug config
 FAST = ["labeler.backend=transformers", "labeler.audit_samples=6"]
 CHOICES = ["a", "b", "tie"]  # filled in turn into the audit rows
 CHOICE_P = {"a": 1.0, "b": 0.0, "tie": 0.5}
@@ -40,30 +45,33 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_gate_stops_label_and_train_then_audit_round_trip(tmp_path):
-    # 1. `rlaif label` below the bar: exit 3, the key and the measured agreement named, the report written anyway
+    # 1. `rlaif label` on untrusted feedback: exit 3, every check named with its figure, the report written anyway
     labelled = tmp_path / "label"
     proc = run_cli("label", "--config", "configs/debug.yaml", f"output_dir={labelled}", BAR, *FAST)
     assert proc.returncode == 3, proc.stderr[-4000:]
     feedback = labelled / "feedback"
-    for name in ("integrity.html", "integrity.json", "audit.jsonl"):
+    for name in ("integrity.html", "integrity.json", "audit.jsonl", "trust.json"):
         assert (feedback / name).is_file(), f"{name} missing after the gate stopped the run"
     report = json.loads((feedback / "integrity.json").read_text())
-    measured, n_human = report["agreement"], report["n_human"]
-    assert n_human > 0 and 0.0 <= measured < 0.99
-    message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith("rlaif: stopped by the feedback-integrity gate")
-    assert "labeler.min_human_agreement" in message
-    assert f"{measured:.1%} of {n_human} human-labelled pairs" in message and "99.0%" in message
+    trust = json.loads((feedback / "trust.json").read_text())
+    assert trust["status"] == "failed" and report["n_human"] > 0
+    agreement = next(c for c in trust["checks"] if c["name"] == "agreement")
+    assert agreement["value"] == report["agreement"] and agreement["n"] == report["n_human"]
+    stderr = proc.stderr[proc.stderr.index("rlaif: stopped by the trust gate:"):]
+    assert f"agreement with held-out human labels: {report['agreement']:.2f} [" in stderr
+    failing = [c for c in trust["checks"] if c["verdict"] not in ("passed", "off")]
+    assert failing and all(c["key"] in stderr and c["verdict"].upper() in stderr for c in failing)
+    assert "--accept-untrusted-feedback" in stderr and str(feedback / "integrity.html") in stderr
     html = (feedback / "integrity.html").read_text()
-    assert "Gate labeler.min_human_agreement" in html and "FAILED" in html
+    assert "Trust gate" in html and "FAILED" in html and html.index("Trust gate") < html.index("Headline figures")
 
-    # 2. `rlaif train` with the same bar: stopped before the PM and RL, no checkpoint
+    # 2. `rlaif train`: stopped before the PM and RL, no checkpoint
     gated = tmp_path / "train-gated"
     proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={gated}", BAR, *FAST)
     assert proc.returncode == 3, proc.stderr[-4000:]
-    assert "labeler.min_human_agreement" in proc.stderr.strip().splitlines()[-1]
-    assert (gated / "feedback" / "integrity.json").is_file()  # it did get as far as the gate
-    assert not [p.name for p in gated.iterdir() if p.name.startswith("checkpoint")]
+    assert "rlaif: stopped by the trust gate:" in proc.stderr
+    assert json.loads((gated / "feedback" / "trust.json").read_text())["status"] == "failed"  # it got to the gate
+    assert not [p.name for p in gated.iterdir() if p.name.startswith("checkpoint") or p.name == "preference_model"]
     assert not (gated / "feedback" / "pm_pairs.jsonl").exists()  # the PM never trained
 
     # 3. review the audit sheet, import it, load it back, train on it
@@ -93,10 +101,15 @@ def test_gate_stops_label_and_train_then_audit_round_trip(tmp_path):
     held_human = human_eval_pairs(cfg)[:4]
     mixed = tmp_path / "human-mixed.jsonl"
     write_human_labels(mixed, human + [h.swapped() for h in held_human])
-    proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={run}", "trainer.steps=1",
-                   f"preference_model.human_pairs={mixed}", *FAST)
+    proc = run_cli("train", "--config", "configs/debug.yaml", "--accept-untrusted-feedback", f"output_dir={run}",
+                   "trainer.steps=1", f"preference_model.human_pairs={mixed}", BAR, *FAST)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (run / "checkpoint" / "model.safetensors").is_file()
+    assert proc.stdout.strip().splitlines()[-1].startswith("rlaif: UNTRUSTED: trained on AI feedback that did not pass")
+    for model in ("checkpoint", "preference_model", "checkpoints/step_000001"):  # every model the run leaves is marked
+        assert "**Trust: UNTRUSTED.**" in (run / model / "README.md").read_text(), model
+        assert json.loads((run / model / "trust.json").read_text())["status"] == "untrusted", model
+    assert "trust gate: the AI feedback did not pass, and the run trains on it anyway" in proc.stderr
     assert "4 pair(s) of preference_model.human_pairs are held out by labeler.human_eval" in proc.stderr
     pm_rows = [json.loads(line) for line in (run / "feedback" / "pm_pairs.jsonl").read_text().splitlines()]
     assert len(pm_rows) == 16 + len(human) + 4  # every pair is recorded, with its side

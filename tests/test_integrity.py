@@ -10,12 +10,10 @@ import pytest
 from rlaif.feedback import combine_orders
 from rlaif.human_labels import HumanLabelError, load_human_labels, write_human_labels
 from rlaif.integrity import (
-    FeedbackIntegrityError,
     agreement,
     audit_sample,
     binary_entropy,
     calibration_summary,
-    check_gate,
     comparison_inputs,
     expected_calibration_error,
     export_audit,
@@ -143,26 +141,6 @@ def test_report_single_order_and_no_humans():
         integrity_report([])
 
 
-def test_gate():
-    r = integrity_report(_labels(), HUMAN)  # agreement 2/3 on 3 pairs
-    check_gate(r, 0.6)
-    check_gate(r, None)
-    check_gate(r, 0.0)
-    with pytest.raises(FeedbackIntegrityError) as e:
-        check_gate(r, 0.7)
-    msg = str(e.value)
-    assert "66.7%" in msg and "70.0%" in msg and "3 human-labelled pairs" in msg
-    low, high = wilson_interval(2 / 3, 3)  # the measured agreement is shown with its interval
-    assert f"95% interval {low:.1%}-{high:.1%}" in msg and low < 0.7 < high
-    assert "labeler.min_human_agreement" in msg
-    check_gate(integrity_metrics(r), 0.6)  # the flat metrics dict works too
-    with pytest.raises(FeedbackIntegrityError, match="66.7%"):
-        check_gate(integrity_metrics(r), 0.7)
-    no_humans = integrity_report(_labels())
-    with pytest.raises(FeedbackIntegrityError, match="no human-labelled"):
-        check_gate(no_humans, 0.6)
-
-
 def _audit_inputs():
     labels = _labels() * 3  # 12 pairs
     prompts = [f"prompt {i} <b>&" for i in range(12)]
@@ -270,7 +248,8 @@ def test_html_report(tmp_path):
     report = integrity_report(labels, human)
     rows = audit_sample(labels, prompts, firsts, seconds, k=4, seed=1, critiques_first=["c <i>1</i>"] * 12)
     rows[0]["human_choice"] = "a"
-    path = write_html_report(tmp_path / "out" / "integrity.html", report, rows, min_agreement=0.9)
+    gate = [("agreement with held-out human labels: 0.67; FAILED <because>", False), ("consistency passed", True)]
+    path = write_html_report(tmp_path / "out" / "integrity.html", report, rows, gate=gate, verdict="failed")
     assert [p.name for p in path.parent.iterdir()] == ["integrity.html"]
     doc = path.read_text(encoding="utf-8")
 
@@ -289,7 +268,9 @@ def test_html_report(tmp_path):
     assert "33.3%" in text  # single-order agreement
     assert "50.0%" in text  # position consistency
     assert "0.350" in text  # ECE
-    assert "FAILED" in text and "labeler.min_human_agreement" in text
+    assert "FAILED &lt;because&gt;" in doc and "consistency passed" in text and "Trust gate" in text
+    assert doc.index("Trust gate") < doc.index("Headline figures")  # the decision first
+    assert '<li class=bad>agreement' in doc and "<li>consistency passed" in doc  # only the failing check is marked
     assert "Reliability diagram" in text and "Label distribution" in text and "Position consistency" in text
     assert '<script>alert("x")</script>' in text and "&lt;script&gt;" in doc  # escaped, shown as text
     assert all(f"prompt {r['index']} <b>&" in text for r in rows) and "b" not in names

@@ -62,10 +62,12 @@ def test_scalar_head_scores_the_last_real_token(tiny_path):
 
 def test_atomic_save_loads_and_replaces(tiny_path, tmp_path):
     model, tok = load_causal_lm(tiny_path), load_tokenizer(tiny_path)
-    out = save_pretrained_atomic(model, tok, tmp_path / "ckpt")
+    out = save_pretrained_atomic(model, tok, tmp_path / "ckpt", {"README.md": "card one", "trust.json": "{}"})
+    assert (out / "README.md").read_text() == "card one" and (out / "trust.json").is_file()
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    save_pretrained_atomic(model, tok, tmp_path / "ckpt")  # replacing an existing checkpoint
+    save_pretrained_atomic(model, tok, tmp_path / "ckpt", {"README.md": "card two"})  # replacing a checkpoint
+    assert (out / "README.md").read_text() == "card two" and not (out / "trust.json").exists()
     again = load_causal_lm(str(out))
     assert torch.equal(next(again.parameters()), next(model.parameters()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp or .old folders left behind

@@ -81,7 +81,7 @@ def test_sl_cai_keeps_the_majority_revisions_and_records_the_agreement(tmp_path,
         return {"replies": replies, "truncated": 0, "max_tokens": 100}
 
     policy = SimpleNamespace(actors=[object()], call_sharded=lambda m, shards, lr: [{"sft/loss": 1.0}],
-                             call=lambda m, path: [path])
+                             call=lambda m, path, card: [path])
     logged: list[dict] = []
     tracker = SimpleNamespace(log=lambda m, step: logged.append(m), log_table=lambda *a, **k: None)
     sl_cai(cfg, SimpleNamespace(rollout=SimpleNamespace(chat=chat), policy=policy), tracker)

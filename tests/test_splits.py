@@ -218,7 +218,7 @@ def test_sl_cai_stage_trains_on_no_held_out_prompt(overlapping, tmp_path, tiny_p
     rollout, conversations = scripted_rollout(load_constitution())
     sft_batches = []
     policy = SimpleNamespace(actors=[object()], call_sharded=lambda m, shards, lr: sft_batches.extend(shards) or
-                             [{"sft/loss": 1.0}], call=lambda m, path: [path])
+                             [{"sft/loss": 1.0}], call=lambda m, path, card: [path])
     tracker = Tracker()
     sl_cai(cfg, SimpleNamespace(rollout=rollout, policy=policy, get=get), tracker)
 

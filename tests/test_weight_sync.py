@@ -108,7 +108,7 @@ def test_vllm_matches_transformers_after_a_zero3_update(roles, tmp_path, transpo
     params = load_causal_lm(rollout_path(rollout)).parameters()
     assert metrics["weight_sync/bytes"] == sum(p.numel() * 4 for p in params)  # every parameter, once
     after = greedy(rollout)
-    checkpoint = policy.call("save", str(tmp_path / "ckpt"))[0]
+    checkpoint = policy.call("save", str(tmp_path / "ckpt"), {"README.md": "test checkpoint"})[0]
     assert checkpoint is not None
 
     model = load_causal_lm(checkpoint).eval()
