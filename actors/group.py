@@ -101,10 +101,33 @@ def kill_and_wait(actors: list, timeout: float = 30.0) -> None:
             time.sleep(0.1)  # still answering: the kill has not landed yet
 
 
-def join_group(device: str, rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-    """Inside a rank's actor: set torch.distributed's environment and join (gloo on CPU, NCCL on GPU)."""
+def tcp_store(host: str, port: int, world_size: int, rank: int, timeout_s: float):
+    """torch.distributed's rendezvous store, its server (rank 0) listening on `host` alone: the node's address on a
+    cluster, 127.0.0.1 for a local run. torch's own TCPStore server listens on every interface, unauthenticated."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    fd = None
+    if rank == 0:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+        fd = sock.detach()  # the store owns the listening socket from here on
+    return dist.TCPStore(host, port, world_size, rank == 0, timeout=timedelta(seconds=timeout_s),
+                         master_listen_fd=fd)
+
+
+def join_group(device: str, rank: int, world_size: int, master_addr: str, master_port: int,
+               timeout_s: float = 1800.0) -> None:
+    """Inside a rank's actor: set torch.distributed's environment and join (gloo on CPU, NCCL on GPU) through a store
+    that listens on master_addr only; DeepSpeed then takes the initialised group as it is."""
+    from datetime import timedelta
+
     import deepspeed
     import torch
+    import torch.distributed as dist
 
     from rlaif.runtime import prepare_torch_extensions
 
@@ -113,7 +136,10 @@ def join_group(device: str, rank: int, world_size: int, master_addr: str, master
         LOCAL_RANK="0" if device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)),
     )
     prepare_torch_extensions()  # on CPU init_distributed JIT-loads an op; a killed build's lock would hang it
-    deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+    backend = "gloo" if device == "cpu" else "nccl"
+    dist.init_process_group(backend, store=tcp_store(master_addr, master_port, world_size, rank, timeout_s),
+                            rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    deepspeed.init_distributed(dist_backend=backend)
 
 
 def zero_engine(model, lr: float, stage: int, micro_batch: int, grad_accum: int, grad_clip: float, dtype: str,

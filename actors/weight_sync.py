@@ -75,7 +75,9 @@ class BroadcastGroup:
         if backend == "gloo":
             import torch.distributed as dist
 
-            store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timedelta(seconds=timeout_s))
+            from actors.group import tcp_store
+
+            store = tcp_store(host, port, world_size, rank, timeout_s)  # listens on the sender's address only
             self.pg = dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout_s))
         elif backend == "nccl":
             from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator

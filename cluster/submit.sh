@@ -14,8 +14,12 @@
 #                         RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, then http://127.0.0.1:8265. Not the GCS port 6379.
 #   --runtime-env FILE    default cluster/runtime_env.yaml
 #   --env KEY=VALUE       add/override an env var of the job (driver and all actors), e.g. --env RLAIF_CACHE=/shared.
-#   --env KEY             the same, with the value of KEY in your shell (e.g. --env WANDB_API_KEY). Runtime-env
-#                         values are visible on the cluster's dashboard: prefer the nodes' own environment for secrets.
+#   --env KEY             the same, with the value of KEY in your shell (e.g. --env HF_HUB_OFFLINE).
+#                         Secrets are refused (names with KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL): Ray's agent
+#                         writes every runtime_env verbatim into runtime_env_agent.log, readable by every user of the
+#                         node, and the dashboard shows it. Give the nodes their secrets instead: export them before
+#                         `ray start` (the job inherits the node's environment), or log in on each node
+#                         (`wandb login`: ~/.netrc; `hf auth login`: the Hub token file), both private to the user.
 #   anything else before `--` is passed to `ray job submit` unchanged. Without --no-wait the command follows the
 #   job's logs and exits non-zero if the job fails. Ctrl-C does not stop the job: `ray job stop <id> --address URL`.
 #
@@ -47,7 +51,7 @@ passthrough=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --) shift; break ;;
-    -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --address) [[ $# -ge 2 ]] || die "--address needs a value"; address=(--address "$2"); shift 2 ;;
     --address=*) address=(--address "${1#*=}"); shift ;;
     --runtime-env) [[ $# -ge 2 ]] || die "--runtime-env needs a file"; runtime_env="$2"; shift 2 ;;
@@ -83,6 +87,10 @@ for item in sys.argv[2:]:
     key, sep, value = item.partition("=")
     if not key:
         sys.exit(f"cluster/submit.sh: bad --env {item!r}: expected KEY=VALUE or KEY")
+    if any(word in key.upper() for word in ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")):
+        sys.exit(f"cluster/submit.sh: --env {key}: refused, it looks like a secret, and Ray writes the runtime_env "
+                 f"verbatim into a log every user of the node can read. Export {key} before `ray start` on the "
+                 f"nodes, or log in there (wandb login, hf auth login)")
     if not sep:
         if key not in os.environ:
             sys.exit(f"cluster/submit.sh: --env {key}: {key} is not set in this shell")

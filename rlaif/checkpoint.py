@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -36,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from rlaif.batch import Batch
 
 MANIFEST = "manifest.json"
+log = logging.getLogger("rlaif")
 
 
 class Preempted(Exception):
@@ -74,6 +76,8 @@ class TrainerState:
     pm_normalization: tuple[float, float] = (0.0, 1.0)
     judge_start: list | None = None  # the held-out judge's starting responses (alarms.divergence_window)
     trust: dict = field(default_factory=dict)  # the trust gate's record (rlaif.trust.TrustRecord.to_dict())
+    config: dict = field(default_factory=dict)  # the run's config (rlaif.config.to_dict): a resume must match it
+    data_hash: str = ""  # sha256 of the RL training prompts, in order: a resume must train on the same ones
 
 
 def capture_rng() -> dict[str, Any]:
@@ -103,6 +107,52 @@ def as_tuples(x: Any) -> Any:
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
+
+
+class DiskSpaceError(RuntimeError):
+    """Not enough room in output_dir's filesystem for what the run must write; the message names the folder and the
+    shortfall."""
+
+
+def folder_bytes(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def ensure_space(folder: str | Path, needed: int, what: str) -> None:
+    """Refuse to start writing `what` (about `needed` bytes) into `folder` when its filesystem has less free space,
+    with a 10% margin: a write that runs out mid-way ends in a torn file and a raw error from deep in torch."""
+    folder = Path(folder)
+    probe = folder if folder.exists() else next(p for p in folder.absolute().parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    if free < needed * 1.1:
+        raise DiskSpaceError(f"{what} needs about {needed / 1e9:.2f} GB in {folder}, but its filesystem has "
+                             f"{free / 1e9:.2f} GB free (short by {(needed * 1.1 - free) / 1e9:.2f} GB with a 10% "
+                             "margin): free some space or move output_dir, then resume with trainer.resume=auto")
+
+
+def checkpoint_bytes(output_dir: str | Path, estimate: int) -> int:
+    """What the next checkpoint will take: the newest complete one's size, or `estimate` before the first."""
+    found = complete_checkpoints(checkpoints_dir(output_dir))
+    return folder_bytes(found[-1]) if found else estimate
+
+
+LEFTOVERS = (".tmp-step_*", "*.tmp.*", "*.old")  # what an interrupted save leaves (staging_dir, save_pretrained_atomic)
+
+
+def sweep_leftovers(output_dir: str | Path) -> list[Path]:
+    """Remove the folders that saves interrupted in an earlier attempt left behind (they are never loaded, but hold
+    disk space forever). Only names rlaif's own writers use, inside a folder rlaif owns."""
+    out, gone = Path(output_dir), []
+    for folder in (out, checkpoints_dir(out), out / "eval" / "checkpoints", out / "sl_cai"):
+        for pattern in LEFTOVERS if folder.is_dir() else ():
+            for path in folder.glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                    gone.append(path)
+    if gone:
+        log.warning("removed %d folder(s) that interrupted saves left behind: %s", len(gone),
+                    ", ".join(str(p.relative_to(out)) for p in gone))
+    return gone
 
 
 def staging_dir(output_dir: str | Path, step: int) -> Path:
@@ -153,18 +203,77 @@ def complete_checkpoints(root: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if (p / MANIFEST).is_file())
 
 
-def resolve(resume: str, output_dir: str | Path) -> Path | None:
-    """trainer.resume: "" (start fresh), "auto" (the newest complete checkpoint of output_dir, if any) or a path."""
+def resolve(resume: str, output_dir: str | Path) -> tuple[Path, TrainerState] | None:
+    """trainer.resume: "" (start fresh), "auto" (the newest checkpoint of output_dir that verifies against its
+    manifest, falling back to older ones, saying so) or a path (that one, or an error). Returns it with its state."""
     if not resume:
         return None
     if resume == "auto":
-        found = complete_checkpoints(checkpoints_dir(output_dir))
-        return found[-1] if found else None
+        found, failed = complete_checkpoints(checkpoints_dir(output_dir)), []
+        for path in reversed(found):
+            try:
+                state = load(path)
+            except (CheckpointError, OSError, ValueError, TypeError) as exc:
+                failed.append(f"{path.name}: {exc}")
+                continue
+            if failed:
+                log.warning("trainer.resume=auto: %d newer checkpoint(s) fail their check (%s); resuming from %s, the "
+                            "newest that verifies", len(failed), "; ".join(failed), path.name)
+            return path, state
+        if failed:
+            raise CheckpointError(f"trainer.resume=auto: no checkpoint in {checkpoints_dir(output_dir)} verifies: "
+                                  + "; ".join(failed))
+        return None
     path = Path(resume)
     if not (path / MANIFEST).is_file():
         raise CheckpointError(f"trainer.resume: {resume} is not a complete checkpoint (no {MANIFEST}); complete "
                               f"ones: {[str(p) for p in complete_checkpoints(path.parent)] or 'none'}")
-    return path
+    return path, load(path)
+
+
+def set_aside_newer(output_dir: str | Path, step: int) -> list[Path]:
+    """A run resumed from step `step` abandons the checkpoints after it (a newer branch that failed its check, or one
+    the user chose to go back from): move them to checkpoints/abandoned/ so that `auto` never picks them again."""
+    moved = []
+    root = checkpoints_dir(output_dir)
+    for path in complete_checkpoints(root):
+        if int(path.name.split("_")[1]) > step:
+            target = root / "abandoned" / f"{path.name}.{os.getpid()}"
+            target.parent.mkdir(exist_ok=True)
+            path.rename(target)
+            moved.append(target)
+    if moved:
+        log.warning("resumed at step %d: %d newer checkpoint(s) set aside in %s", step, len(moved), root / "abandoned")
+    return moved
+
+
+# What may change between a run and its resume: how long it runs, how it saves and logs, where its processes go.
+RESUMABLE_KEYS = ("trainer.steps", "trainer.save_every", "trainer.keep_last", "trainer.resume", "trainer.progress",
+                  "trainer.log_samples", "trainer.timeout_s", "trainer.stop_on_alarm", "wandb.", "ray.", "cache_dir",
+                  "output_dir", "eval.", "alarms.", "trust.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        out |= _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+    return out
+
+
+def check_resumable(state: TrainerState, config: dict, data_hash: str, where: Path) -> None:
+    """Refuse a resume whose config or training prompts differ from the checkpoint's where that changes what is
+    computed (RESUMABLE_KEYS may differ); the error names every key with both values."""
+    if not state.config:  # written before checkpoints recorded their config
+        return
+    old, new = _flatten(state.config), _flatten(config)
+    changed = [f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_KEYS) and k not in RESUMABLE_KEYS]
+    if state.data_hash and state.data_hash != data_hash:
+        changed.append("data.prompts: the RL training prompts differ from the checkpoint's (a prompt file changed)")
+    if changed:
+        raise CheckpointError(f"trainer.resume: {where} was written by a run that computed something else; "
+                              f"{'; '.join(changed)}. Resume with the checkpoint's settings (its config.yaml beside "
+                              f"it in the run folder), or start a new run")
 
 
 def load(path: Path) -> TrainerState:

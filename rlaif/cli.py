@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_console(getattr(args, "verbose", False))
 
     from rlaif.alarms import AlarmStop
-    from rlaif.checkpoint import CheckpointError, Preempted, RoleDied
+    from rlaif.checkpoint import CheckpointError, DiskSpaceError, Preempted, RoleDied
     from rlaif.human_labels import HumanLabelError
     from rlaif.integrity import FeedbackIntegrityError
 
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlaif: stopped by alarm {exc.alarm.name} at step {exc.alarm.step}; {where}. {exc.alarm.detail}",
               file=sys.stderr)
         return 4
+    except DiskSpaceError as exc:  # checked before every save: nothing torn was written
+        print(f"rlaif: stopped: {exc}", file=sys.stderr)
+        return 1
     except RoleDied as exc:  # a DeepSpeed rank died: the run cannot go on; the last checkpoint can
         print(f"rlaif: {exc}", file=sys.stderr)
         return 1

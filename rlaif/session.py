@@ -12,7 +12,9 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import ray
 
 from actors.roles import check_resources, role_plan
 from rlaif.algorithms import load_reward_functions
-from rlaif.checkpoint import TrainerState, checkpoints_dir, complete_checkpoints
+from rlaif.checkpoint import TrainerState, checkpoints_dir, complete_checkpoints, sweep_leftovers
 from rlaif.config import Config, ConfigError, save_config
 from rlaif.constitution import load_constitution
 from rlaif.human_labels import HumanLabelError, load_human_labels, write_jsonl
@@ -44,6 +46,11 @@ def init_ray(cfg: Config, stages: tuple[str, ...], verbose: bool = False) -> Non
 
     A local Ray binds to 127.0.0.1 only. Quiet (not verbose): Ray's own start-up chatter is not printed and each
     worker's stdout/stderr goes to its log file (rlaif.runtime.setup_worker); rlaif's warnings still show.
+
+    The runtime_env carries the log folder and nothing else: Ray's agent writes every runtime_env verbatim into a
+    log that every user of the machine can read, so no token or key may travel in it. A local Ray's workers
+    inherit the driver's environment (RLAIF_*, VLLM_*, HF_*) from the raylet it starts; on a cluster, the job's
+    runtime_env (cluster/runtime_env.yaml) or the nodes' own environment supply what workers need.
     """
     import psutil
 
@@ -53,8 +60,16 @@ def init_ray(cfg: Config, stages: tuple[str, ...], verbose: bool = False) -> Non
     if not local_ray(cfg):
         # Inside `ray job submit` RAY_ADDRESS points at the cluster: join it, never start a second Ray. The job's
         # runtime_env (cluster/runtime_env.yaml) carries code and environment to the actors; ours adds the log folder.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or cfg.ray.address, logging_level=level,
-                 runtime_env=runtime_env)
+        address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
+        hint = ("start one (`ray start --head`), submit with cluster/submit.sh, or run locally with "
+                "ray.address=local")
+        key = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else f"ray.address = {cfg.ray.address}"
+        if not address.startswith("ray://") and not _gcs_answers(address):  # Ray itself would retry for minutes
+            raise ConfigError(f"{key}: no Ray cluster answers at {address}; {hint}")
+        try:
+            ray.init(address=address, logging_level=level, runtime_env=runtime_env)
+        except ConnectionError as exc:
+            raise ConfigError(f"{key}: no Ray cluster at {address} ({exc}); {hint}") from None
         log.info("Ray: joined the cluster at %s", ray.get_runtime_context().gcs_address)
     else:
         # Loopback only. Ray advertises a local cluster on the machine's routable address, with its servers on all
@@ -64,17 +79,47 @@ def init_ray(cfg: Config, stages: tuple[str, ...], verbose: bool = False) -> Non
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
         before = {p.pid for p in psutil.Process().children()}
-        env |= {k: v for k, v in os.environ.items() if k.startswith(("RLAIF_", "VLLM_", "WANDB_"))}
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level=level, runtime_env=runtime_env)
         _RAY_PROCESSES[:] = [p for p in psutil.Process().children() if p.pid not in before]
         log.info("Ray: local on %s, %d CPUs, %d GPUs", ray.get_runtime_context().gcs_address.rsplit(":", 1)[0],
                  cfg.ray.num_cpus, cfg.ray.num_gpus)
+    private_token_file()
     have = ray.cluster_resources()
     node_gpus = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
     for stage in stages:
         check_resources(role_plan(cfg, stage), have.get("CPU", 0.0), have.get("GPU", 0.0), node_gpus,
                         f"the Ray cluster at {ray.get_runtime_context().gcs_address}")
+
+
+def _gcs_answers(address: str, timeout: float = 3.0) -> bool:
+    """Does a Ray GCS accept connections at `address` (host:port as given; "auto": the cluster this machine last
+    started)? One TCP connect; True where the address cannot be resolved here (ray.init then says why)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:  # Ray's canonical form swaps a loopback host for the node's address: keep the host as given
+        resolved = canonicalize_bootstrap_address(address) if address == "auto" else address
+    except (ConnectionError, ValueError):
+        return True
+    if not resolved:
+        return True
+    host, _, port = resolved.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def private_token_file() -> None:
+    """Ray 2.60's token authentication keeps its token in RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, which ray.init
+    creates readable by every user (0644): whoever reads it may submit jobs to this Ray. Make it the owner's only."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if path.is_file() and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as exc:
+        log.warning("could not make Ray's token file %s private (%s); chmod 600 it yourself", path, exc.strerror)
 
 
 def shutdown_ray(timeout: float = 30.0) -> None:
@@ -100,26 +145,83 @@ def shutdown_ray(timeout: float = 30.0) -> None:
     _RAY_PROCESSES.clear()
 
 
+MARKER = ".rlaif-run"  # written by rlaif into every output_dir it owns; --overwrite removes no folder without it
+LOCK = ".rlaif-lock"  # held (flock) by the process that runs in output_dir; names it
+_LOCKS: dict[Path, int] = {}
+
+
+def _contents(out: Path, limit: int = 8) -> str:
+    """What a folder holds, for a message: its first entries, how many files and how many bytes in all."""
+    files = [p for p in out.rglob("*") if p.is_file() and p.name != LOCK]
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name != LOCK)
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+    return f"{shown} ({len(files)} files, {sum(p.stat().st_size for p in files) / 1e6:.1f} MB)"
+
+
 def check_output_dir(out: Path, overwrite: bool, resuming: bool = False) -> bool:
-    """True if `out` holds an earlier run that --overwrite lets this one replace; errors name output_dir. A run that
-    resumes from a checkpoint of `out` continues it."""
+    """True if `out` holds an earlier rlaif run that --overwrite lets this one replace; errors name output_dir.
+
+    A folder is replaced only when rlaif made it (the MARKER file), never when it holds, or is, the current folder
+    or the home folder; the message lists what would go. A run that resumes from a checkpoint of `out` continues
+    it."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: {out} is a file, not a folder")
-    earlier = out.is_dir() and any(out.iterdir())
-    if earlier and not (out / "config.yaml").is_file():
-        raise ConfigError(f"output_dir: {out} is not empty and holds no earlier rlaif run; choose a new or empty "
+    earlier = out.is_dir() and any(p.name != LOCK for p in out.iterdir())
+    if earlier and not (out / MARKER).is_file():
+        raise ConfigError(f"output_dir: {out} is not empty and is not a folder rlaif made (no {MARKER} file in it), "
+                          f"so it is never written into or replaced: it holds {_contents(out)}. Choose a new or empty "
                           "folder")
+    if earlier and overwrite and not resuming:
+        resolved = out.resolve()
+        for what, path in (("the current folder", Path.cwd().resolve()), ("your home folder", Path.home().resolve())):
+            if path == resolved or resolved in path.parents:
+                raise ConfigError(f"output_dir: {out} is or contains {what} ({path}); --overwrite will not remove it")
     if earlier and not (overwrite or resuming):
         found = complete_checkpoints(checkpoints_dir(out))
         state = f"its newest checkpoint is {found[-1].name}" if found else "it has no complete checkpoint to resume"
-        raise ConfigError(f"output_dir: {out} holds an earlier run; use --overwrite or trainer.resume=auto ({state}; a "
-                          "new run never mixes its checkpoint and metrics with an old one)")
+        raise ConfigError(f"output_dir: {out} holds an earlier run ({state}); trainer.resume=auto continues it, "
+                          f"--overwrite removes it: {_contents(out)}. A new run never mixes its files with an old one")
     probe = out if out.is_dir() else next(p for p in out.absolute().parents if p.exists())
     try:
         tempfile.TemporaryDirectory(dir=probe).cleanup()
     except OSError as exc:
         raise ConfigError(f"output_dir: cannot create {out}: {probe} is not writable ({exc.strerror})") from exc
     return earlier and not resuming
+
+
+def own_output_dir(out: Path, replace: bool, command: str) -> None:
+    """Take output_dir for this process (a lock: a second run on the same folder, such as a job resubmitted while
+    the first still runs, is refused rather than deleting or mixing the first one's files), remove the earlier run
+    that check_output_dir allowed to replace, and mark the folder as rlaif's."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    if out.resolve() not in _LOCKS:
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "a process that did not say"
+            os.close(fd)
+            raise ConfigError(f"output_dir: {out} is in use by another rlaif run ({holder}); let it finish or stop "
+                              "it, or choose another output_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        _LOCKS[out.resolve()] = fd
+    if replace:
+        log.warning("--overwrite: removing the earlier run in %s: %s", out, _contents(out))
+        for path in out.iterdir():  # the earlier run goes; its files never mix with this one's (the lock stays)
+            if path.name != LOCK:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if not (out / MARKER).is_file():
+        (out / MARKER).write_text(json.dumps({"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                  + "\n")
+
+
+def release_output_dir(out: Path) -> None:
+    fd = _LOCKS.pop(out.resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def prepare(cfg: Config, stages: tuple[str, ...], overwrite: bool = False, resuming: bool = False):
@@ -167,9 +269,8 @@ def session(cfg: Config, stages: tuple[str, ...], overwrite: bool, verbose: bool
     out, tracker = Path(cfg.output_dir), None
     try:
         init_ray(cfg, stages, verbose)
-        if check_output_dir(out, overwrite, resume is not None):
-            shutil.rmtree(out)  # --overwrite: the earlier run goes; its files never mix with this one's
-        out.mkdir(parents=True, exist_ok=True)
+        own_output_dir(out, check_output_dir(out, overwrite, resume is not None), "/".join(stages))
+        sweep_leftovers(out)  # what saves of an earlier, interrupted attempt left behind
         save_config(cfg, out / "config.yaml")
         if plan is not None:
             for name, records in (("train_prompts", plan.rl.train), ("eval_prompts", plan.rl.heldout)):
@@ -181,6 +282,7 @@ def session(cfg: Config, stages: tuple[str, ...], overwrite: bool, verbose: bool
         if tracker is not None:
             tracker.finish()
         shutdown_ray()
+        release_output_dir(out)
 
 
 class StopSignal:

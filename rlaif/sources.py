@@ -453,6 +453,8 @@ def load_file(path: str | Path, source: str | None = None) -> list[PromptRecord]
         ".jsonl": load_jsonl, ".csv": load_csv, ".parquet": load_parquet, ".txt": load_txt,
     }
     suffix = Path(path).suffix.lower()
+    if Path(path).is_dir():
+        raise DataError(f"{path} is a folder, not a prompt file; give a file ({', '.join(FILE_SUFFIXES)}) or a builtin")
     if suffix not in loaders:
         raise DataError(f"{path}: unsupported prompt file type {suffix!r}; expected one of {', '.join(FILE_SUFFIXES)}")
     return loaders[suffix](path, source)

@@ -63,7 +63,11 @@ def plan_prompts(cfg: Config, sets: Iterable[str] = ("rl",)) -> PromptPlan:
             continue
         if not spec:
             raise DataError(f"{key}: no prompt sources given")
-        train, held = split_heldout(load_prompt_mix(spec).prompts, d.eval_fraction, d.seed)
+        try:
+            loaded = load_prompt_mix(spec).prompts
+        except DataError as exc:  # the file and line are named; the key the user set is named too
+            raise DataError(f"{key}: {exc}") from exc
+        train, held = split_heldout(loaded, d.eval_fraction, d.seed)
         kept = [p for p in train if prompt_key(p) not in extra_keys]
         splits[name] = Split(kept, held, len(train) - len(kept))
         if len(kept) < len(train):

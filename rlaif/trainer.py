@@ -10,6 +10,7 @@ Checkpoints every trainer.save_every steps and at the end make a killed or preem
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import signal
@@ -35,7 +36,7 @@ from rlaif.algorithms import (
 )
 from rlaif.batch import Batch
 from rlaif.checkpoint import Preempted, RoleDied
-from rlaif.config import Config
+from rlaif.config import Config, to_dict
 from rlaif.data import PromptLoader
 from rlaif.evaluate import boilerplate_flags
 from rlaif.human_labels import write_human_labels
@@ -200,6 +201,11 @@ def save_checkpoint(cfg: Config, roles: Roles, done: int, state: RLState, loader
                     ) -> tuple[Path, Ready | None]:
     """Write the checkpoint of `done` steps (atomic; see rlaif/checkpoint.py). Samples already in flight for the
     next step are awaited and saved with it, so a resumed run trains on exactly what this one would."""
+    # weights + two Adam moments in fp32, per model, before the first checkpoint gives a size to go by
+    models = [cfg.policy.model.path] + ([cfg.critic.model.path or cfg.policy.model.path] if roles.critic else [])
+    estimate = 3 * sum(checkpoint.folder_bytes(m) for m in models)
+    checkpoint.ensure_space(cfg.output_dir, checkpoint.checkpoint_bytes(cfg.output_dir, estimate),
+                            f"the checkpoint of step {done}")
     staging = checkpoint.staging_dir(cfg.output_dir, done)
     groups = [g for g in (roles.policy, roles.critic) if g is not None]
     names = ["policy", "critic"][: len(groups)]
@@ -291,11 +297,14 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
     from rlaif.eval_stage import TrainingEval  # imports rlaif.session: not at the top
 
     evals = TrainingEval(cfg)  # the eval judge, prompts and models are checked now; the baseline is this policy
+    cfg_in = cfg  # as the user gave it: what a resume compares with
     out = Path(cfg.output_dir)
-    resume_from = checkpoint.resolve(cfg.trainer.resume, out)
-    saved = checkpoint.load(resume_from) if resume_from else None
+    resume_from, saved = checkpoint.resolve(cfg.trainer.resume, out) or (None, None)
     stages = ("sl-cai", "rl") if cfg.sl_cai.enabled and saved is None else ("rl",)
     run_cfg, plan, reward_fns = prepare(cfg, stages, overwrite, resuming=saved is not None)
+    data_hash = hashlib.sha256("\0".join(p.text for p in plan.rl.train).encode()).hexdigest()
+    if saved is not None:
+        checkpoint.check_resumable(saved, to_dict(cfg), data_hash, resume_from)
     # StopSignal after Ray is up: ray.init installs a SIGTERM handler of its own (which aborts the driver)
     with session(cfg, stages, overwrite, verbose, plan, saved) as tracker, StopSignal() as stop:
         cfg, policy_init = run_cfg, saved.policy_init if saved else ""
@@ -318,9 +327,10 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
             pm_path, pm_norm, trust = preference_model(cfg, roles, loader, tracker)
             saved = checkpoint.TrainerState(step=0, loader={}, kl_coef=kl.value, moments={},
                                             policy_init=policy_init, preference_model=pm_path, pm_normalization=pm_norm,
-                                            trust=trust.to_dict())
+                                            trust=trust.to_dict(), config=to_dict(cfg_in), data_hash=data_hash)
             pending = None
         else:
+            checkpoint.set_aside_newer(out, saved.step)  # `auto` must never come back to an abandoned branch
             pending = restore(roles, resume_from, saved, loader, state)
         if saved.preference_model:
             roles.start_pm_scorers(saved.preference_model, *saved.pm_normalization)
@@ -380,6 +390,7 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
                 path, pending = save_checkpoint(cfg, roles, step + 1, state, loader, tracker, pending, saved, judge)
             if stop.signum and not last:
                 raise Preempted(stop.signum, step + 1, path)
+        checkpoint.ensure_space(out, checkpoint.folder_bytes(cfg.policy.model.path), "the final policy")
         exported = roles.policy.call("save", str(out / "checkpoint"),
                                      model_card(trust_of(saved), "RL-CAI policy", cfg, cfg.trainer.steps))[0]
         log.info("saved the policy to %s", exported)

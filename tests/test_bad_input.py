@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from rlaif.session import MARKER, check_output_dir
+
 from .conftest import REPO
 
 DEBUG = ["--config", "configs/debug.yaml"]
@@ -32,6 +34,7 @@ def binary_file(tmp: Path) -> Path:
 
 def earlier_run(tmp: Path) -> list[str]:
     (tmp / "run").mkdir()
+    (tmp / "run" / MARKER).write_text("{}\n")  # rlaif made it
     (tmp / "run" / "config.yaml").write_text("seed: 0\n")
     (tmp / "run" / "metrics.jsonl").write_text('{"step": 1, "reward/score": 0.5}\n')
     return []
@@ -41,6 +44,14 @@ def foreign_folder(tmp: Path) -> list[str]:
     (tmp / "run").mkdir()
     (tmp / "run" / "notes.txt").write_text("mine\n")
     return []
+
+
+def project_folder(tmp: Path) -> list[str]:
+    """Someone's project: its own config.yaml, sources and .git; `--overwrite` once deleted it whole."""
+    for name, text in (("config.yaml", "seed: 0\n"), ("src/main.py", "print(1)\n"), (".git/HEAD", "ref: main\n")):
+        (tmp / "run" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "run" / name).write_text(text)
+    return ["--overwrite"]
 
 
 def tiny_copy(tmp: Path, name: str, keep_weights: bool = True) -> Path:
@@ -111,12 +122,23 @@ CASES: dict[str, Case] = {
                                         r"c\.yaml:3:1: malformed YAML", {}),
     # output_dir
     "output_dir holds an earlier run": (earlier_run,
-                                        r"output_dir: .*/run holds an earlier run; use --overwrite or "
-                                        r"trainer\.resume=auto", {}),
+                                        r"output_dir: .*/run holds an earlier run \(it has no complete checkpoint to "
+                                        r"resume\); trainer\.resume=auto continues it, --overwrite removes it: "
+                                        r"\.rlaif-run, config\.yaml, metrics\.jsonl \(3 files, 0\.0 MB\)", {}),
     "--overwrite with a bad value keeps the earlier run": (lambda t: earlier_run(t) + ["--overwrite", "policy.lr=-1"],
                                                           r"policy\.lr: must be > 0", {}),
     "output_dir holds someone else's files": (foreign_folder,
-                                              r"output_dir: .*/run is not empty and holds no earlier rlaif run", {}),
+                                              r"output_dir: .*/run is not empty and is not a folder rlaif made \(no "
+                                              r"\.rlaif-run file in it\), so it is never written into or replaced: "
+                                              r"it holds notes\.txt \(1 files", {}),
+    "--overwrite on a project folder with its own config.yaml": (project_folder,
+                                                                 r"output_dir: .*/run is not empty and is not a "
+                                                                 r"folder rlaif made .* it holds \.git/, config\.yaml, "
+                                                                 r"src/ \(3 files", {}),
+    "data.prompts names a folder": (lambda t: [f"data.prompts={t}"],
+                                    r"data\.prompts: .* is a folder, not a prompt file; give a file \(\.jsonl", {}),
+    "no Ray cluster at the address": (lambda t: [], r"RAY_ADDRESS: no Ray cluster answers at 127\.0\.0\.1:9; start "
+                                                    r"one", {"RAY_ADDRESS": "127.0.0.1:9"}),
     "output_dir is a file": (lambda t: [f"output_dir={write(t, 'f', b'x')}"], r"output_dir: .*/f is a file", {}),
     "output_dir not writable": (lambda t: ["output_dir=/sys/rlaif-test/run"],
                                 r"output_dir: cannot create /sys/rlaif-test/run: /sys is not writable", {}),
@@ -250,3 +272,42 @@ def test_an_unschedulable_request_names_what_was_asked_and_what_there_is():
         check_resources(plan, cpus=6, gpus=8, node_gpus=8, where="cluster")
     with pytest.raises(ResourceError, match=r"no node has enough GPUs for policy \(1 GPUs each\), critic"):
         check_resources(plan, cpus=8, gpus=8, node_gpus=0.5, where="cluster")
+
+
+@pytest.mark.parametrize("where", ["cwd", "home"])
+def test_overwrite_never_removes_a_folder_holding_the_current_or_home_folder(tmp_path, monkeypatch, where):
+    from rlaif.config import ConfigError
+
+    run = tmp_path / "run"
+    (run / "inner").mkdir(parents=True)
+    (run / MARKER).write_text("{}\n")
+    if where == "cwd":
+        monkeypatch.chdir(run / "inner")
+    else:
+        monkeypatch.setenv("HOME", str(run / "inner"))
+    with pytest.raises(ConfigError, match="is or contains (the current folder|your home folder)"):
+        check_output_dir(run, overwrite=True)
+    assert check_output_dir(run, overwrite=False, resuming=True) is False  # resuming removes nothing: allowed
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
+    """A job resubmitted while the first still runs: the second would delete or mix the first one's checkpoints."""
+    from rlaif.config import ConfigError
+    from rlaif.session import LOCK, own_output_dir, release_output_dir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from rlaif.session import own_output_dir; own_output_dir(Path(sys.argv[1]), False, "
+                               "'train'); print('held', flush=True); time.sleep(60)", str(run)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"output_dir: .*/run is in use by another rlaif run \(train, pid "
+                                              rf"{holder.pid} on "):
+            own_output_dir(run, True, "train")  # not even --overwrite takes it
+        assert (run / MARKER).is_file() and (run / LOCK).is_file()  # the holder's files are untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    own_output_dir(run, False, "train")  # the holder is gone: the folder is free again
+    release_output_dir(run)

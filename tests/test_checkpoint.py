@@ -30,8 +30,8 @@ def test_commit_is_atomic_and_keep_last_prunes(tmp_path):
     # a save killed before its commit leaves only a hidden staging folder, never a usable-looking checkpoint
     tmp = ck.staging_dir(tmp_path, 4)
     (tmp / "trainer_state.json").write_text("{}")
-    assert ck.resolve("auto", tmp_path).name == "step_000003"
-    assert ck.load(ck.resolve("auto", tmp_path)).step == 3
+    path, saved = ck.resolve("auto", tmp_path)
+    assert path.name == "step_000003" and saved.step == 3
     assert ck.resolve("", tmp_path) is None
 
 
@@ -73,3 +73,61 @@ def test_batch_round_trip(tmp_path):
     got = ck.load_batch(tmp_path / "next")
     assert got.texts == b.texts and got.meta == b.meta
     assert all(torch.equal(got[k], b[k]) for k in b.tensors)
+
+
+def test_resume_auto_falls_back_to_the_newest_checkpoint_that_verifies_and_sets_the_rest_aside(tmp_path, caplog):
+    for step in (1, 2, 3):
+        commit(tmp_path, step)
+    (tmp_path / "checkpoints" / "step_000003" / "policy" / "shard.bin").write_bytes(b"torn")  # fails its sha256
+    path, saved = ck.resolve("auto", tmp_path)
+    assert path.name == "step_000002" and saved.step == 2
+    assert "1 newer checkpoint(s) fail their check (step_000003: " in caplog.text and "resuming from step_000002" \
+        in caplog.text
+    moved = ck.set_aside_newer(tmp_path, saved.step)
+    assert [p.name.split(".")[0] for p in moved] == ["step_000003"]
+    assert ck.resolve("auto", tmp_path)[0].name == "step_000002"  # the abandoned branch never wins `auto` again
+    (path / "policy" / "shard.bin").unlink()
+    (tmp_path / "checkpoints" / "step_000001" / "trainer_state.json").write_text("{")
+    with pytest.raises(ck.CheckpointError, match="no checkpoint in .* verifies: step_000002: .*; step_000001: "):
+        ck.resolve("auto", tmp_path)
+    with pytest.raises(ck.CheckpointError, match="missing"):  # a path given by hand: that one or an error
+        ck.resolve(str(path), tmp_path)
+
+
+def test_a_resume_that_would_compute_something_else_is_refused():
+    from rlaif.config import load_config, to_dict
+
+    cfg = to_dict(load_config(None, ["trainer.steps=3"]))
+    saved = ck.TrainerState(step=2, loader={}, kl_coef=0.0, moments={}, config=cfg, data_hash="abc")
+    ck.check_resumable(saved, to_dict(load_config(None, ["trainer.steps=9", "wandb.mode=disabled"])), "abc", "ck")
+    with pytest.raises(ck.CheckpointError, match=r"policy\.lr: 1e-05 in the checkpoint, 0\.5 now; "
+                                                 r"rl\.kl_coef: 0\.05 in the checkpoint, 0\.0 now"):
+        ck.check_resumable(saved, to_dict(load_config(None, ["policy.lr=0.5", "rl.kl_coef=0"])), "abc", "ck")
+    with pytest.raises(ck.CheckpointError, match="data.prompts: the RL training prompts differ"):
+        ck.check_resumable(saved, cfg, "def", "ck")
+
+
+def test_a_save_that_would_not_fit_is_refused_naming_the_folder_and_the_shortfall(tmp_path, monkeypatch):
+    commit(tmp_path, 1)
+    size = ck.folder_bytes(tmp_path / "checkpoints" / "step_000001")
+    assert ck.checkpoint_bytes(tmp_path, estimate=10**12) == size  # the last checkpoint's size, once there is one
+    assert ck.checkpoint_bytes(tmp_path / "fresh", estimate=123) == 123
+    usage = type("Usage", (), {"free": 2_000_000_000})
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda path: usage)
+    ck.ensure_space(tmp_path, 1_000_000_000, "the checkpoint of step 2")  # 1.1 GB with the margin: fits in 2 GB
+    with pytest.raises(ck.DiskSpaceError, match=r"the checkpoint of step 2 needs about 3\.00 GB in .*, but its "
+                                                r"filesystem has 2\.00 GB free \(short by 1\.30 GB"):
+        ck.ensure_space(tmp_path, 3_000_000_000, "the checkpoint of step 2")
+
+
+def test_leftovers_of_interrupted_saves_are_swept_and_nothing_else(tmp_path):
+    commit(tmp_path, 1)
+    made = [tmp_path / "checkpoints" / ".tmp-step_000002", tmp_path / "checkpoint.tmp.ab12",
+            tmp_path / "checkpoint.old", tmp_path / "eval" / "checkpoints" / "step_4.tmp.x9"]
+    for p in made:
+        p.mkdir(parents=True)
+        (p / "half.bin").write_bytes(b"x")
+    keep = [tmp_path / "notes.old.txt", tmp_path / "checkpoints" / "step_000001"]
+    keep[0].write_text("a file, not a save")
+    assert sorted(ck.sweep_leftovers(tmp_path)) == sorted(made)
+    assert not any(p.exists() for p in made) and all(p.exists() for p in keep)

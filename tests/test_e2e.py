@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,16 +17,29 @@ from .wandb_history import history
 RLAIF = [sys.executable, "-m", "rlaif.cli"]
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline"}
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run([*RLAIF, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.e2e
 def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={out}", "trainer.steps=3")
+    started = time.time()
+    secrets = {"WANDB_API_KEY": f"wandb-sentinel-{uuid.uuid4().hex}", "HF_TOKEN": f"hf-sentinel-{uuid.uuid4().hex}"}
+    proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={out}", "trainer.steps=3", env=secrets)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # no secret of the environment is written anywhere: not in the run's files, not in Ray's logs (its agent logs
+    # every runtime_env verbatim, readable by every user)
+    sessions = [p for p in Path("/tmp/ray").glob("session_2*") if p.stat().st_mtime >= started - 5]
+    assert sessions, "the run's Ray session folder was not found"
+    for folder in [out, *sessions]:
+        for f in folder.rglob("*"):
+            try:
+                data = f.read_bytes() if f.is_file() and not f.is_symlink() else b""
+            except FileNotFoundError:  # a socket or log file removed while we read (another test's session)
+                continue
+            assert not any(v.encode() in data for v in secrets.values()), f"a secret was written to {f}"
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -143,6 +143,7 @@ def test_a_failed_start_up_leaves_no_process_behind(tmp_path, tiny_path):
     weights.write_bytes(weights.read_bytes()[:2000])
     marker, out = uuid.uuid4().hex, tmp_path / "run"
     out.mkdir()  # an earlier run, which --overwrite replaces once every check has passed and Ray is up
+    (out / ".rlaif-run").write_text("{}\n")
     (out / "config.yaml").write_text("seed: 0\n")
     (out / "metrics.jsonl").write_text('{"step": 7, "reward/score": 0.5}\n')
     try:
