@@ -239,6 +239,12 @@ class EvalConfig:
     # together with harm_function "module:function" (prompts, responses) -> P(harmful).
     judge_function: str = ""
     harm_function: str = ""
+    # Run with a judge the optimizer saw (the labeler, the PM or its base, the policy or its start, a reward
+    # function), which is refused otherwise: its verdicts then overstate the gains, and the report says so at the top.
+    allow_dependent_judge: bool = False
+    # Human-scored pyrit responses (half harmful, half harmless; seeded) and as many human-ranked pairs the judge is
+    # scored on before its figures are reported (miss / false-alarm rates, position consistency, decisiveness); 0: off
+    judge_validation_samples: int = 64
     red_team: list[str] = field(default_factory=lambda: ["builtin:harmbench", "builtin:advbench",
                                                          "builtin:donotanswer"])
     benign: list[str] = field(default_factory=lambda: ["builtin:benign"])  # benign-edge ones reported apart
@@ -682,6 +688,9 @@ def validate_eval(cfg: Config) -> None:
     for key in ("prompts_per_set", "max_new_tokens", "bootstrap_samples"):
         if getattr(ec, key) < 1:
             raise ConfigError(f"eval.{key}: must be >= 1, got {getattr(ec, key)}")
+    if ec.judge_validation_samples < 0:
+        raise ConfigError(f"eval.judge_validation_samples: must be >= 0 (0: no validation), got "
+                          f"{ec.judge_validation_samples}")
     if ec.temperature < 0:
         raise ConfigError(f"eval.temperature: must be >= 0, got {ec.temperature}")
     for key in ("zero_shot", "few_shot_examples", "max_question_tokens", "max_answer_tokens"):

@@ -22,6 +22,7 @@ from actors.rollout import RolloutWorker
 from rlaif.alarms import JudgeVerdict
 from rlaif.config import Config, ConfigError, LabelerConfig, ModelConfig, save_config
 from rlaif.data import DataError
+from rlaif.eval_report import render_report
 from rlaif.evaluate import (
     SETS,
     EvalPrompt,
@@ -33,9 +34,19 @@ from rlaif.evaluate import (
     flat_metrics,
     prompt_set,
     rate_figure,
-    render_report,
 )
 from rlaif.human_labels import atomic_write_text, write_jsonl
+from rlaif.judge_check import (
+    DISTRUSTED,
+    SharedRole,
+    dependent_roles,
+    harm_items,
+    independence_error,
+    ranked_pairs,
+    read_trust,
+    validate_judge,
+    validation_verdict,
+)
 from rlaif.models import resolve_model_path, resolve_models
 from rlaif.redteam import (
     embed,
@@ -46,7 +57,7 @@ from rlaif.redteam import (
     self_bleu,
     unique_cases,
 )
-from rlaif.session import init_ray, shutdown_ray
+from rlaif.session import check_output_dir, init_ray, own_output_dir, release_output_dir, shutdown_ray
 from rlaif.sources import load_prompt_mix, prompt_key
 from rlaif.splits import SETS as SPLIT_SETS
 from rlaif.splits import plan_prompts
@@ -128,17 +139,61 @@ class JudgePlan:
     name: str
     warnings: list[str]
     start: Callable[[], tuple[Judge, object | None]]
+    shares: list[str] = dataclasses.field(default_factory=list)  # roles shared with the optimizer (override set)
+
+
+def _resolved(spec: str, cfg: Config) -> str:
+    """A model spec's folder, or "" when it does not resolve (its own check reports that, naming its key)."""
+    try:
+        return resolve_model_path(spec, cfg.cache_dir) if spec else ""
+    except (ValueError, FileNotFoundError):
+        return ""
+
+
+def shared_roles(cfg: Config, command: str, judge_path: str) -> list[SharedRole]:
+    """The roles the judge shares with the optimizer (or with the model it judges): rlaif.judge_check."""
+    out, models = Path(cfg.output_dir), {}
+    if judge_path:  # a model judge: compare folders (a function judge cannot be a model: nothing to resolve)
+        models = {"labeler.model.path": (_resolved(cfg.labeler.model.path, cfg), "the training labeler"),
+                  "preference_model.model.path": (_resolved(cfg.preference_model.model.path, cfg),
+                                                  "the preference model's base"),
+                  f"{out / 'preference_model'}": (str(out / "preference_model"),
+                                                  "the preference model this run trains"),
+                  "policy.model.path": (_resolved(cfg.policy.model.path, cfg), "the policy's starting point"),
+                  f"{out / 'sl_cai' / 'checkpoint'}": (str(out / "sl_cai" / "checkpoint"), "the SL-CAI policy"),
+                  f"{out / 'checkpoint'}": (str(out / "checkpoint"), "the RL policy this run trains")}
+        if command == "red-team":
+            models["red_team.target"] = (_resolved(cfg.red_team.target, cfg), "the model attacked")
+        else:
+            models["eval.baseline"] = (_resolved(cfg.eval.baseline, cfg), "the baseline evaluated")
+            for k, spec in enumerate(cfg.eval.checkpoints):
+                models[f"eval.checkpoints[{k}]"] = (_resolved(spec, cfg), "a checkpoint evaluated")
+    key = cfg.sl_cai.self_consistency_key
+    functions = {"labeler.function": ([cfg.labeler.function], "the training labeler's function"),
+                 "rl.reward_functions": (list(cfg.rl.reward_functions), "a reward the policy was trained on"),
+                 "sl_cai.self_consistency_key": ([key] if ":" in key else [], "the SL-CAI target filter")}
+    specs = {"eval.judge.path": cfg.eval.judge.path, "eval.judge_function": cfg.eval.judge_function,
+             "eval.harm_function": cfg.eval.harm_function}
+    return dependent_roles(judge_path, specs, models, functions, cfg.output_dir)
+
+
+def _independence(cfg: Config, command: str, judge_path: str) -> tuple[list[str], list[str]]:
+    """(warnings, shared roles) for a judge the optimizer saw with eval.allow_dependent_judge; refused without."""
+    found = shared_roles(cfg, command, judge_path)
+    if found and not cfg.eval.allow_dependent_judge:
+        raise ConfigError(independence_error(found))
+    return ([f"the evaluation judge is not independent: {f.describe()}; the optimizer was trained on its verdicts "
+             "(or is it), so they overstate the gains (eval.allow_dependent_judge=true)" for f in found],
+            [f.describe() for f in found])
 
 
 def plan_judge(cfg: Config, command: str) -> JudgePlan:
+    """The judge, checked: a model or functions the optimizer never saw (eval.allow_dependent_judge overrides)."""
     ec = cfg.eval
     if ec.judge.path:
         mc = resolve_models(cfg).eval.judge  # checked like every role's model: Hub id, revision, pickle, remote code
         path = mc.path
-        warnings = []
-        if cfg.labeler.model.path and path == resolve_model_path(cfg.labeler.model.path, cfg.cache_dir):
-            warnings.append(f"the evaluation judge ({ec.judge.path}) is the training labeler (labeler.model.path): "
-                            "the optimizer was trained on its verdicts, so they overstate the gains")
+        warnings, shares = _independence(cfg, command, path)
         # The labeler's option log-prob scoring on the judge model; a fresh labeler section so no training-labeler
         # setting (mode, cache, ensembles) leaks into the judge.
         model = ModelConfig(path=path, dtype=ec.judge.dtype, trust_remote_code=ec.judge.trust_remote_code)
@@ -151,13 +206,11 @@ def plan_judge(cfg: Config, command: str) -> JudgePlan:
             return ModelJudge(lambda qs: get(actor.p_a.remote(qs), cfg.trainer.timeout_s, "judge.p_a"),
                               ec.judge.path), actor
 
-        return JudgePlan("model", ec.judge.path, warnings, start)
+        return JudgePlan("model", ec.judge.path, warnings, start, shares)
     if ec.judge_function:
         judge = FunctionJudge(ec.judge_function, ec.harm_function)  # imports now: a bad path fails before any work
-        warnings = []
-        if ec.judge_function == getattr(cfg.labeler, "function", ""):
-            warnings.append(f"the evaluation judge ({ec.judge_function}) is the training labeler's function")
-        return JudgePlan("function", judge.name, warnings, lambda: (judge, None))
+        warnings, shares = _independence(cfg, command, "")
+        return JudgePlan("function", judge.name, warnings, lambda: (judge, None), shares)
     raise ConfigError(f"rlaif {command} needs a judge the optimizer never saw: set eval.judge (a model) or "
                       "eval.judge_function and eval.harm_function")
 
@@ -195,14 +248,20 @@ def run_eval(cfg: Config, tracker: Tracker, step: int = 0, trained: dict[str, st
             ray.kill(actor)
     judge, judge_actor = plan.start()
     try:
+        validation = judge_validation(cfg, judge)
         res = evaluate_responses(prompts, responses, labels[0], judge, ec.bootstrap_samples, cfg.seed)
     finally:
         if judge_actor is not None:
             ray.kill(judge_actor)
 
-    results = build_results(prompts, res, dict(zip(labels, specs)), labels[0], {"kind": plan.kind, "name": plan.name},
-                            warnings, {"temperature": ec.temperature, "max_new_tokens": ec.max_new_tokens,
-                                       "seed": cfg.seed + 31_337})
+    trust = {lab: read_trust(spec) if Path(spec).is_dir() else None for lab, spec in zip(labels, specs)}
+    for lab, mark in trust.items():
+        if mark and mark["status"] in DISTRUSTED:
+            log.warning("eval: checkpoint %s is marked untrusted: %s", lab, mark["summary"])
+    results = build_results(prompts, res, dict(zip(labels, specs)), labels[0],
+                            {"kind": plan.kind, "name": plan.name, "shares": plan.shares}, warnings,
+                            {"temperature": ec.temperature, "max_new_tokens": ec.max_new_tokens,
+                             "seed": cfg.seed + 31_337}, validation, trust)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     report = atomic_write_text(out / "report.html", render_report(results))
     tracker.log(flat_metrics(res["figures"]), step=step)
@@ -216,6 +275,22 @@ def run_eval(cfg: Config, tracker: Tracker, step: int = 0, trained: dict[str, st
     return report
 
 
+def judge_validation(cfg: Config, judge: Judge) -> dict | None:
+    """The judge scored on pyrit's human labels (rlaif.judge_check), eval.judge_validation_samples of each kind;
+    None when that is 0. A judge no better than chance is logged as a warning too."""
+    n = cfg.eval.judge_validation_samples
+    if not n:
+        return None
+    v = validate_judge(judge, harm_items(n, cfg.seed), ranked_pairs(n, cfg.seed), cfg.seed)
+    verdict = validation_verdict(v)
+    if verdict:
+        log.warning("judge validation: %s", verdict)
+    log.info("judge validation: harm balanced accuracy %s, miss %s, false alarm %s, pairwise agreement %s",
+             *(None if v[k]["value"] is None else round(v[k]["value"], 3)
+               for k in ("harm_balanced_accuracy", "miss_rate", "false_alarm_rate", "pairwise_agreement")))
+    return v
+
+
 def _check_models(cfg: Config, specs: list[str]) -> None:
     for spec in specs:
         resolve_model_path(spec, cfg.cache_dir)
@@ -227,15 +302,18 @@ def eval_command(cfg: Config, overwrite: bool = False, verbose: bool = False) ->
     eval_prompts(cfg)
     _check_models(cfg, [cfg.eval.baseline or cfg.policy.model.path, *cfg.eval.checkpoints])
     out = Path(cfg.output_dir)
+    replace = check_output_dir(out, overwrite)  # the same rules as `rlaif train`: its own folder, --overwrite
+    init_ray(cfg, (), verbose)
+    own_output_dir(out, replace, "eval")
     (out / "eval").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "eval" / "config.yaml")
-    init_ray(cfg, (), verbose)
     tracker = Tracker(cfg, out)
     try:
         return run_eval(cfg, tracker)
     finally:
         tracker.finish()
         shutdown_ray()
+        release_output_dir(out)
 
 
 class TrainingEval:
@@ -315,6 +393,8 @@ def red_team_command(cfg: Config, overwrite: bool = False, verbose: bool = False
     red_spec, target_spec = rc.red_model or cfg.policy.model.path, rc.target or cfg.policy.model.path
     _check_models(cfg, [red_spec, target_spec])
     minilm_path()  # the diversity encoder's package must be there before any work starts
+    replace = check_output_dir(Path(cfg.output_dir), overwrite)  # the same rules as `rlaif train`
+    own_output_dir(Path(cfg.output_dir), replace, "red-team")
     out = Path(cfg.output_dir) / "red_team"
     prompts_path = Path(rc.output) if rc.output else out / "prompts.jsonl"
     out.mkdir(parents=True, exist_ok=True)
@@ -324,14 +404,16 @@ def red_team_command(cfg: Config, overwrite: bool = False, verbose: bool = False
     init_ray(cfg, (), verbose)
     tracker = Tracker(cfg, Path(cfg.output_dir))
     try:
-        cases, asked = _attack(cfg, plan, red_spec, target_spec)
+        cases, asked, validation = _attack(cfg, plan, red_spec, target_spec)
         unique = unique_cases(cases)
         wins = [c.question for c in unique if c.success]
         mask = torch.tensor([c.success for c in unique], dtype=torch.bool)
         vectors = embed([c.question for c in unique]) if len(unique) > 1 else None
         asr = rate_figure(mask.tolist())
-        report = {
-            "red_model": red_spec, "target": target_spec, "judge": {"kind": plan.kind, "name": plan.name},
+        report = {  # what decides whether to believe the figures comes first
+            "judge_verdict": validation_verdict(validation), "judge_validation": validation,
+            "judge": {"kind": plan.kind, "name": plan.name, "shares": plan.shares},
+            "red_model": red_spec, "target": target_spec,
             "warnings": plan.warnings, "completions": asked, "test_cases": len(cases), "unique": len(unique),
             "duplicates": len(cases) - len(unique), "unparsed": asked - len(cases), "successes": len(wins),
             "attack_success_rate": asr.to_dict(),
@@ -352,6 +434,7 @@ def red_team_command(cfg: Config, overwrite: bool = False, verbose: bool = False
     finally:
         tracker.finish()
         shutdown_ray()
+        release_output_dir(Path(cfg.output_dir))
     log.info("red team: %d/%d unique test cases succeeded (ASR %s), self-BLEU %s, embedding distance %s",
              len(wins), len(unique), asr.value, report["self_bleu"], report["embedding_distance"])
     if not wins:
@@ -383,9 +466,10 @@ def _attack(cfg: Config, plan: JudgePlan, red_spec: str, target_spec: str):
             return chat(cfg, target_actor, [[{"role": "user", "content": q}] for q in questions], seed,
                         ec.temperature, rc.max_answer_tokens)
 
-        return red_team(red, target, judge.harmful, rc.zero_shot, rc.few_shot_rounds, rc.few_shot_per_round,
-                        rc.few_shot_examples, rc.few_shot_temperature, rc.harm_threshold, random.Random(cfg.seed),
-                        cfg.seed)
+        validation = judge_validation(cfg, judge)
+        return (*red_team(red, target, judge.harmful, rc.zero_shot, rc.few_shot_rounds, rc.few_shot_per_round,
+                          rc.few_shot_examples, rc.few_shot_temperature, rc.harm_threshold, random.Random(cfg.seed),
+                          cfg.seed), validation)
     finally:
         for a in actors:
             ray.kill(a)

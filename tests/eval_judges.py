@@ -46,3 +46,21 @@ def more_characters(prompts: list[str], firsts: list[str], seconds: list[str]) -
     """A labeler (labeler.function) that prefers the response with more characters: the opposite of
     rlaif.rewards:brevity, so the reward-vs-labeler agreement of a run paid for brevity is low."""
     return [1.0 if len(a) > len(b) else 0.0 if len(a) < len(b) else 0.5 for a, b in zip(firsts, seconds)]
+
+
+def barely_prefers_shorter(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """P(first better): 0.51 when the first has fewer words, 0.49 when more, 0.5 on equal counts -- a judge that
+    barely leans, whose hard wins would look like confident ones."""
+    return [0.5 + 0.01 * (p - 0.5) * 2 for p in shorter_is_better(prompts, firsts, seconds)]
+
+
+def flags_everything(prompts: list[str], responses: list[str]) -> list[float]:
+    """P(harmful) = 1 for every response: no misses, every harmless response a false alarm."""
+    return [1.0 for _ in responses]
+
+
+def coin_flip(prompts: list[str], responses: list[str]) -> list[float]:
+    """P(harmful) 0 or 1 from a hash of the text: a judge that answers at random (but reproducibly)."""
+    import hashlib
+
+    return [float(hashlib.sha256(r.encode()).digest()[0] % 2) for r in responses]
