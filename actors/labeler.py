@@ -176,16 +176,25 @@ class LabelerWorker:
         return [clamp_cot(x) for x in p] if self.lc.mode == "cot" else p
 
     # -- the role's API --
-    def compare(self, prompts: list[str], firsts: list[str], seconds: list[str]) -> list[dict]:
+    def principle_rng(self, seed: int | None) -> random.Random:
+        """Where a call draws its principles: a fresh RNG from the caller's seed, so the same call draws the same
+        principles whenever it is made, whatever this process served before: in a restarted labeler, a resumed run
+        (the trainer passes one seed per step and call, as it does for sampling), for the human-labelled set. Without
+        a seed, the role's own RNG (seeded from cfg.seed), which a restarted process starts over."""
+        return self.rng if seed is None else random.Random(seed)
+
+    def compare(self, prompts: list[str], firsts: list[str], seconds: list[str], seed: int | None = None
+                ) -> list[dict]:
         """Label each pair under K freshly sampled principles (or by the function judge), both orders, with a
         content-hash cache. The function judge sees the texts whole; the model sees them cut to
-        labeler.max_response_tokens."""
+        labeler.max_response_tokens. `seed`: see principle_rng."""
         k, both = self.lc.principles_per_pair, self.lc.both_orders
+        rng = self.principle_rng(seed)
         if self.judge is None:
             self.load()
             prompts = [self.trim(x) for x in prompts]
             firsts, seconds = [self.trim(x) for x in firsts], [self.trim(x) for x in seconds]
-            principles = [[self.constitution.sample_feedback(self.rng) for _ in range(k)] for _ in prompts]
+            principles = [[self.constitution.sample_feedback(rng) for _ in range(k)] for _ in prompts]
             settings = (self.path, self.lc.mode, self.lc.chat_template, both)
         else:  # config validation keeps principles_per_pair at 1 for a judge that takes no principle
             principles = [[f"function:{self.lc.function}"] for _ in prompts]
@@ -215,19 +224,22 @@ class LabelerWorker:
             out.append({"principle": cs[0], "principles": cs, **asdict(ensemble(labels))})
         return out
 
-    def rate(self, prompts: list[str], responses: list[str]) -> list[float]:
-        """Direct RLAIF: E[1..9 rating] under a sampled principle, rescaled to [-1, 1]."""
+    def rate(self, prompts: list[str], responses: list[str], seed: int | None = None) -> list[float]:
+        """Direct RLAIF: E[1..9 rating] under a sampled principle, rescaled to [-1, 1]. `seed`: see principle_rng."""
         self.load()
-        questions = [rating_question(p, self.constitution.sample_feedback(self.rng), self.trim(r))
+        rng = self.principle_rng(seed)
+        questions = [rating_question(p, self.constitution.sample_feedback(rng), self.trim(r))
                      for p, r in zip(prompts, responses)]
         tails = [render(self.tokenizer, q, self.lc.chat_template, SCORE_CUE) for q in questions]
         return [rating_reward(row) for row in self.logprob_sums([self.head] * len(tails), tails, SCORES)]
 
-    def critique(self, prompts: list[str], responses: list[str]) -> list[str]:
-        """A short AI critique of each response under a sampled critique request, for the human audit sheet."""
+    def critique(self, prompts: list[str], responses: list[str], seed: int | None = None) -> list[str]:
+        """A short AI critique of each response under a sampled critique request, for the human audit sheet.
+        `seed`: see principle_rng."""
         self.load()
-        requests = [self.constitution.sample_critique_revision(self.rng).critique for _ in prompts]
-        questions = [f"Human: {p}\nAssistant: {self.trim(r)}\n\nCritique request: {c}" for p, r, c in
+        rng = self.principle_rng(seed)
+        requests = [self.constitution.sample_critique_revision(rng).critique for _ in prompts]
+        questions = [f"Human: {self.trim(p)}\nAssistant: {self.trim(r)}\n\nCritique request: {c}" for p, r, c in
                      zip(prompts, responses, requests)]
         if self.lc.chat_template:
             texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
@@ -240,13 +252,3 @@ class LabelerWorker:
     def stats(self) -> dict[str, float]:
         return {"labeler/cache_hits": float(self.cache_hits), "labeler/cache_size": float(len(self.cache.entries))}
 
-    def rng_state(self) -> list:
-        """The principle-sampling RNG, for a resumable checkpoint (JSON-able)."""
-        from rlaif.checkpoint import jsonable
-
-        return jsonable(self.rng.getstate())
-
-    def set_rng_state(self, state: list) -> None:
-        from rlaif.checkpoint import as_tuples
-
-        self.rng.setstate(as_tuples(state))

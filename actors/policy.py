@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -13,7 +13,7 @@ from rlaif.algorithms import policy_loss
 from rlaif.batch import Batch
 from rlaif.config import Config
 from rlaif.logprobs import batch_logprobs, response_logprobs
-from rlaif.losses import masked_mean
+from rlaif.losses import aggregate_loss
 from rlaif.models import disable_dropout, load_causal_lm, load_tokenizer, resolve_model_path, save_pretrained_atomic
 
 
@@ -77,17 +77,37 @@ class PolicyWorker:
         return out
 
     def sft(self, shard: Batch, lr: float) -> dict[str, float]:
-        """One optimizer step of supervised fine-tuning; the loss sees only the target (response) tokens."""
+        """One optimizer step of supervised fine-tuning; the loss sees only the target (response) tokens.
+
+        The loss is the token mean over the whole batch (every micro-batch of every rank), as the RL losses are: a
+        mean of per-micro-batch means would weigh the tokens of short micro-batches more."""
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         self.engine.train()
         size, losses = self.cfg.policy.micro_batch_size, []
+        micro = -(-len(shard) // size)
+        if micro != self.grad_accum:
+            raise ValueError(f"policy rank {self.rank}: an SFT shard of {len(shard)} makes {micro} micro-batches of "
+                             f"{size}, but DeepSpeed accumulates {self.grad_accum}")
+        # DeepSpeed divides each micro-batch's loss by its accumulation steps and averages the ranks: a share of
+        # the batch's tokens per micro-batch and rank makes the accumulated gradient that of the batch-wide mean.
+        denom = self._batch_tokens(shard) / (micro * self.world_size)
         for mb in shard.chunks(size):
-            loss = -masked_mean(response_logprobs(self.engine, mb), mb.response_mask)
+            loss = aggregate_loss(-response_logprobs(self.engine, mb), mb.response_mask, "token-mean", denom=denom)
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.item())
+        # their mean over micro-batches (here) and ranks (the caller) is the batch-wide token mean
         return {"sft/loss": sum(losses) / len(losses), "sft/tokens": float(shard.token_count())}
+
+    def _batch_tokens(self, shard: Batch) -> float:
+        """Response tokens of the whole batch: this rank's shard's, summed over the ranks."""
+        import torch.distributed as dist
+
+        count = torch.tensor([float(shard.token_count())], device=self.engine.device)
+        if self.world_size > 1:
+            dist.all_reduce(count)
+        return count.item()
 
     def plan_weight_sync(self, shared: bool) -> dict | None:
         """Every rank: the buckets the weights travel in. `shared`: this rank sends through a bucket-sized buffer
@@ -107,12 +127,12 @@ class PolicyWorker:
 
     def init_weight_sync(self, backend: str, host: str, port: int, world_size: int, timeout_s: float) -> None:
         """A sending rank founds its weight-sync group (as its rank 0) with its engines' vLLM workers."""
-        from actors.weight_sync import BroadcastGroup
+        from actors.weight_sync import BroadcastGroup, release_buffer
 
-        self.sync_group = BroadcastGroup(backend, host, port, 0, world_size, timeout_s, self.engine.device)
-        if self.sync_handle and self.sync_handle["kind"] == "shm":
-            # every receiver mapped the file before joining the group: unlinked, it goes when the last mapping does
-            os.unlink(self.sync_handle["path"])
+        try:
+            self.sync_group = BroadcastGroup(backend, host, port, 0, world_size, timeout_s, self.engine.device)
+        finally:  # every receiver mapped the file before joining; if the group failed, nobody will
+            release_buffer(self.sync_handle)
 
     def weight_buckets(self) -> list:
         return self.sync_buckets
@@ -126,9 +146,11 @@ class PolicyWorker:
                             self.engine.device, self.sync_shared)
         return {"bytes": float(sent), "seconds": time.perf_counter() - t0}
 
-    def save_checkpoint(self, folder: str) -> None:
-        """Every rank writes its own ZeRO shards: weights and optimizer states."""
+    def save_checkpoint(self, folder: str) -> list[str]:
+        """Every rank writes its own ZeRO shards (weights and optimizer states); returns the files it sees there, so
+        the driver can check that it sees them too (output_dir on storage every node shares)."""
         self.engine.save_checkpoint(folder, tag="policy", save_latest=False)
+        return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
 
     def load_checkpoint(self, folder: str) -> None:
         path, _ = self.engine.load_checkpoint(folder, tag="policy", load_optimizer_states=True,

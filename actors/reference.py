@@ -20,6 +20,14 @@ class ReferenceWorker:
         self.batch_size = cfg.policy.micro_batch_size
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
-        """[B, R] reference log-probs at the sampling temperature (no top-p: the reference did not sample, and its
-        own nucleus could exclude a sampled token, making the KL infinite)."""
-        return batch_logprobs(self.model, batch, self.batch_size, batch.meta["temperature"])
+        """[B, R] reference log-probs under the sampling settings the policy's are computed with: logits / T,
+        restricted to the reference's own top-p nucleus.
+
+        Why the nucleus on both sides (and not on neither, as veRL, OpenRLHF and TRL do): the policy's log-probs must
+        be vLLM's "processed" ones for PPO ratios and TIS to describe the real sampler, and a reference without the
+        nucleus then differs by -log Z > 0 on every token even with identical weights (KL > 0, online-DPO loss off
+        ln 2 at step 0). Each model's own nucleus makes KL(pi || pi_ref) the KL between the two sampling
+        distributions: 0 for identical weights. A sampled token outside the reference's nucleus is scored as if
+        inside (rlaif.logprobs._chunk_logprobs), which keeps the KL finite where the truncated KL would be infinite.
+        """
+        return batch_logprobs(self.model, batch, self.batch_size, batch.meta["temperature"], batch.meta["top_p"])

@@ -222,6 +222,9 @@ class Pending:
                 rows[prompt * n + j] = pos * n + j
         out = batch.select(rows)
         out.meta["gen_seconds"] = max(p.meta["gen_seconds"] for p in parts)
+        # Engines may hold different weights (one restarted during async generation, then brought to the current
+        # ones): the batch is as stale as its oldest part.
+        out.meta["weight_version"] = min(p.meta["weight_version"] for p in parts)
         out.meta["prompts_truncated"] = sum(p.meta["prompts_truncated"] for p in parts)
         out.meta["gen_tokens"] = out.token_count()
         return out

@@ -115,7 +115,46 @@ class BroadcastGroup:
                                f"{self.timeout_s:.0f}s (trainer.timeout_s): {exc}") from exc
 
 
-def share_buffer(nbytes: int, device: torch.device) -> tuple[torch.Tensor, dict]:
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "rlaif-weight-sync-"  # then the creating process's pid: a stale file names its dead owner
+
+
+def sweep_stale_buffers(folder: str = SHM_DIR) -> list[str]:
+    """Remove the shared buffers whose creating process is gone (a rank killed before it unlinked its file: the
+    memory stays taken until the machine reboots). Returns the paths removed."""
+    removed = []
+    for name in os.listdir(folder):
+        pid = name[len(SHM_PREFIX):].split("-")[0] if name.startswith(SHM_PREFIX) else ""
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(os.path.join(folder, name))
+        except OSError:  # gone already, or another user's
+            pass
+    if removed:
+        log.info("weight sync: removed %d stale shared buffer(s) of dead processes: %s", len(removed), removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def release_buffer(handle: dict | None) -> None:
+    """Unlink a /dev/shm buffer once its receivers have mapped it (it is freed when the last mapping goes), or once
+    the group meant to use it failed to form (nobody will map it)."""
+    if handle and handle["kind"] == "shm" and os.path.exists(handle["path"]):
+        os.unlink(handle["path"])
+
+
+def share_buffer(nbytes: int, device: torch.device, folder: str = SHM_DIR) -> tuple[torch.Tensor, dict]:
     """A bucket-sized byte buffer, and a handle by which a process on the same node (CPU) or GPU (CUDA) maps it."""
     if device.type == "cuda":
         from torch.multiprocessing.reductions import reduce_tensor
@@ -124,7 +163,8 @@ def share_buffer(nbytes: int, device: torch.device) -> tuple[torch.Tensor, dict]
         rebuild, args = reduce_tensor(buf)  # a CUDA IPC handle (the storage stays alive as long as `buf`)
         return buf, {"kind": "cuda_ipc", "rebuild": rebuild, "args": args, "nbytes": nbytes,
                      "gpu": str(torch.cuda.get_device_properties(device).uuid)}
-    path = f"/dev/shm/rlaif-weight-sync-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    sweep_stale_buffers(folder)
+    path = os.path.join(folder, f"{SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     buf = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
     return buf, {"kind": "shm", "path": path, "nbytes": nbytes}
 

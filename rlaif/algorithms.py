@@ -197,6 +197,22 @@ def policy_loss(cfg: RLConfig, logp: torch.Tensor, mb: Batch, kl_coef: float, de
     return loss, info
 
 
+def sampler_metrics(step: int, batch: Batch, train_metrics: dict[str, float]) -> dict[str, float]:
+    """How far the samples are from the policy that trains on them at `step`.
+
+    rollout/staleness: updates behind it, counted from the oldest weights in the batch (batch.meta["weight_version"]
+    is its oldest engine's). The trainer-vs-vLLM log-prob gap per token (policy/tis_mean_abs_log_ratio) is the
+    numerical mismatch only on a batch sampled with the same weights: logprob/vllm_vs_trainer_abs_diff, on-policy
+    batches only; on a stale batch (async mode) it is dominated by the policy's change since: logprob/lag_abs_diff.
+    """
+    staleness = step - batch.meta["weight_version"]
+    out = {"rollout/staleness": float(staleness)}
+    if "tis_mean_abs_log_ratio" in train_metrics:
+        key = "logprob/vllm_vs_trainer_abs_diff" if staleness == 0 else "logprob/lag_abs_diff"
+        out[key] = train_metrics["tis_mean_abs_log_ratio"]
+    return out
+
+
 def batch_denominator(cfg: RLConfig, batch: Batch) -> float:
     """The batch-wide count the policy loss is a mean over: tokens, responses, or pairs (online DPO)."""
     if ALGORITHMS[cfg.algorithm].pairwise:

@@ -69,7 +69,6 @@ class TrainerState:
     kl_coef: float
     moments: dict[str, float]
     rng: dict[str, Any] = field(default_factory=dict)
-    labeler_rng: Any = None
     wandb_run_id: str | None = None
     policy_init: str = ""  # the model RL started from (the SL-CAI checkpoint when SL-CAI ran)
     preference_model: str = ""  # the trained preference model's folder, "" without one
@@ -290,6 +289,7 @@ def load(path: Path) -> TrainerState:
         raise CheckpointError(f"{path}: files not in {MANIFEST}: {extra}; refusing to load them")
     data = json.loads((path / "trainer_state.json").read_text())
     data["pm_normalization"] = tuple(data["pm_normalization"])
+    data.pop("labeler_rng", None)  # older checkpoints: the labeler now draws from a seed per step, nothing to restore
     return TrainerState(**data)
 
 

@@ -284,20 +284,27 @@ class AlarmConfig:
     line on the console, a wandb alert, a row in the run's `alarms` table, alarms/<name> = 1 (0 while the check
     passes); it fires again only after clearing. trainer.stop_on_alarm names the alarms that stop the run."""
 
-    window: int = 3  # steps averaged before the kl, length, boilerplate and reward-agreement checks
+    window: int = 3  # steps (points, for reward agreement) averaged or pooled by every check but divergence's
     kl_band: list[float] = field(default_factory=list)  # [low, high] for kl/policy_ref; empty: off
     length_band: list[float] = field(default_factory=list)  # [low, high] for response/length in tokens; empty: off
+    # The first this many RL steps set the baseline of length_corr, truncation and refusal; each fires when the 99.9 %
+    # interval of its rise over the baseline (the last `window` steps pooled against these) lies wholly above:
+    baseline_steps: int = 3
+    length_corr_rise: float = 0.3  # response/length_reward_corr, Pearson's r of reward and length in a step; 2: off
+    truncation_rise: float = 0.2  # response/truncated, the share of responses hitting rollout.max_new_tokens; 1: off
+    refusal_rise: float = 0.1  # response/refusal, the share rlaif.evaluate.is_refusal flags; 1: off
     # response/boilerplate, the share of a step's responses whose text also answers a different prompt, above this
     # (responses collapse to one answer); 1: off
     boilerplate_max: float = 0.5
-    # labels/reward_agreement (the share of labelled pairs the reward ranks as the AI labeler does), averaged over the
-    # last `window` labelled steps (rl.label_every), below this; 0: off
-    reward_agreement_min: float = 0.0
-    # PM-vs-judge divergence over the last this many eval points (trainer.eval_every): eval/reward rises while the
-    # held-out judge (eval.judge or eval.judge_function) rates the responses against the starting policy's ever worse
-    # (eval/judge_win_rate's trend falls by divergence_drop or more); 0: off, else >= 2
+    # The share of pairs the reward ranks as an independent reference does (ties of either left out), pooled over
+    # the last `window` points, has its 99.9 % interval wholly below this: the held-out judge on the eval responses
+    # (eval/reward_judge_agreement) where the judge runs, else the AI labeler (labels/reward_agreement); 0: off
+    reward_agreement_min: float = 0.5
+    # PM-vs-judge divergence (trainer.eval_every, eval.judge or eval.judge_function): at each of the last this many
+    # eval points eval/reward is above its start while the held-out judge's 95 % interval of the win rate against the
+    # starting policy (eval/judge_win_rate) lies wholly below its start; 0: off. 2 keeps a noise judge on 16 prompts
+    # under 1 % false alarms over six points (1: 21 %)
     divergence_window: int = 0
-    divergence_drop: float = 0.1
 
 
 @dataclass
@@ -306,8 +313,9 @@ class TrainerConfig:
     log_samples: int = 4  # rows per step in the sample table
     eval_every: int = 0  # > 0: score the held-out prompts every this many steps (and before the first, after the last)
     progress: bool = True
-    # Alarms (rlaif/alarms.py: kl, length, boilerplate, reward_agreement, divergence; or all) that stop the run when
-    # they fire: `rlaif train` exits with code 4, naming the alarm and the step.
+    # Alarms (rlaif/alarms.py: kl, length, length_corr, truncation, refusal, boilerplate, reward_agreement,
+    # divergence; or all) that stop the run when they fire: `rlaif train` exits with code 4, naming the alarm and
+    # the step.
     stop_on_alarm: list[str] = field(default_factory=list)
     timeout_s: float = 600.0  # every ray.get is bounded: a hung actor fails the run instead of hanging it
     # One step off-policy: generate step t+1's samples (with the weights of t-1) while step t trains, corrected by
@@ -713,7 +721,7 @@ def validate_eval(cfg: Config) -> None:
 
 
 def validate_alarms(cfg: Config) -> None:
-    from rlaif.alarms import ALARMS
+    from rlaif.alarms import ALARMS, enabled_alarms
 
     ac = cfg.alarms
     if ac.window < 1:
@@ -726,19 +734,20 @@ def validate_alarms(cfg: Config) -> None:
         raise ConfigError(f"alarms.boilerplate_max: must be in [0, 1] (1: off), got {ac.boilerplate_max}")
     if not 0.0 <= ac.reward_agreement_min <= 1.0:
         raise ConfigError(f"alarms.reward_agreement_min: must be in [0, 1] (0: off), got {ac.reward_agreement_min}")
-    if ac.divergence_window == 1 or ac.divergence_window < 0:
-        raise ConfigError(f"alarms.divergence_window: a trend needs >= 2 eval points (0: off), got "
-                          f"{ac.divergence_window}")
+    if ac.baseline_steps < 1:
+        raise ConfigError(f"alarms.baseline_steps: must be >= 1, got {ac.baseline_steps}")
+    for key, top in (("length_corr_rise", 2.0), ("truncation_rise", 1.0), ("refusal_rise", 1.0)):
+        if not 0.0 <= getattr(ac, key) <= top:
+            raise ConfigError(f"alarms.{key}: must be in [0, {top:g}] ({top:g}: off), got {getattr(ac, key)}")
+    if ac.divergence_window < 0:
+        raise ConfigError(f"alarms.divergence_window: must be >= 0 eval points (0: off), got {ac.divergence_window}")
     if ac.divergence_window:
         if not cfg.trainer.eval_every:
             raise ConfigError("alarms.divergence_window: compares eval points, which trainer.eval_every > 0 turns on")
         if not (cfg.eval.judge.path or cfg.eval.judge_function):
             raise ConfigError("alarms.divergence_window: needs a held-out judge: set eval.judge (a model) or "
                               "eval.judge_function and eval.harm_function")
-        if ac.divergence_drop <= 0:
-            raise ConfigError(f"alarms.divergence_drop: must be > 0, got {ac.divergence_drop}")
-    off = {"kl": not ac.kl_band, "length": not ac.length_band, "boilerplate": ac.boilerplate_max >= 1,
-           "reward_agreement": ac.reward_agreement_min <= 0, "divergence": not ac.divergence_window}
+    off = {name: not on for name, on in enabled_alarms(ac).items()}
     for name in cfg.trainer.stop_on_alarm:
         if name not in (*ALARMS, "all"):
             raise ConfigError(f"trainer.stop_on_alarm: unknown alarm {name!r}; allowed: {', '.join(ALARMS)}, all")

@@ -99,8 +99,8 @@ def eval_prompts(cfg: Config) -> tuple[list[EvalPrompt], list[list[dict]], list[
             warnings.append(f"no held-out {s} prompts in eval.red_team / eval.benign: its figures are n/a")
         prompts += [EvalPrompt(r.id, r.text, s, r.category) for r in recs]
         chats += [r.chat() for r in recs]
-    log.info("eval prompts: %s (%d dropped: used in training)", {s: sum(p.set == s for p in prompts) for s in SETS},
-             dropped)
+    log.info("eval prompts: %s; %d dropped because training uses them",
+             ", ".join(f"{sum(p.set == s for p in prompts)} {s}" for s in SETS), dropped)
     return prompts, chats, warnings
 
 
@@ -316,6 +316,14 @@ def eval_command(cfg: Config, overwrite: bool = False, verbose: bool = False) ->
         release_output_dir(out)
 
 
+def in_loop_judge(cfg: Config) -> bool:
+    """Does the held-out judge run at every eval point of `rlaif train`? For the divergence alarm, and wherever a
+    judge is configured and there are eval points: the reward_agreement alarm then measures the reward against a
+    judge the optimizer never saw, not against the labeler whose biases the PM learned."""
+    judged = bool(cfg.eval.judge.path or cfg.eval.judge_function)
+    return cfg.alarms.divergence_window > 0 or (judged and cfg.trainer.eval_every > 0)
+
+
 class TrainingEval:
     """The judge the optimizer never saw, during and after `rlaif train`: the held-out judge's verdict at every eval
     point (alarms.divergence_window) and, with eval.enabled, the evaluation of every checkpoint once RL is done.
@@ -330,15 +338,20 @@ class TrainingEval:
         """Checks the judge, the eval prompts and the models before anything is written or started. `cfg` is the
         run's config before SL-CAI: its policy is the baseline."""
         self.cfg, self.saved, self.judge_actor = cfg, {}, None
-        needs_judge = cfg.eval.enabled or cfg.alarms.divergence_window > 0
+        needs_judge = cfg.eval.enabled or in_loop_judge(cfg)
         self.plan = plan_judge(cfg, "train") if needs_judge else None
         if cfg.eval.enabled:
             eval_prompts(cfg)
             _check_models(cfg, [cfg.eval.baseline or cfg.policy.model.path, *cfg.eval.checkpoints])
 
     def verdict(self, held_out: list) -> JudgeVerdict | None:
-        """The held-out judge for trainer.evaluate (None when the divergence alarm is off); starts a model judge."""
-        if not self.cfg.alarms.divergence_window:
+        """The held-out judge for trainer.evaluate (None where in_loop_judge says none runs); starts a model
+        judge."""
+        if not in_loop_judge(self.cfg):
+            return None
+        if not held_out and not self.cfg.alarms.divergence_window:
+            log.warning("held-out judge: no held-out RL prompts to judge at the eval points; the reward_agreement "
+                        "alarm measures the reward against the labeler (raise data.eval_fraction)")
             return None
         if not held_out:
             raise DataError("alarms.divergence_window: no held-out RL prompts to judge; raise data.eval_fraction or "

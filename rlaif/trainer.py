@@ -26,12 +26,20 @@ from actors.policy import reduce_stats
 from actors.roles import Roles, sharded
 from actors.rollout import Pending, Ready
 from rlaif import checkpoint
-from rlaif.alarms import AlarmMonitor, AlarmStop
+from rlaif.alarms import (
+    AlarmMonitor,
+    AlarmStop,
+    agreement_metrics,
+    step_measures,
+    sycophancy_figures,
+    sycophancy_probes,
+)
 from rlaif.algorithms import (
     batch_denominator,
     make_experience,
     needs_old_logprobs,
     reward_function_scores,
+    sampler_metrics,
     shape_scores,
 )
 from rlaif.batch import Batch
@@ -66,11 +74,12 @@ class RLState:
     reward_fns: list = field(default_factory=list)
 
 
-def reward(cfg: Config, roles: Roles, state: RLState, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+def reward(cfg: Config, roles: Roles, state: RLState, batch: Batch, seed: int
+           ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training reward of each response: preference-model score + rule-based reward functions + the labeler's
-    direct rating (rl.use_labeler_rating); also each part's mean, for logging."""
+    direct rating (rl.use_labeler_rating, its principles drawn from `seed`); also each part's mean, for logging."""
     prompts, texts = batch.texts["prompt"], batch.texts["response"]
-    rating_ref = roles.labeler.rate.remote(prompts, texts) if cfg.rl.use_labeler_rating else None
+    rating_ref = roles.labeler.rate.remote(prompts, texts, seed) if cfg.rl.use_labeler_rating else None
     total, parts = torch.zeros(len(texts)), {}
     if roles.pm is not None:
         pm = torch.tensor(score_pm(roles, prompts, texts))
@@ -86,18 +95,35 @@ def reward(cfg: Config, roles: Roles, state: RLState, batch: Batch) -> tuple[tor
 
 def evaluate(cfg: Config, roles: Roles, state: RLState, prompts: list[str], judge=None) -> dict[str, float]:
     """The training reward on held-out prompts the optimizer never trains on, with a fixed sampling seed; and the
-    held-out judge's verdict on the same responses (rlaif.alarms.JudgeVerdict), when given."""
+    held-out judge's verdict on the same responses (rlaif.alarms.JudgeVerdict), when given, and its agreement with
+    the reward on each prompt's two responses (the reward_agreement alarm's reference then); and the sycophancy
+    probes' shift (rlaif/assets/sycophancy_probes.jsonl)."""
     batch = roles.rollout.generate(prompts, 2, cfg.seed + 4242)
-    total, parts = reward(cfg, roles, state, batch)
+    total, parts = reward(cfg, roles, state, batch, cfg.seed + 4242)  # the rating's principles fixed too
     out = {"eval/reward": total.mean().item(), **{f"eval/{k}": v for k, v in parts.items()},
            "eval/length": batch["response_len"].float().mean().item()}
-    return out | (judge(batch.texts["prompt"], batch.texts["response"]) if judge is not None else {})
+    probes = sycophancy_probes()  # each question asked plainly and with the user's wrong answer, one sample each
+    asked = roles.rollout.generate([p.plain for p in probes] + [p.opinion for p in probes], 1, cfg.seed + 4343)
+    answers = asked.texts["response"]
+    out |= sycophancy_figures(probes, answers[:len(probes)], answers[len(probes):], seed=cfg.seed)
+    if judge is None:
+        return out
+    texts = batch.texts["response"]
+    return out | judge(batch.texts["prompt"], texts) | judge.agreement(
+        batch.texts["prompt"][0::2], texts[0::2], texts[1::2], total[0::2].tolist(), total[1::2].tolist())
 
 
 def generate(cfg: Config, roles: Roles, loader: PromptLoader, step: int) -> Pending:
     """Start sampling the step's prompts on the vLLM engines (n per prompt, a fixed seed per step)."""
     prompts = [p.text for p in loader.next(cfg.rl.prompts_per_step)]
     return roles.rollout.submit(prompts, cfg.rollout.n_samples, cfg.seed + step * 7919)
+
+
+def labeler_seed(cfg: Config, step: int, call: str) -> int:
+    """The seed a step's labeler call draws its principles from: fixed per step and call, as the sampling seeds are,
+    so a restarted labeler or a resumed run draws the principles an uninterrupted run draws (their labels train
+    online DPO and rl.use_labeler_rating's reward)."""
+    return cfg.seed + step * 7919 + {"compare": 1, "rate": 2}[call]
 
 
 def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) -> tuple[dict, list[dict]]:
@@ -108,12 +134,12 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     t = time.perf_counter()
     shared = ray.put(batch)
     texts, pair_prompts = batch.texts["response"], batch.texts["prompt"][0::2]
-    label_ref = roles.labeler.compare.remote(pair_prompts, texts[0::2], texts[1::2]) \
-        if step % rl.label_every == 0 else None
+    label_ref = roles.labeler.compare.remote(pair_prompts, texts[0::2], texts[1::2],
+                                             labeler_seed(cfg, step, "compare")) if step % rl.label_every == 0 else None
     ref_ref = roles.reference.logprobs.remote(shared) if roles.reference else None
     old_refs = sharded(roles.policy, "logprobs", batch) if needs_old_logprobs(rl) else []
     value_refs = sharded(roles.critic, "values", batch) if roles.critic else []
-    raw, reward_parts = reward(cfg, roles, state, batch)  # blocks on the PM; the others already run
+    raw, reward_parts = reward(cfg, roles, state, batch, labeler_seed(cfg, step, "rate"))  # blocks on the PM
     labels = roles.get(label_ref, "labeler.compare") if label_ref else []
     if ref_ref:
         batch["ref_logprobs"] = roles.get(ref_ref, "reference.logprobs")
@@ -146,20 +172,20 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
         "response/length": batch["response_len"].float().mean().item(),
         "response/finished": batch["finished"].float().mean().item(),
         "response/boilerplate": sum(boilerplate_flags(batch.texts["prompt"], texts)) / len(texts),  # collapse
+        # length hacking and evasion (rlaif/alarms.py): truncated and refused shares, reward-length correlation
+        **step_measures(raw.tolist(), batch["response_len"].tolist(), texts, cfg.rollout.max_new_tokens),
         **{f"policy/{k}": v for k, v in train_metrics.items()}, **critic_metrics, **timings, **sync,
         "time/generate": batch.meta["gen_seconds"], "rollout/samples": float(len(batch)),
         "rollout/tokens_per_second": batch.meta["gen_tokens"] / batch.meta["gen_seconds"],
-        "rollout/staleness": float(step - batch.meta["weight_version"]),  # updates behind the policy it trains
+        **sampler_metrics(step, batch, train_metrics),  # staleness; vLLM-vs-trainer mismatch or policy lag
         "data/prompts_truncated": float(batch.meta["prompts_truncated"]), **roles.fault_metrics(),
     }
-    if "tis_mean_abs_log_ratio" in train_metrics:
-        metrics["logprob/vllm_vs_trainer_abs_diff"] = train_metrics["tis_mean_abs_log_ratio"]
     rows = []
     if labels:
         metrics.update(label_stats(labels, prefix="labels/"))
         if reward_parts:  # does the reward rank each pair as the AI labeler does? Falling agreement: reward hacking
-            agree = [(raw[2 * i] > raw[2 * i + 1]).item() == (lab["p_first"] > 0.5) for i, lab in enumerate(labels)]
-            metrics["labels/reward_agreement"] = sum(agree) / len(agree)
+            metrics.update(agreement_metrics("labels/reward_agreement", raw[0::2].tolist(), raw[1::2].tolist(),
+                                             [lab["p_first"] for lab in labels]))
         rows = [
             {"step": step + 1, "prompt": pair_prompts[i], "response_1": texts[2 * i], "response_2": texts[2 * i + 1],
              "principle": lab["principle"], "ai_label_p1": round(lab["p_first"], 4),
@@ -219,7 +245,6 @@ def save_checkpoint(cfg: Config, roles: Roles, done: int, state: RLState, loader
     saved = dataclasses.replace(
         start, step=done, loader=loader.state(), kl_coef=state.kl.value,
         moments={"count": m.count, "mean": m.mean, "m2": m.m2}, rng=checkpoint.capture_rng(),
-        labeler_rng=roles.get(roles.labeler.rng_state.remote(), "labeler.rng_state") if roles.labeler else None,
         wandb_run_id=tracker.run_id, judge_start=list(judge.start) if judge is not None and judge.start else None,
     )
     path = checkpoint.commit(staging, saved, cfg.trainer.keep_last)
@@ -238,8 +263,6 @@ def restore(roles: Roles, path: Path, saved: checkpoint.TrainerState, loader: Pr
     state.kl.value = saved.kl_coef
     state.moments.count, state.moments.mean, state.moments.m2 = (saved.moments[k] for k in ("count", "mean", "m2"))
     checkpoint.restore_rng(saved.rng)
-    if roles.labeler is not None and saved.labeler_rng is not None:
-        roles.get(roles.labeler.set_rng_state.remote(saved.labeler_rng), "labeler.set_rng_state")
     roles.sync(version=saved.step)
     log.info("resumed from %s at RL step %d", path, saved.step)
     return Ready(checkpoint.load_batch(path / "next_batch")) if (path / "next_batch").is_dir() else None

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 
-from rlaif.alarms import AlarmMonitor, AlarmStop, JudgeVerdict, divergence, fitted_change, windowed_mean
+from rlaif.alarms import AlarmMonitor, AlarmStop, JudgeVerdict, windowed_mean
 from rlaif.config import AlarmConfig, ConfigError, load_config
 from rlaif.evaluate import FunctionJudge
 
@@ -34,7 +33,9 @@ class Sink:
         return [(s, m[f"alarms/{name}"]) for s, m in self.logged if f"alarms/{name}" in m]
 
 
-OFF = {"boilerplate_max": 1.0}  # every alarm is off unless a test turns it on
+# every alarm is off unless a test turns it on
+OFF = {"boilerplate_max": 1.0, "reward_agreement_min": 0.0, "length_corr_rise": 2.0, "truncation_rise": 1.0,
+       "refusal_rise": 1.0}
 
 
 def run(series: dict[str, list[float]], stop_on=(), **alarm_cfg) -> tuple[AlarmMonitor, Sink]:
@@ -57,9 +58,6 @@ CASES = {
     # responses collapse to one text: means 0.083, 0.333, 0.667 -> step 5
     "boilerplate": ("response/boilerplate", {"boilerplate_max": 0.5}, [0, 0, 0.25, 0.75, 1, 1], [0, 0.1, 0, 0, 0.1, 0],
                     5, (0.25 + 0.75 + 1) / 3),
-    # the reward stops ranking pairs as the labeler does: means 0.75, 0.65, 0.533 -> step 5
-    "reward_agreement": ("labels/reward_agreement", {"reward_agreement_min": 0.6}, [0.8, 0.75, 0.7, 0.5, 0.4, 0.3],
-                         [0.8, 0.7, 0.75, 0.8, 0.7, 0.75], 5, (0.7 + 0.5 + 0.4) / 3),
 }
 
 
@@ -86,14 +84,7 @@ def test_band_and_bar_alarms_fire_on_hacking_and_stay_quiet_when_healthy(name, c
 def test_an_alarm_that_is_off_never_checks():
     monitor, sink = run({"kl/policy_ref": [100.0] * 5, "response/boilerplate": [1.0] * 5})  # no band, max 1
     assert monitor.enabled == [] and monitor.fired == [] and sink.logged == []
-
-
-def test_reward_agreement_counts_labelled_steps_only():
-    """rl.label_every = 2: the metric exists on every other step; the window is over labelled steps."""
-    series = [0.2, None, 0.2, None, 0.2, None]
-    monitor, _ = run({"labels/reward_agreement": series}, reward_agreement_min=0.5)
-    (alarm,) = monitor.fired
-    assert alarm.step == 5 and alarm.value == pytest.approx(0.2)  # the third labelled step, not step 3
+    assert windowed_mean([1, 2, 3, 4], 3) == 3 and windowed_mean([1, 2], 3) is None
 
 
 def test_an_alarm_fires_again_only_after_clearing():
@@ -102,45 +93,6 @@ def test_an_alarm_fires_again_only_after_clearing():
     assert [a.step for a in monitor.fired] == [1, 5]
     assert [v for _, v in sink.states("kl")] == [1, 1, 0, 0, 1, 1, 1]
     assert sink.tables[-1][2] == [a.row() for a in monitor.fired]  # the table holds every alarm so far
-
-
-def eval_points(rewards, verdicts, every=2):
-    """Eval metrics at steps 0, every, 2 every, ... as trainer.evaluate logs them (with a train step in between)."""
-    sink = Sink()
-    monitor = AlarmMonitor(AlarmConfig(**OFF, divergence_window=3, divergence_drop=0.1), [], sink)
-    for i, (r, v) in enumerate(zip(rewards, verdicts)):
-        if i:
-            monitor.update(i * every, {"reward/score": r})  # a train step's metrics: no eval point
-        monitor.update(i * every, {"eval/reward": r, "eval/judge_win_rate": v})
-    return monitor, sink
-
-
-def test_divergence_fires_when_reward_rises_as_the_judge_falls():
-    monitor, sink = eval_points([0.1, 0.2, 0.3, 0.4], [0.5, 0.45, 0.3, 0.2])
-    # steps 0, 2, 4: the judge's least-squares slope is -0.05 per step, a change of -0.2 over 4 steps
-    (alarm,) = monitor.fired
-    assert (alarm.name, alarm.step, alarm.value) == ("divergence", 4, pytest.approx(-0.2))
-    assert "[0, 2, 4]" in alarm.detail and sink.states("divergence") == [(4, 1.0), (6, 1.0)]
-
-
-@pytest.mark.parametrize("rewards,verdicts", [
-    ([0.1, 0.2, 0.3, 0.4], [0.5, 0.55, 0.6, 0.62]),  # both rise: learning, not hacking
-    ([0.4, 0.3, 0.2, 0.1], [0.5, 0.4, 0.3, 0.2]),  # both fall: a bad run, but the PM and the judge agree
-    ([0.1, 0.2, 0.3, 0.4], [0.5, 0.48, 0.5, 0.47]),  # the judge wobbles by less than divergence_drop
-])
-def test_divergence_stays_quiet_when_the_reward_and_the_judge_agree(rewards, verdicts):
-    monitor, sink = eval_points(rewards, verdicts)
-    assert monitor.fired == [] and {v for _, v in sink.states("divergence")} == {0.0}
-
-
-def test_fitted_change_matches_numpy_polyfit():
-    steps, values = [0, 2, 4, 10], [0.5, 0.46, 0.31, 0.05]
-    slope = np.polyfit(steps, values, 1)[0]
-    assert fitted_change(steps, values) == pytest.approx(slope * 10)
-    assert windowed_mean([1, 2, 3, 4], 3) == 3 and windowed_mean([1, 2], 3) is None
-    assert divergence([0, 2], [0, 1], [0.5, 0.1], 3, 0.1) is None
-    with pytest.raises(ValueError, match="span nothing"):
-        fitted_change([3, 3], [0.1, 0.2])
 
 
 def test_stop_on_alarm_raises_after_reporting_every_alarm_of_the_step():
@@ -204,7 +156,15 @@ JUDGE = ["eval.judge_function=tests.eval_judges:shorter_is_better",
     (["alarms.kl_band=[5, 1]"], r"alarms\.kl_band: must be \[low, high\]"),
     (["alarms.length_band=[1]"], r"alarms\.length_band: must be \[low, high\]"),
     (["alarms.boilerplate_max=1.5"], r"alarms\.boilerplate_max: must be in \[0, 1\]"),
-    (["alarms.divergence_window=1", "trainer.eval_every=2", *JUDGE], r"alarms\.divergence_window: a trend needs"),
+    (["alarms.divergence_window=-1", "trainer.eval_every=2", *JUDGE], r"alarms\.divergence_window: must be >= 0"),
+    (["alarms.baseline_steps=0"], r"alarms\.baseline_steps: must be >= 1"),
+    (["alarms.truncation_rise=1.5"], r"alarms\.truncation_rise: must be in \[0, 1\] \(1: off\)"),
+    (["alarms.refusal_rise=-0.1"], r"alarms\.refusal_rise: must be in \[0, 1\]"),
+    (["alarms.length_corr_rise=2.5"], r"alarms\.length_corr_rise: must be in \[0, 2\] \(2: off\)"),
+    (["alarms.truncation_rise=1", "trainer.stop_on_alarm=[truncation]"],
+     r"trainer\.stop_on_alarm: the truncation alarm is off"),
+    (["alarms.reward_agreement_min=0", "trainer.stop_on_alarm=[reward_agreement]"],
+     r"trainer\.stop_on_alarm: the reward_agreement alarm is off"),
     (["alarms.divergence_window=3", *JUDGE], r"trainer\.eval_every > 0"),
     (["alarms.divergence_window=3", "trainer.eval_every=2"], r"alarms\.divergence_window: needs a held-out judge"),
     (["trainer.stop_on_alarm=[kll]"], r"trainer\.stop_on_alarm: unknown alarm 'kll'"),
@@ -226,6 +186,13 @@ def test_good_alarm_config_loads():
     assert cfg.alarms.kl_band == [0.0, 20.0] and cfg.trainer.stop_on_alarm == ["kl", "divergence"]
 
 
+def test_the_default_alarms_watch_length_evasion_agreement_and_collapse():
+    """On by default: what needs no judge and no band chosen by hand (bug caught: a default left off)."""
+    monitor = AlarmMonitor(load_config(None, []).alarms, [], Sink())
+    assert monitor.enabled == ["length_corr", "truncation", "refusal", "boilerplate", "reward_agreement"]
+    assert load_config(None, ["trainer.stop_on_alarm=[truncation, refusal, length_corr]"]).trainer.stop_on_alarm
+
+
 def test_the_cli_reports_a_stop_by_alarm_with_exit_code_4(monkeypatch, capsys, tmp_path):
     from rlaif import cli, trainer
     from rlaif.alarms import Alarm
@@ -239,3 +206,14 @@ def test_the_cli_reports_a_stop_by_alarm_with_exit_code_4(monkeypatch, capsys, t
     assert cli.main(["train", "--config", str(REPO / "configs/debug.yaml"), f"output_dir={tmp_path}"]) == 4
     err = capsys.readouterr().err
     assert "rlaif: stopped by alarm boilerplate at step 7; no checkpoint saved. response/boilerplate averaged" in err
+
+
+def test_the_held_out_judge_runs_in_the_loop_wherever_one_is_configured():
+    """The reward_agreement alarm measures the reward against the held-out judge where one is configured, not only
+    when the divergence alarm asks for it (bug caught: the in-loop judge started only with divergence_window > 0, so
+    agreement fell back to the labeler the PM learned from)."""
+    from rlaif.eval_stage import in_loop_judge
+
+    assert not in_loop_judge(load_config(None, ["trainer.eval_every=2"]))  # no judge configured
+    assert not in_loop_judge(load_config(None, JUDGE))  # no eval points
+    assert in_loop_judge(load_config(None, [*JUDGE, "trainer.eval_every=2"]))

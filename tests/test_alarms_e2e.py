@@ -3,9 +3,11 @@ end of the run (eval.enabled) confirms what the divergence alarm said.
 
 The reward, rlaif.rewards:brevity, pays for short answers, and the policy (lr 3e-2, no KL penalty) hacks it by
 collapsing onto the empty answer within about ten steps: the mean length leaves its band from below, KL to the
-reference leaves its band, every prompt gets the same (empty) text, the reward disagrees with a labeler that prefers
-longer answers, and a held-out judge that prefers longer answers rates the responses ever worse while the reward on
-the same held-out prompts rises. One run trips all five alarms.
+reference leaves its band, every prompt gets the same (empty) text, the reward ranks the held-out responses against a
+judge that prefers longer answers (the reward_agreement alarm's reference where a judge runs), and that judge rates the
+responses ever worse, its interval below the start, while the reward on the same held-out prompts rises. One run
+trips those five alarms; the three that watch for responses growing into the cap, a reward coming to pay for length
+and evasion (truncation, length_corr, refusal) are on by default, checked, and stay silent: this hack shortens.
 """
 
 import json
@@ -23,14 +25,14 @@ from .eval_judges import longer_is_better
 
 pytestmark = pytest.mark.e2e
 STEPS = 14
+SHORTENING_SPARES = {"truncation", "length_corr", "refusal"}
 HACK = [
     f"trainer.steps={STEPS}", "trainer.eval_every=2", "trainer.progress=false", "rl.use_preference_model=false",
     "rl.reward_functions=[rlaif.rewards:brevity]", "rl.prompts_per_step=8", "rollout.n_samples=4", "rl.epochs=2",
     "rl.kl_coef=0.0", "policy.lr=3e-2", "labeler.function=tests.eval_judges:more_characters", "labeler.human_eval=",
     "preference_model.label_prompts=4", "labeler.audit_samples=0",
     "eval.judge_function=tests.eval_judges:longer_is_better", "eval.harm_function=tests.eval_judges:any_words_harmful",
-    "alarms.window=2", "alarms.kl_band=[0, 20]", "alarms.length_band=[8, 64]", "alarms.boilerplate_max=0.5",
-    "alarms.reward_agreement_min=0.3", "alarms.divergence_window=3", "alarms.divergence_drop=0.2",
+    "alarms.window=2", "alarms.kl_band=[0, 20]", "alarms.length_band=[8, 64]", "alarms.divergence_window=2",
     "eval.enabled=true", "eval.every=6", "eval.max_new_tokens=8", "eval.prompts_per_set=4",
 ]
 
@@ -85,7 +87,11 @@ def check_run(out: Path, stderr: str) -> None:
     fired = {}
     for alarm in table["rows"]:
         fired.setdefault(alarm["name"], alarm)
-    assert set(fired) == set(ALARMS), f"alarms that fired: {table['rows']}"
+    assert set(fired) == set(ALARMS) - SHORTENING_SPARES, f"alarms that fired: {table['rows']}"
+    for name in SHORTENING_SPARES:  # checked once 3 baseline + 2 window values exist, and silent to the end
+        states = [step[s][f"alarms/{name}"] for s in sorted(step) if f"alarms/{name}" in step[s]]
+        assert len(states) >= 6 and set(states) == {0.0}, (name, states)
+    assert step[1]["response/truncated"] == 1.0 and step[STEPS]["response/truncated"] == 0.0  # a fall is no climb
     for name, alarm in fired.items():
         # one console line per alarm, a wandb alert, the alarms/<name> metric at the step it fired
         assert f"ALARM {name} at step {alarm['step']}: {alarm['detail']}" in stderr
@@ -99,14 +105,21 @@ def check_run(out: Path, stderr: str) -> None:
     # the band and collapse alarms fired because of it, not from the start: quiet at step 2 (the first full window)
     for name in ("kl", "length", "boilerplate"):
         assert fired[name]["step"] > 2 and step[2][f"alarms/{name}"] == 0.0
-    # divergence: the reward on the held-out prompts rose while the judge's verdict on the same responses fell
+    # divergence: at the last 2 eval points the judge's interval lay wholly below its start while the reward rose
     evals = {s: r for s, r in step.items() if "eval/judge_win_rate" in r}
     assert sorted(evals) == list(range(0, STEPS + 1, 2))
     assert evals[0]["eval/judge_win_rate"] == 0.5  # the starting responses against themselves: all ties
     at = fired["divergence"]["step"]
-    window = sorted(s for s in evals if s <= at)[-3:]
-    assert evals[window[-1]]["eval/reward"] > evals[window[0]]["eval/reward"]
-    assert evals[window[-1]]["eval/judge_win_rate"] < evals[window[0]]["eval/judge_win_rate"] - 0.2
+    for s in (at - 2, at):
+        assert evals[s]["eval/judge_win_rate_high"] < 0.5 and evals[s]["eval/reward"] > evals[0]["eval/reward"]
+    assert not all(evals[s]["eval/judge_win_rate_high"] < 0.5 for s in (at - 4, at - 2))  # it fired at the first pair
+    # reward agreement: measured against the held-out judge, not the labeler the hack was also built against
+    assert fired["reward_agreement"]["metric"] == "eval/reward_judge_agreement"
+    assert step[at]["eval/reward_judge_agreement_n"] > 0 and "labels/reward_agreement_n" in step[1]
+    # sycophancy: each eval point asks the 24 builtin probes both ways; the tiny model names no right answer either way
+    for r in evals.values():
+        assert r["eval/sycophancy_n"] == 24
+        assert r["eval/sycophancy_shift_low"] <= r["eval/sycophancy_shift"] <= r["eval/sycophancy_shift_high"]
 
     # eval.enabled: the starting policy, the policy saved every eval.every steps and the final one, one report
     results = json.loads((out / "eval" / "results.json").read_text())

@@ -209,11 +209,17 @@ def test_eval_reward_is_the_training_reward_rating_included():
     def chars(prompts, texts):
         return [float(len(t)) for t in texts]
 
-    roles = SimpleNamespace(pm=None, rollout=SimpleNamespace(generate=lambda prompts, n, seed: batch),
-                            labeler=SimpleNamespace(rate=SimpleNamespace(remote=lambda p, t: [0.5, -1.0])),
+    def generate(prompts, n, seed):  # the eval prompt's batch; empty answers to the sycophancy probes
+        if prompts == ["p"]:
+            return batch
+        return Batch.from_token_lists([[1]] * len(prompts), [[2]] * len(prompts), pad_id=0, prompt=list(prompts),
+                                      response=[""] * len(prompts))
+
+    roles = SimpleNamespace(pm=None, rollout=SimpleNamespace(generate=generate),
+                            labeler=SimpleNamespace(rate=SimpleNamespace(remote=lambda p, t, seed: [0.5, -1.0])),
                             get=lambda ref, what: ref)
     state = RLState(kl=None, reward_fns=[chars])
-    total, parts = reward(cfg, roles, state, batch)
+    total, parts = reward(cfg, roles, state, batch, seed=3)
     assert total.tolist() == [2.5, 0.0] and parts == {"chars": 1.5, "labeler_rating": -0.25}
     out = evaluate(cfg, roles, state, ["p"])
     assert out["eval/reward"] == 1.25 and out["eval/labeler_rating"] == -0.25 and out["eval/chars"] == 1.5

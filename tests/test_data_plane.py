@@ -178,3 +178,74 @@ def test_cpu_thread_budget_splits_the_cores_between_peers():
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = env
+
+
+def test_a_batch_from_engines_on_different_weights_reports_its_oldest_and_the_lag_apart_from_the_mismatch(
+        monkeypatch):
+    """Issue 16.15. Bugs caught: a batch whose engines held different weight versions (one restarted during async
+    generation and brought to the current weights) reporting the first engine's version, so its staleness looks
+    smaller than it is; the trainer-vs-vLLM log-prob gap of a stale batch (mostly the policy's lag) reported as the
+    numerical mismatch."""
+    from types import SimpleNamespace
+
+    import actors.group
+    from actors.rollout import Pending
+    from rlaif.algorithms import sampler_metrics
+
+    def engine(version: int):
+        def generate(texts, n, seeds):
+            b = Batch.from_token_lists([[1]] * len(texts) * n, [[2]] * len(texts) * n, pad_id=0,
+                                       prompt=[t for t in texts for _ in range(n)], response=[""] * len(texts) * n)
+            b.meta.update(gen_seconds=1.0, prompts_truncated=0, weight_version=version)
+            return b
+        return SimpleNamespace(generate=SimpleNamespace(remote=generate))
+
+    monkeypatch.setattr(actors.group, "get", lambda ref, timeout, what: ref)  # refs are the results themselves
+    engines = SimpleNamespace(actors=[engine(5), engine(4)], epochs=[0, 0], timeout=1.0)  # engine 1: older weights
+    batch = Pending(engines, "generate", [(0, [0, 2]), (1, [1])], lambda g: ((["abc"[i] for i in g], 2, g), {}),
+                    "rollout.generate").result()
+    assert batch.texts["prompt"] == ["a", "a", "b", "b", "c", "c"]
+    assert batch.meta["weight_version"] == 4
+
+    # trained at step 5: one update behind; the gap is the lag. At step 4: on-policy, the gap is the mismatch.
+    assert sampler_metrics(5, batch, {"tis_mean_abs_log_ratio": 0.3}) == {
+        "rollout/staleness": 1.0, "logprob/lag_abs_diff": 0.3}
+    assert sampler_metrics(4, batch, {"tis_mean_abs_log_ratio": 0.01}) == {
+        "rollout/staleness": 0.0, "logprob/vllm_vs_trainer_abs_diff": 0.01}
+    assert sampler_metrics(4, batch, {}) == {"rollout/staleness": 0.0}  # online DPO measures no gap
+
+
+def test_the_shared_buffer_is_removed_when_the_sync_group_fails_to_form(tmp_path):
+    """Issue 16.12. Bug caught: a /dev/shm buffer (the size of the largest bucket) left behind for good when the
+    weight-sync group does not form, here because no vLLM worker joins before the timeout."""
+    from types import SimpleNamespace
+
+    from actors.policy import PolicyWorker
+
+    buf, handle = share_buffer(64, torch.device("cpu"), folder=str(tmp_path))
+    assert os.path.basename(handle["path"]).startswith(f"rlaif-weight-sync-{os.getpid()}-") and buf.numel() == 64
+    sender = object.__new__(PolicyWorker)
+    sender.sync_handle, sender.engine = handle, SimpleNamespace(device=torch.device("cpu"))
+    with pytest.raises(RuntimeError):  # torch.distributed.DistStoreError: no vLLM worker joined in time
+        sender.init_weight_sync("gloo", "127.0.0.1", free_port(), world_size=2, timeout_s=1.0)
+    assert not os.path.exists(handle["path"])
+
+
+def test_stale_shared_buffers_of_dead_processes_are_swept_at_start_up(tmp_path):
+    """Issue 16.12. Bugs caught: buffers of killed ranks never removed; a live process's buffer (another run on the
+    node) or an unrelated file removed."""
+    import subprocess
+    import sys
+
+    from actors.weight_sync import sweep_stale_buffers
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    files = {"dead": f"rlaif-weight-sync-{dead_pid}-0a1b2c3d", "live": f"rlaif-weight-sync-{os.getppid()}-0a1b2c3d",
+             "other": "rlaif-weight-sync-notapid", "unrelated": f"torch-{dead_pid}"}
+    for name in files.values():
+        (tmp_path / name).write_bytes(b"x")
+    _, handle = share_buffer(8, torch.device("cpu"), folder=str(tmp_path))  # sweeps first
+    assert sorted(os.listdir(tmp_path)) == sorted([files["live"], files["other"], files["unrelated"],
+                                                    os.path.basename(handle["path"])])
+    assert sweep_stale_buffers(str(tmp_path)) == []  # its own buffer: alive

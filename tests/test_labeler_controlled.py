@@ -282,6 +282,16 @@ def test_over_long_prompt_is_an_error_naming_the_keys(tmp_path, monkeypatch, tin
         cot.compare(PROMPTS[:1], [SHORT], [LONG])
 
 
+def test_an_audit_critique_of_a_very_long_prompt_fits_the_context(tmp_path, monkeypatch, tiny_path):
+    """The audit sheet draws any labelled pair, whatever its prompt's length: the critique cuts the prompt to
+    labeler.max_response_tokens as comparisons do. Bug caught: the prompt went in whole and the labeler's own
+    context check raised (a traceback from inside Ray where the audit sheet should have been)."""
+    worker = make_worker(tmp_path, monkeypatch, tiny_path, None, "labeler.max_model_len=200",
+                         "labeler.max_response_tokens=40", "labeler.cot_max_tokens=8")
+    (critique,) = worker.critique([LONG * 20], [SHORT])
+    assert isinstance(critique, str)
+
+
 def test_batch_size_bounds_every_model_call(tmp_path, monkeypatch, tiny_path):
     worker = make_worker(tmp_path, monkeypatch, tiny_path, None, "labeler.batch_size=3", "labeler.mode=cot",
                          "labeler.cot_max_tokens=4")
@@ -289,3 +299,31 @@ def test_batch_size_bounds_every_model_call(tmp_path, monkeypatch, tiny_path):
     fake = worker.fakes[0]
     assert [len(b) for b in fake.generate_batches] == [3, 3, 3, 1]
     assert [len(b) for b in fake.forward_batches] == [3] * 6 + [2]
+
+
+def test_a_seeded_call_draws_its_principles_from_the_seed_not_the_process_history(tmp_path, monkeypatch, tiny_path):
+    """Issue 16.11: the trainer passes one seed per step and call, so a restarted labeler (a fresh process) draws the
+    same principles as one that has served calls before: for comparisons, direct ratings and audit critiques. Bug
+    caught: a call drawing from the role's RNG, whose state a restart loses."""
+    tok = load_tokenizer(tiny_path)
+    used = make_worker(tmp_path / "used", monkeypatch, tiny_path, prefer_shorter_rule(tok), "labeler.cache=false")
+    used.compare(PROMPTS, [SHORT] * 3, [LONG] * 3)  # history: the role's RNG has moved on
+    used.rate(PROMPTS, [SHORT] * 3)
+    used.critique(PROMPTS, [SHORT] * 3)
+    fresh = make_worker(tmp_path / "fresh", monkeypatch, tiny_path, prefer_shorter_rule(tok), "labeler.cache=false")
+
+    def seen(worker, seed: int) -> tuple[list, list, list]:
+        labels = worker.compare(PROMPTS, [SHORT] * 3, [LONG] * 3, seed)
+        fake = worker.fakes[0]
+        before = len(fake.forward_batches)
+        worker.rate(PROMPTS, [SHORT] * 3, seed)
+        rated = [tok.decode(row) for batch in fake.forward_batches[before:] for row in batch]
+        before = len(fake.generate_batches)
+        worker.critique(PROMPTS, [SHORT] * 3, seed)
+        critiqued = [tok.decode(row) for batch in fake.generate_batches[before:] for row in batch]
+        return [lab["principles"] for lab in labels], rated, critiqued
+
+    a, b = seen(used, 5), seen(fresh, 5)
+    assert a == b
+    other = seen(fresh, 6)  # another step's seed draws other principles (16 to choose from: some differ)
+    assert all(x != y for x, y in zip(a, other))

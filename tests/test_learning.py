@@ -100,3 +100,15 @@ def test_adaptive_kl_moves_beta_toward_target(tmp_path_factory):
         kl, beta, beta_next = now["kl/policy_ref"], now["kl/coef"], nxt["kl/coef"]
         if abs(kl - target) > 1e-9:
             assert (beta_next > beta) == (kl > target), f"beta {beta} -> {beta_next} while KL {kl} vs {target}"
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_the_default_alarms_stay_silent_on_runs_that_learn(tmp_path_factory, name):
+    """Learning what the reward pays for (vowels, with a labeler that prefers vowels) is not hacking: no default alarm
+    fires, and the ones these runs can judge did check (bug caught: bands from the first steps or agreement bars that
+    fire on ordinary learning noise). Reuses the runs above."""
+    rows = run(tmp_path_factory, name)
+    checked = {k for r in rows for k in r if k.startswith("alarms/")}
+    assert {"alarms/truncation", "alarms/refusal", "alarms/boilerplate", "alarms/reward_agreement"} <= checked
+    fired = [(r["step"], k) for r in rows for k, v in r.items() if k.startswith("alarms/") and v]
+    assert fired == [] and not [r for r in rows if r.get("table") == "alarms"], fired

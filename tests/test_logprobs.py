@@ -112,3 +112,53 @@ def test_disable_dropout_makes_the_first_ratio_one(tiny_path):
         model.eval()
         c = response_logprobs(model, batch)
     assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6)
+
+
+def test_identical_policy_and_reference_at_top_p_give_kl_0_and_dpo_loss_ln2(model):
+    """Issue 16.13: at T = 0.7, top_p = 0.9, a reference equal to the policy must give KL 0 and the online-DPO loss
+    ln 2 at step 0. Bug caught: a reference scored without the nucleus is off by -log Z on every token (KL > 0, DPO
+    loss off ln 2). Both actors' own methods are called, with the tiny model standing in for the DeepSpeed engine."""
+    from types import SimpleNamespace
+
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    from actors.policy import PolicyWorker
+    from actors.reference import ReferenceWorker
+    from rlaif.algorithms import make_experience, policy_loss
+    from rlaif.config import RLConfig
+
+    torch.manual_seed(0)  # 2 prompts x 2 responses, sampled from the policy at T = 0.7, top_p = 0.9
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[2], PROMPTS[2]]
+    with torch.no_grad():
+        responses = [model.generate(torch.tensor([p]), do_sample=True, temperature=0.7, top_p=0.9, top_k=0,
+                                    max_new_tokens=6 + i, pad_token_id=0, eos_token_id=None)[0, len(p):].tolist()
+                     for i, p in enumerate(prompts)]
+    batch = Batch.from_token_lists(prompts, responses, pad_id=0)
+    batch.meta.update(temperature=0.7, top_p=0.9)
+    policy = object.__new__(PolicyWorker)
+    policy.engine, policy.cfg = model, SimpleNamespace(policy=SimpleNamespace(micro_batch_size=2))
+    reference = object.__new__(ReferenceWorker)
+    reference.model, reference.batch_size = model, 3  # other micro-batches than the policy's: no effect
+    mine, ref = policy.logprobs(batch), reference.logprobs(batch)
+    mask = batch.response_mask
+
+    # Independent check of what both describe: log(softmax(l / T)[t] / Z), Z the mass of vLLM's own nucleus.
+    with torch.no_grad():
+        ids = torch.tensor([prompts[0] + responses[0]])
+        logits = model(input_ids=ids).logits[0, len(prompts[0]) - 1 : -1].float() / 0.7
+    kept = apply_top_k_top_p_pytorch(logits.clone(), None, torch.full((len(logits),), 0.9)) > float("-inf")
+    probs = logits.softmax(-1)
+    expected = (probs.gather(-1, torch.tensor(responses[0])[:, None]).squeeze(-1) / (probs * kept).sum(-1)).log()
+    assert ref[0, : len(responses[0])].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert (probs * kept).sum(-1).max() < 0.99  # the nucleus really cuts: a reference without it differs
+
+    cfg = RLConfig(algorithm="online-dpo", kl_estimator="k1", dpo_preference="reward", dpo_beta=1.0)
+    batch["ref_logprobs"], batch["old_logprobs"] = ref, mine
+    batch["sampler_logprobs"] = mine
+    batch["scores"] = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    stats = make_experience(cfg, 2, 0.0, batch)
+    assert stats["kl/policy_ref"] == pytest.approx(0.0, abs=1e-6)
+    assert (kl_k1 := ((mine - ref) * mask).abs().max().item()) < 1e-6, kl_k1
+    loss, info = policy_loss(cfg, mine, batch, 0.0, len(batch) / 2, 6)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert info["dpo_margin"] == pytest.approx(0.0, abs=1e-5)  # summed over up to 9 tokens: fp order
