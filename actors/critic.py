@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -60,8 +61,11 @@ class CriticWorker:
                 "critic/seconds": time.perf_counter() - t0}
 
 
-    def save_checkpoint(self, folder: str) -> None:
+    def save_checkpoint(self, folder: str) -> list[str]:
+        """Every rank writes its own ZeRO shards (weights and optimizer states); returns the files it sees there, so
+        the driver can check that it sees them too (output_dir on storage every node shares)."""
         self.engine.save_checkpoint(folder, tag="critic", save_latest=False)
+        return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
 
     def load_checkpoint(self, folder: str) -> None:
         path, _ = self.engine.load_checkpoint(folder, tag="critic", load_optimizer_states=True)

@@ -73,13 +73,22 @@ class ActorGroup:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """The same call on every rank (collectives such as gathering ZeRO-3 weights need all of them)."""
-        refs = [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
-        return get(refs, self.timeout, f"{self.name}.{method}")
+        return self._get([getattr(a, method).remote(*args, **kwargs) for a in self.actors], method)
 
     def call_sharded(self, method: str, shards: list[Any], *args: Any) -> list[Any]:
         """Rank i gets shards[i] (plus the same extra arguments)."""
-        refs = [getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)]
-        return get(refs, self.timeout, f"{self.name}.{method}")
+        return self._get([getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)], method)
+
+    def _get(self, refs: list, method: str) -> list[Any]:
+        """A dead rank cannot rejoin its DeepSpeed group: RoleDied, in one line, which the trainer turns into
+        "resume from the last checkpoint"."""
+        from actors.roles import actor_death
+        from rlaif.checkpoint import RoleDied
+
+        try:
+            return get(refs, self.timeout, f"{self.name}.{method}")
+        except ray.exceptions.RayActorError as exc:
+            raise RoleDied(f"{self.name}.{method}: a rank died ({actor_death(exc)})") from exc
 
     def shutdown(self) -> None:
         kill_and_wait(self.actors)

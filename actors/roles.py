@@ -80,6 +80,9 @@ def wait_restarted(actor, what: str, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise RoleDied(f"{what} did not come back within {timeout:.0f}s (trainer.timeout_s)") from None
             time.sleep(0.5)
+        except ray.exceptions.GetTimeoutError:  # restarted, but not placed: its node is gone, no other can host it
+            raise RoleDied(f"{what} was restarted but could not be placed within {timeout:.0f}s (trainer.timeout_s): "
+                           "its node may be gone and no other node has room for it") from None
         except ray.exceptions.RayActorError as exc:
             raise RoleDied(f"{what} died and Ray did not restart it (ray.max_restarts exhausted?): "
                            f"{actor_death(exc)}") from exc
@@ -123,10 +126,14 @@ class Call:
         self.ref = getattr(role.actor, method).remote(*args, **kwargs)
 
     def result(self, timeout: float, what: str) -> Any:
+        tries = 0
         while True:
             try:
                 return get(self.ref, timeout, what)
-            except ray.exceptions.RayActorError as exc:
+            except ray.exceptions.RayActorError as exc:  # ActorUnavailableError too: a node that flaps
+                tries += 1
+                if tries > self.role.roles.max_restarts + 1:  # each retry counts, so a flapping node cannot loop
+                    raise RoleDied(f"{self.role.name} failed {tries} times ({actor_death(exc)})") from exc
                 self.role.roles.restarted(self.role.name, exc)
                 wait_restarted(self.role.actor, self.role.name, timeout)
                 self.ref = getattr(self.role.actor, self.method).remote(*self.args, **self.kwargs)

@@ -196,16 +196,25 @@ class Pending:
         import ray
 
         from actors.group import get
+        from actors.roles import actor_death
+        from rlaif.checkpoint import RoleDied
 
         out = []
         for j, (k, g) in enumerate(self.groups):
+            tries = 0
             while True:
                 try:
                     out.append(get(self.refs[j], self.engines.timeout, self.what))
                     break
-                except ray.exceptions.RayActorError as exc:
-                    if self.engines.epochs[k] == self.epochs[j]:  # not yet recovered (by another caller)
-                        self.engines.recover(k, exc)
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+                    # a dead engine (restarted by Ray) or samples lost with the node that held them: the part is
+                    # generated again, with the same prompts and seeds; bounded, so a flapping node stops the run
+                    tries += 1
+                    if tries > self.engines.max_restarts + 1:
+                        raise RoleDied(f"{self.what}: rollout engine {k} failed {tries} times "
+                                       f"({actor_death(exc)})") from exc
+                    if isinstance(exc, ray.exceptions.RayActorError) and self.engines.epochs[k] == self.epochs[j]:
+                        self.engines.recover(k, exc)  # not yet recovered (by another caller)
                     self.epochs[j] = self.engines.epochs[k]
                     self.refs[j] = self._submit(k, g)
         return out
@@ -250,7 +259,7 @@ class RolloutEngines:
                  placement: list | None = None) -> None:
         import ray
 
-        self.cfg, self.timeout = cfg, timeout
+        self.cfg, self.timeout, self.max_restarts = cfg, timeout, max_restarts
         placement = placement or [None] * cfg.rollout.num_engines  # a scheduling strategy per engine
         self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts,
                                                          max_task_retries=0, scheduling_strategy=placement[i])

@@ -49,7 +49,8 @@ class Preempted(Exception):
             text = f"checkpoint {checkpoint}; resume with the same command and trainer.resume=auto"
         else:
             text = "no checkpoint was written yet; start again with --overwrite"
-        super().__init__(f"stopped by {name} after RL step {step}; {text}")
+        when = f"after RL step {step}" if step else "before the first RL step"
+        super().__init__(f"stopped by {name} {when}; {text}")
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 

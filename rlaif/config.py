@@ -322,8 +322,10 @@ class TrainerConfig:
     # truncated importance sampling (rl.tis_cap). Written `async` in YAML and on the command line.
     async_: bool = field(default=False, metadata={"key": "async"})
     # Checkpoints (output_dir/checkpoints/step_N: ZeRO shards with optimizer states, loader position, RNGs, KL, reward
-    # moments, wandb id): every this many RL steps (0: only at the end), on SIGTERM / Ctrl-C, and at the end.
-    save_every: int = 0
+    # moments, wandb id): one at step 0 (after the preference model: a resume skips SL-CAI, labeling and the PM),
+    # every this many RL steps (0: none by count), on SIGTERM / Ctrl-C, and at the end.
+    save_every: int = 50
+    save_every_minutes: float = 30.0  # also whenever this long has passed since the last save (0: off)
     keep_last: int = 2  # complete checkpoints kept (0: all)
     # "" starts afresh; "auto" continues from the newest complete checkpoint in output_dir (afresh if there is none);
     # or the path of a checkpoint folder.
@@ -584,6 +586,7 @@ RANGES: dict[str, str] = {
     "trainer.eval_every": "[0, inf)",
     "trainer.timeout_s": "(0, inf)",
     "trainer.save_every": "[0, inf)",
+    "trainer.save_every_minutes": "[0, inf)",
     "trainer.keep_last": "[0, inf)",
     "ray.max_restarts": "[0, inf)",
     "ray.cpu_threads_policy": "[0, inf)",

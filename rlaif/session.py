@@ -229,6 +229,10 @@ def prepare(cfg: Config, stages: tuple[str, ...], overwrite: bool = False, resum
     model resolved to a checked local folder), the prompt plan (rlaif.splits: one split for every prompt source)
     and the reward functions."""
     check_output_dir(Path(cfg.output_dir), overwrite, resuming)
+    if not local_ray(cfg) and not Path(cfg.output_dir).is_absolute():
+        raise ConfigError(f"output_dir: {cfg.output_dir} is relative; on a cluster it would land in Ray's per-node "
+                          "copy of the working dir, and the ranks' checkpoints on other nodes would never meet it: "
+                          "give an absolute path on storage every node shares")
     sl_cai_runs = "sl-cai" in stages
     plan = plan_prompts(cfg, ("rl", "red_team", "helpful") if sl_cai_runs else ("rl",))
     if cfg.preference_model.human_pairs and "rl" in stages:

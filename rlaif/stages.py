@@ -12,7 +12,9 @@ import random
 import time
 from pathlib import Path
 
-from actors.group import split_batch
+import ray
+
+from actors.group import get, split_batch
 from rlaif.batch import Batch
 from rlaif.config import Config
 from rlaif.data import PromptLoader
@@ -33,19 +35,25 @@ from rlaif.integrity import (
 from rlaif.splits import PMPair, plan_pairs, plan_prompts
 from rlaif.tracking import Tracker
 from rlaif.trust import (
+    FAILED,
     RECORD,
     UNCHECKED,
     UNTRUSTED,
+    Check,
     TrustRecord,
-    console_lines,
+    brief,
     decide,
     enforce,
+    feedback_trains,
     labeler_checks,
     model_card,
     trust_metrics,
 )
 
 log = logging.getLogger("rlaif")
+# Offsets of the principle seeds of the stages' labeler calls (cfg.seed + this): the same principles whenever the
+# call is made, in a restarted labeler or before SL-CAI and after it.
+PAIRS_SEED, HUMAN_SET_SEED, AUDIT_SEED = 7_771, 7_777, 7_783
 
 
 def label_stats(labels: list[dict], prefix: str) -> dict[str, float]:
@@ -74,7 +82,8 @@ def sample_and_label(cfg: Config, roles, loader: PromptLoader) -> dict[str, list
     prompts = [p.text for p in loader.next(cfg.preference_model.label_prompts)]
     s = roles.rollout.generate(prompts, 2, cfg.seed + 10**6)
     firsts, seconds = s.texts["response"][0::2], s.texts["response"][1::2]
-    labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds), "labeler.compare (pairs)")
+    labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds, cfg.seed + PAIRS_SEED),
+                       "labeler.compare (pairs)")
     return {"prompt": prompts, "first": firsts, "second": seconds, "labels": labels}
 
 
@@ -87,14 +96,15 @@ def feedback_integrity(cfg: Config, roles, pairs: dict[str, list], tracker: Trac
     labels, human_p = pairs["labels"], None
     if human:
         prompts, firsts, seconds, human_p = comparison_inputs(human)
-        labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds), "labeler.compare (human set)")
+        labels = roles.get(roles.labeler.compare.remote(prompts, firsts, seconds, cfg.seed + HUMAN_SET_SEED),
+                           "labeler.compare (human set)")
     report = integrity_report(labels, human_p)
     rows = audit_sample(pairs["labels"], pairs["prompt"], pairs["first"], pairs["second"],
                         k=cfg.labeler.audit_samples, seed=cfg.seed)
     if rows:  # an AI critique of each audited response, to help the reviewer
         crit = roles.get(roles.labeler.critique.remote(
-            [r["prompt"] for r in rows] * 2, [r["response_a"] for r in rows] + [r["response_b"] for r in rows]
-        ), "labeler.critique (audit)")
+            [r["prompt"] for r in rows] * 2, [r["response_a"] for r in rows] + [r["response_b"] for r in rows],
+            cfg.seed + AUDIT_SEED), "labeler.critique (audit)")
         for r, a, b in zip(rows, crit[: len(rows)], crit[len(rows) :]):
             r["critique_a"], r["critique_b"] = a, b
     checks = labeler_checks(report, cfg.trust)
@@ -108,24 +118,56 @@ def feedback_integrity(cfg: Config, roles, pairs: dict[str, list], tracker: Trac
     tracker.log_table("audit", [{k: str(v) for k, v in r.items()} for r in rows[:8]], step=0)
     where = f"{report.n_human} human-labelled pairs ({cfg.labeler.human_eval})" if human else \
         "no human-labelled pairs (labeler.human_eval is empty)"
-    log.info("feedback integrity on %s; report: %s", where, html_path)
-    record_trust(cfg, record, tracker)
+    record_trust(cfg, record, tracker, checks, f"AI feedback on {where} (report: {html_path})")
     enforce(record, html_path)
     return record
 
 
-def record_trust(cfg: Config, record: TrustRecord, tracker: Tracker) -> None:
-    """Say the gate's decision on the console, write feedback/trust.json, and mark the wandb run."""
-    for line in console_lines(record.checks):
-        log.info("  %s", line)
-    if record.status == UNTRUSTED:
+def precheck_labeler(cfg: Config, tracker: Tracker) -> None:
+    """Before SL-CAI, which can take hours: the labeler's trust checks on the held-out human pairs, which do not
+    depend on the policy, so a labeler that cannot pass stops the run now rather than after SL-CAI. The labels use
+    the same principle seed and land in the label cache, so the integrity stage after SL-CAI reads them back and
+    decides the same. Skipped where the gate could not stop the run (accepted, feedback that trains nothing, both
+    labeler bars 0) or there is no human set (the later stage stops it then)."""
+    tc, trains, human = cfg.trust, feedback_trains(cfg), human_eval_pairs(cfg)
+    if tc.accept_untrusted_feedback or not trains or not (tc.min_agreement or tc.min_position_consistency) \
+            or not human:
+        return
+    from actors.labeler import LabelerWorker
+
+    log.info("trust gate: checking the labeler on %d human-labelled pairs before SL-CAI", len(human))
+    prompts, firsts, seconds, human_p = comparison_inputs(human)
+    actor = ray.remote(LabelerWorker).options(num_cpus=1, num_gpus=cfg.ray.gpus_per_aux).remote(cfg)
+    try:
+        labels = get(actor.compare.remote(prompts, firsts, seconds, cfg.seed + HUMAN_SET_SEED), cfg.trainer.timeout_s,
+                     "labeler.compare (human set, before SL-CAI)")
+    finally:
+        ray.kill(actor)
+    report = integrity_report(labels, human_p)
+    record = decide(labeler_checks(report, tc), tc, trains)
+    if record.status == FAILED:
+        out = Path(cfg.output_dir) / "feedback"
+        write_report_json(out / "integrity.json", report)
+        html_path = write_html_report(out / "integrity.html", report, gate=[(c.explain(), c.ok) for c in record.checks],
+                                      verdict=record.status)
+        tracker.log(integrity_metrics(report), step=0)
+        record_trust(cfg, record, tracker, record.checks, "AI feedback on the human-labelled pairs")
+        enforce(record, html_path)
+
+
+def record_trust(cfg: Config, record: TrustRecord, tracker: Tracker, new: list[Check], what: str | None,
+                 before: TrustRecord | None = None) -> None:
+    """Say the gate's decision on `new` checks in one console line headed `what` (None: the caller says it; a stop
+    says it all in its error), warn once when the run goes on untrusted, write feedback/trust.json, and mark the wandb
+    run."""
+    if record.status != FAILED and what:
+        log.info("%s: %s; trust gate: %s", what, brief(new), record.status.upper())
+    if record.status == UNTRUSTED and (before is None or before.status != UNTRUSTED):
         log.warning("trust gate: the AI feedback did not pass, and the run trains on it anyway because "
                     "trust.accept_untrusted_feedback is set: every result of this run is marked UNTRUSTED")
-    elif record.status == UNCHECKED and not record.trains and not all(c.ok for c in record.checks):
+    elif record.status == UNCHECKED and not record.trains and not all(c.ok for c in record.checks) and before is None:
         log.warning("trust gate: the AI feedback did not pass, but it trains nothing in this run (the reward "
                     "comes from rl.reward_functions alone)")
-    else:
-        log.info("trust gate: %s", record.status.upper())
     atomic_write_text(Path(cfg.output_dir) / "feedback" / RECORD, json.dumps(record.to_dict(), indent=1) + "\n")
     tracker.log(trust_metrics(record), step=0)
     tracker.mark({"trust/status": record.status, "trust/summary": record.summary()},
@@ -305,7 +347,9 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     metrics |= {"sft/loss_first": losses[0], "sft/loss_last": losses[-1], "sft/steps": float(len(losses)),
                 "sft/seconds_per_step": (time.perf_counter() - t0) / len(losses)}
     tracker.log(metrics, step=0)
-    log.info("SL-CAI: %s", {k: round(v, 4) for k, v in metrics.items()})
+    log.info("SL-CAI: %d revisions of %d red-team prompts (%.0f%% left the answer unchanged) and %d helpful answers; "
+             "SFT loss %.3f -> %.3f over %d steps", metrics["sl_cai/revisions"], metrics["sl_cai/prompts"],
+             100 * metrics["sl_cai/no_change_rate"], len(answers), losses[0], losses[-1], len(losses))
     note = ("the SL-CAI policy: supervised on its own critiqued revisions (and helpful answers); the AI-feedback trust "
             "gate runs after this stage, on the labels that train the preference model")
     card = model_card(TrustRecord(UNCHECKED, note=note), "SL-CAI policy", cfg)

@@ -53,6 +53,7 @@ from rlaif.session import StopSignal, prepare, session
 from rlaif.stages import (
     feedback_integrity,
     label_stats,
+    precheck_labeler,
     record_trust,
     sample_and_label,
     score_pm,
@@ -60,7 +61,18 @@ from rlaif.stages import (
     train_preference_model,
 )
 from rlaif.tracking import Tracker
-from rlaif.trust import UNCHECKED, TrustRecord, decide, enforce, feedback_trains, model_card, pm_check, write_card
+from rlaif.trust import (
+    FAILED,
+    UNCHECKED,
+    TrustRecord,
+    brief,
+    decide,
+    enforce,
+    feedback_trains,
+    model_card,
+    pm_check,
+    write_card,
+)
 
 log = logging.getLogger("rlaif")
 
@@ -211,11 +223,14 @@ def preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: T
         return "", (0.0, 1.0), record
     roles.start_pm_trainer()
     pm = train_preference_model(cfg, roles, pairs, tracker)
-    log.info("preference model: held-out AI pairs accuracy %s, ECE %s; trained on %d pairs",
-             *(f"{pm[k]:.3f}" if k in pm else "n/a" for k in ("pm/heldout_accuracy", "pm/heldout_ece")),
-             int(pm["pm/train_pairs"]))
-    record = decide(record.checks + [pm_check(pm, cfg.trust)], cfg.trust, record.trains)
-    record_trust(cfg, record, tracker)
+    before, check = record, pm_check(pm, cfg.trust)
+    record = decide(record.checks + [check], cfg.trust, record.trains)
+    if record.status != FAILED:
+        log.info("preference model trained on %d pairs: held-out AI pairs accuracy %s, ECE %s; %s; trust gate: %s",
+                 int(pm["pm/train_pairs"]),
+                 *(f"{pm[k]:.3f}" if k in pm else "n/a" for k in ("pm/heldout_accuracy", "pm/heldout_ece")),
+                 brief([check]), record.status.upper())
+    record_trust(cfg, record, tracker, [check], None, before)
     enforce(record, Path(cfg.output_dir) / "feedback" / "pm_calibration.html")  # before RL, before the PM is kept
     path = roles.pm.call("save", str(Path(cfg.output_dir) / "preference_model"),
                          model_card(record, "Preference model", cfg))[0]
@@ -235,8 +250,16 @@ def save_checkpoint(cfg: Config, roles: Roles, done: int, state: RLState, loader
     staging = checkpoint.staging_dir(cfg.output_dir, done)
     groups = [g for g in (roles.policy, roles.critic) if g is not None]
     names = ["policy", "critic"][: len(groups)]
-    roles.get([a.save_checkpoint.remote(str(staging / name)) for g, name in zip(groups, names) for a in g.actors],
-              "saving the DeepSpeed checkpoints")
+    written = roles.get([a.save_checkpoint.remote(str(staging / name)) for g, name in zip(groups, names)
+                         for a in g.actors], "saving the DeepSpeed checkpoints")
+    ranks = [(name, i) for g, name in zip(groups, names) for i in range(len(g.actors))]
+    unseen = [f"{name} rank {i}: {f}" for (name, i), files in zip(ranks, written) for f in files
+              if not (staging / name / f).is_file()]
+    if unseen:  # the manifest would leave them out and a resume would miss them
+        raise checkpoint.CheckpointError(
+            f"output_dir {cfg.output_dir} is not the same storage on every node: the driver cannot see files the "
+            f"ranks wrote ({', '.join(unseen[:3])}{', ...' if len(unseen) > 3 else ''}); use a folder on storage every "
+            "node shares")
     if pending is not None:
         pending = Ready(pending.result())
         checkpoint.save_batch(pending.batch, staging / "next_batch")
@@ -332,6 +355,7 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
     with session(cfg, stages, overwrite, verbose, plan, saved) as tracker, StopSignal() as stop:
         cfg, policy_init = run_cfg, saved.policy_init if saved else ""
         if "sl-cai" in stages:  # CAI phase 1; RL then starts from (and keeps its KL to) the SL-CAI model
+            precheck_labeler(cfg, tracker)  # the trust gate's labeler checks first: a stop costs no SL-CAI time
             sl_roles = Roles(cfg, stage="sl-cai")
             policy_init = str(sl_cai(cfg, sl_roles, tracker))
             sl_roles.shutdown()
@@ -352,12 +376,13 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
                                             policy_init=policy_init, preference_model=pm_path, pm_normalization=pm_norm,
                                             trust=trust.to_dict(), config=to_dict(cfg_in), data_hash=data_hash)
             pending = None
+            resume_from, _ = save_checkpoint(cfg, roles, 0, state, loader, tracker, None, saved)  # the stages are done
         else:
             checkpoint.set_aside_newer(out, saved.step)  # `auto` must never come back to an abandoned branch
             pending = restore(roles, resume_from, saved, loader, state)
         if saved.preference_model:
             roles.start_pm_scorers(saved.preference_model, *saved.pm_normalization)
-        if stop.signum:  # before the first RL step: the checkpoint resumed from, or none (Ctrl-C: "interrupted")
+        if stop.signum:  # before the first RL step: the step-0 checkpoint, or the one resumed from
             if resume_from is None and stop.signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise Preempted(stop.signum, saved.step, resume_from)
@@ -381,6 +406,7 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
         # for that generation; truncated importance sampling corrects for the one-update lag.
         if pending is None and first < steps:
             pending = generate(cfg, roles, loader, first)
+        saved_at = time.monotonic()  # trainer.save_every_minutes counts from here
         for step in bar:
             t = time.perf_counter()
             samples = pending.result()
@@ -408,9 +434,12 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
                                                        step + 1))  # eval.every
             bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/policy_ref']:.4f}",
                             s=f"{metrics['time/step']:.1f}")
-            save_every = cfg.trainer.save_every
-            if last or stop.signum or (save_every and (step + 1) % save_every == 0):
+            save_every, minutes = cfg.trainer.save_every, cfg.trainer.save_every_minutes
+            due = (save_every and (step + 1) % save_every == 0) or \
+                (minutes and time.monotonic() - saved_at > 60 * minutes)
+            if last or stop.signum or due:
                 path, pending = save_checkpoint(cfg, roles, step + 1, state, loader, tracker, pending, saved, judge)
+                saved_at = time.monotonic()
             if stop.signum and not last:
                 raise Preempted(stop.signum, step + 1, path)
         checkpoint.ensure_space(out, checkpoint.folder_bytes(cfg.policy.model.path), "the final policy")

@@ -83,7 +83,7 @@ class Check:
                     f"only ties), so the feedback cannot be checked ({bar})")
         if self.verdict == "undecided":
             return (f"{head}; UNDECIDED: {bar}, and the interval straddles it: too few human labels to tell whether "
-                    f"the labeler clears the bar (more pairs decide it: labeler.human_eval_pairs, labeler.human_eval)")
+                    f"it clears the bar (more pairs decide it: labeler.human_eval_pairs, labeler.human_eval)")
         return f"{head}; FAILED: {bar}. {MEANING[self.name][0].upper()}{MEANING[self.name][1:]}"
 
 
@@ -203,12 +203,11 @@ def gate_message(checks: list[Check], trains: str, report: str | os.PathLike) ->
     return "\n".join(lines)
 
 
-def console_lines(checks: list[Check], status: str | None = None) -> list[str]:
-    """The integrity result as a few readable lines for the console (the full figures go to metrics and the report)."""
-    lines = [c.explain() for c in checks]
-    if status:
-        lines.append(f"trust gate: {status.upper()}")
-    return lines
+def brief(checks: list[Check]) -> str:
+    """The checks in one console phrase: each figure with its interval and n, and the verdict where it is not a pass
+    (the explanations go to the report, trust.json and the stop message)."""
+    return ", ".join(f"{NAMES[c.name]} {c.figure()}" + ("" if c.verdict == "passed" else f" {c.verdict.upper()}")
+                     for c in checks)
 
 
 def trust_metrics(record: TrustRecord) -> dict[str, float]:

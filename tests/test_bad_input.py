@@ -139,6 +139,9 @@ CASES: dict[str, Case] = {
                                     r"data\.prompts: .* is a folder, not a prompt file; give a file \(\.jsonl", {}),
     "no Ray cluster at the address": (lambda t: [], r"RAY_ADDRESS: no Ray cluster answers at 127\.0\.0\.1:9; start "
                                                     r"one", {"RAY_ADDRESS": "127.0.0.1:9"}),
+    "relative output_dir on a cluster": (lambda t: ["output_dir=runs/relative-on-a-cluster"],
+                                         r"output_dir: runs/relative-on-a-cluster is relative; on a cluster it would "
+                                         r"land in Ray's per-node copy", {"RAY_ADDRESS": "127.0.0.1:9"}),
     "output_dir is a file": (lambda t: [f"output_dir={write(t, 'f', b'x')}"], r"output_dir: .*/f is a file", {}),
     "output_dir not writable": (lambda t: ["output_dir=/sys/rlaif-test/run"],
                                 r"output_dir: cannot create /sys/rlaif-test/run: /sys is not writable", {}),

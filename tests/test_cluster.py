@@ -347,3 +347,8 @@ def test_rayjob_manifest_runs_a_gpu_config_with_token_auth():
     gpus = [c["resources"]["limits"].get("nvidia.com/gpu") for g in cluster["workerGroupSpecs"]
             for c in g["template"]["spec"]["containers"]]
     assert gpus and all(gpus)
+    # a preempted or deleted pod and `ray job stop` leave time for the step and checkpoint that SIGTERM asks for
+    stop_wait = float(yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"])
+    graces = [g["template"]["spec"]["terminationGracePeriodSeconds"]
+              for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]]
+    assert stop_wait >= 600 and all(grace > stop_wait for grace in graces)

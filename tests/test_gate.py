@@ -5,7 +5,8 @@ human-labelled pairs (rlaif/trust.py), and the debug config carries on past the 
 turned back off:
 1. `rlaif label` exits 3, names each check that did not pass with its figure, interval, n and key, says the two ways
    on, and still writes the integrity report (the gate's checks first), the audit sheet and feedback/trust.json.
-2. `rlaif train` stops before the preference model and RL: no checkpoint folder, no PM.
+2. `rlaif train` stops before the preference model and RL: no checkpoint folder, no PM; with SL-CAI enabled it
+   stops before SL-CAI, on the same figures (the human set is labelled with its own principle seed).
 3. A reviewer fills `human_choice` in the exported audit sheet; `rlaif import-audit` turns it into human labels that
    load back with rlaif.human_labels.load_human_labels.
 4. A short `rlaif train --accept-untrusted-feedback` (the flag wins over the key) mixes them into the PM's data, each
@@ -73,6 +74,14 @@ def test_gate_stops_label_and_train_then_audit_round_trip(tmp_path):
     assert json.loads((gated / "feedback" / "trust.json").read_text())["status"] == "failed"  # it got to the gate
     assert not [p.name for p in gated.iterdir() if p.name.startswith("checkpoint") or p.name == "preference_model"]
     assert not (gated / "feedback" / "pm_pairs.jsonl").exists()  # the PM never trained
+
+    # 2b. with SL-CAI first, the labeler is checked before SL-CAI: the stop costs no SL-CAI time
+    early = tmp_path / "train-sl-cai"
+    proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={early}", "sl_cai.enabled=true", BAR, *FAST)
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    assert "checking the labeler on 16 human-labelled pairs before SL-CAI" in proc.stderr
+    assert "rlaif: stopped by the trust gate:" in proc.stderr and not (early / "sl_cai").exists()
+    assert json.loads((early / "feedback" / "trust.json").read_text())["checks"] == trust["checks"]  # same verdict
 
     # 3. review the audit sheet, import it, load it back, train on it
     rows = [json.loads(line) for line in (feedback / "audit.jsonl").read_text().splitlines()]
