@@ -232,6 +232,11 @@ class EvalConfig:
     # Model folders or builtins compared with the baseline; each is served by its own vLLM actor in turn.
     checkpoints: list[str] = field(default_factory=list)
     baseline: str = ""  # the starting policy every win rate is measured against; empty: policy.model.path
+    # For the models `rlaif eval` and `red-team` serve that are not this run's policy (eval.checkpoints, a baseline
+    # other than the policy, red_team.red_model and red_team.target), as *.model.trust_remote_code / allow_pickle
+    # are for the roles: off unless you trust where they come from.
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
     # The judge: a model asked multiple-choice questions scored by option log-probs (served by vLLM) ...
     judge: ModelConfig = field(default_factory=lambda: ModelConfig(path=""))
     judge_chat_template: bool = False  # ask the judge model inside its chat template (instruct judges)

@@ -47,7 +47,7 @@ from rlaif.judge_check import (
     validate_judge,
     validation_verdict,
 )
-from rlaif.models import resolve_model_path, resolve_models
+from rlaif.models import checked_folder, resolve_model_path, resolve_models
 from rlaif.redteam import (
     embed,
     mean_pairwise_distance,
@@ -114,9 +114,13 @@ def labels_for(specs: list[str]) -> list[str]:
 
 
 def serve(cfg: Config, model: str, max_new_tokens: int):
-    """A rollout actor serving `model` on vLLM (one engine per process); ready when returned."""
+    """A rollout actor serving `model` on vLLM (one engine per process); ready when returned. The policy's model and
+    this run's checkpoints load as the policy does; any other model with eval.trust_remote_code."""
+    own = model == cfg.policy.model.path or Path(model).resolve().is_relative_to(Path(cfg.output_dir).resolve())
+    mc = cfg.policy.model if own else dataclasses.replace(
+        cfg.policy.model, trust_remote_code=cfg.eval.trust_remote_code, allow_pickle=cfg.eval.allow_pickle)
     c = dataclasses.replace(
-        cfg, policy=dataclasses.replace(cfg.policy, model=dataclasses.replace(cfg.policy.model, path=model)),
+        cfg, policy=dataclasses.replace(cfg.policy, model=dataclasses.replace(mc, path=model)),
         rollout=dataclasses.replace(cfg.rollout, max_new_tokens=max_new_tokens),
         sl_cai=dataclasses.replace(cfg.sl_cai, enabled=False))
     actor = ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=cfg.ray.gpus_per_rollout).remote(c)
@@ -291,16 +295,26 @@ def judge_validation(cfg: Config, judge: Judge) -> dict | None:
     return v
 
 
-def _check_models(cfg: Config, specs: list[str]) -> None:
-    for spec in specs:
-        resolve_model_path(spec, cfg.cache_dir)
+def eval_models(cfg: Config) -> dict[str, str]:
+    return {"eval.baseline": cfg.eval.baseline or cfg.policy.model.path,
+            **{f"eval.checkpoints[{i}]": c for i, c in enumerate(cfg.eval.checkpoints)}}
+
+
+def _check_models(cfg: Config, specs: dict[str, str]) -> None:
+    """The models eval and red-team serve (key -> spec), checked as the roles' models are: present, weights not
+    pickle-only, no code of their own (eval.allow_pickle, eval.trust_remote_code); the policy's own model as the
+    policy is."""
+    for key, spec in specs.items():
+        mc = cfg.policy.model if spec == cfg.policy.model.path else ModelConfig(
+            path=spec, trust_remote_code=cfg.eval.trust_remote_code, allow_pickle=cfg.eval.allow_pickle)
+        checked_folder(key, mc, cfg.cache_dir, path_key=key, flags="policy.model" if mc is cfg.policy.model else "eval")
 
 
 def eval_command(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
     """`rlaif eval`: check every input, then run_eval on a local (or the job's) Ray."""
     plan_judge(cfg, "eval")
+    _check_models(cfg, eval_models(cfg))
     eval_prompts(cfg)
-    _check_models(cfg, [cfg.eval.baseline or cfg.policy.model.path, *cfg.eval.checkpoints])
     out = Path(cfg.output_dir)
     replace = check_output_dir(out, overwrite)  # the same rules as `rlaif train`: its own folder, --overwrite
     init_ray(cfg, (), verbose)
@@ -341,8 +355,8 @@ class TrainingEval:
         needs_judge = cfg.eval.enabled or in_loop_judge(cfg)
         self.plan = plan_judge(cfg, "train") if needs_judge else None
         if cfg.eval.enabled:
+            _check_models(cfg, eval_models(cfg))
             eval_prompts(cfg)
-            _check_models(cfg, [cfg.eval.baseline or cfg.policy.model.path, *cfg.eval.checkpoints])
 
     def verdict(self, held_out: list) -> JudgeVerdict | None:
         """The held-out judge for trainer.evaluate (None where in_loop_judge says none runs); starts a model
@@ -404,7 +418,7 @@ def red_team_command(cfg: Config, overwrite: bool = False, verbose: bool = False
                           "eval.harm_function")
     plan = plan_judge(cfg, "red-team")
     red_spec, target_spec = rc.red_model or cfg.policy.model.path, rc.target or cfg.policy.model.path
-    _check_models(cfg, [red_spec, target_spec])
+    _check_models(cfg, {"red_team.red_model": red_spec, "red_team.target": target_spec})
     minilm_path()  # the diversity encoder's package must be there before any work starts
     replace = check_output_dir(Path(cfg.output_dir), overwrite)  # the same rules as `rlaif train`
     own_output_dir(Path(cfg.output_dir), replace, "red-team")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlaif.config import ConfigError
+from rlaif.config import ConfigError, ModelConfig
 
 TINY = "builtin:tiny-llama"
 SMOLLM2 = "builtin:smollm2-135m"
@@ -119,11 +119,50 @@ def _has(folder: Path, patterns: tuple[str, ...]) -> bool:
     return any(next(folder.glob(p), None) is not None for p in patterns)
 
 
+def checked_folder(key: str, mc: ModelConfig, cache_dir: str = "", path_key: str = "", flags: str = "") -> str:
+    """A model spec (a ModelConfig) resolved to a local folder and checked before anything loads it: weights present,
+    no pickle-only weights unless mc.allow_pickle, no architecture that exists only as the model's own code unless
+    mc.trust_remote_code. Errors name `path_key` (default `key`.path) and the flags' keys (default under `key`)."""
+    from transformers import CONFIG_MAPPING
+
+    at, flags = path_key or f"{key}.path", flags or key
+
+    if mc.revision and not (HUB_ID.match(mc.path) and not Path(mc.path).is_dir()):
+        raise ModelError(f"{key}.revision: '{mc.revision}' pins a Hub revision, but {key}.path '{mc.path}' is "
+                         "not a Hub id")
+    try:
+        folder = resolve_model_path(mc.path, cache_dir, mc.revision, mc.allow_pickle)
+    except RevisionError as exc:
+        raise ModelError(f"{key}.revision: {exc}") from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise ModelError(f"{at}: {exc}") from exc
+    # Refuse, before anything loads it: no weights, only pickle weights (unless allowed), or an architecture
+    # that exists only as the model's own code (unless trusted).
+    path = Path(folder)
+    if not _has(path, SAFETENSORS):
+        if not _has(path, PICKLE):
+            raise ModelError(f"{at}: {folder} holds no weights (no *.safetensors, no pytorch_model.bin)")
+        if not mc.allow_pickle:
+            raise ModelError(f"{at}: {folder} holds only pickle weights (pytorch_model.bin; unpickling can "
+                             f"run arbitrary code); convert them to safetensors, or set {flags}.allow_pickle=true "
+                             "if you trust the source")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{at}: {path / 'config.json'} is not valid JSON: {exc}") from exc
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING and not mc.trust_remote_code:
+        if config.get("auto_map"):
+            raise ModelError(f"{at}: {folder} needs its own Python code (model_type '{model_type}', "
+                             f"config.json auto_map); set {flags}.trust_remote_code=true if you trust the source")
+        raise ModelError(f"{at}: {folder} has model_type '{model_type}', which this transformers does not "
+                         "know")
+    return folder
+
+
 def resolve_models(cfg):
     """The config with every role's model spec replaced by a checked local folder: the driver resolves Hub ids
     and builtins once, before Ray starts, so no actor downloads or converts anything. Errors name the key."""
-    from transformers import CONFIG_MAPPING
-
     sections = {}
     for section, field, mc in (("policy", "model", cfg.policy.model), ("labeler", "model", cfg.labeler.model),
                                ("preference_model", "model", cfg.preference_model.model),
@@ -131,36 +170,7 @@ def resolve_models(cfg):
         if not mc.path:  # critic.model.path empty: the policy's model; eval.judge empty: no model judge
             continue
         key = f"{section}.{field}"
-        if mc.revision and not (HUB_ID.match(mc.path) and not Path(mc.path).is_dir()):
-            raise ModelError(f"{key}.revision: '{mc.revision}' pins a Hub revision, but {key}.path '{mc.path}' is "
-                             "not a Hub id")
-        try:
-            folder = resolve_model_path(mc.path, cfg.cache_dir, mc.revision, mc.allow_pickle)
-        except RevisionError as exc:
-            raise ModelError(f"{key}.revision: {exc}") from exc
-        except (ValueError, FileNotFoundError) as exc:
-            raise ModelError(f"{key}.path: {exc}") from exc
-        # Refuse, before anything loads it: no weights, only pickle weights (unless allowed), or an architecture
-        # that exists only as the model's own code (unless trusted).
-        path = Path(folder)
-        if not _has(path, SAFETENSORS):
-            if not _has(path, PICKLE):
-                raise ModelError(f"{key}.path: {folder} holds no weights (no *.safetensors, no pytorch_model.bin)")
-            if not mc.allow_pickle:
-                raise ModelError(f"{key}.path: {folder} holds only pickle weights (pytorch_model.bin; unpickling can "
-                                 f"run arbitrary code); convert them to safetensors, or set {key}.allow_pickle=true "
-                                 "if you trust the source")
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{key}.path: {path / 'config.json'} is not valid JSON: {exc}") from exc
-        model_type = config.get("model_type")
-        if model_type not in CONFIG_MAPPING and not mc.trust_remote_code:
-            if config.get("auto_map"):
-                raise ModelError(f"{key}.path: {folder} needs its own Python code (model_type '{model_type}', "
-                                 f"config.json auto_map); set {key}.trust_remote_code=true if you trust the source")
-            raise ModelError(f"{key}.path: {folder} has model_type '{model_type}', which this transformers does not "
-                             "know")
+        folder = checked_folder(key, mc, cfg.cache_dir)
         model = dataclasses.replace(mc, path=folder, revision="")
         sections[section] = dataclasses.replace(getattr(cfg, section), **{field: model})
     return dataclasses.replace(cfg, **sections)

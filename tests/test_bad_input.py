@@ -54,6 +54,11 @@ def project_folder(tmp: Path) -> list[str]:
     return ["--overwrite"]
 
 
+# the end-of-run evaluation, with an independent function judge: its models are checked before anything starts
+EVAL_ON = ["eval.enabled=true", "eval.judge_function=tests.eval_judges:shorter_is_better",
+           "eval.harm_function=tests.eval_judges:any_words_harmful"]
+
+
 def tiny_copy(tmp: Path, name: str, keep_weights: bool = True) -> Path:
     from rlaif.models import TINY, resolve_model_path
 
@@ -162,6 +167,12 @@ CASES: dict[str, Case] = {
                                r"builtin:smollm2-135m\?\)", {}),
     "model folder without weights": (lambda t: [f"policy.model.path={tiny_copy(t, 'empty', keep_weights=False)}"],
                                      r"policy\.model\.path: .*/empty holds no weights", {}),
+    "eval checkpoint with only pickle weights": (lambda t: [*EVAL_ON, f"eval.checkpoints=[{pickle_only(t)}]"],
+                                                 r"eval\.checkpoints\[0\]: .*/pickled holds only pickle weights .* "
+                                                 r"set eval\.allow_pickle=true", {}),
+    "eval checkpoint with its own code": (lambda t: [*EVAL_ON, f"eval.checkpoints=[{remote_code(t)}]"],
+                                          r"eval\.checkpoints\[0\]: .*/custom needs its own Python code .* set "
+                                          r"eval\.trust_remote_code=true", {}),
     "model with only pickle weights": (lambda t: [f"preference_model.model.path={pickle_only(t)}"],
                                        r"preference_model\.model\.path: .*/pickled holds only pickle weights .* set "
                                        r"preference_model\.model\.allow_pickle=true", {}),
