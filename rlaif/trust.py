@@ -240,13 +240,15 @@ def model_card(record: TrustRecord, what: str, cfg: Config, step: int | None = N
             ci = "n/a" if c.low is None else f"[{c.low:.3f}, {c.high:.3f}]"
             lines.append(f"| {NAMES[c.name]} | {value} | {ci} | {c.n} | {c.bar:g} (`{c.key}`) | {c.verdict} |")
         lines.append("")
-    lines += ["## How it was trained", "",
-              f"- base policy: `{cfg.policy.model.path}`",
-              f"- AI feedback: `{cfg.labeler.function or cfg.labeler.model.path}` (mode {cfg.labeler.mode}); human "
-              f"labels for the checks: `{cfg.labeler.human_eval or 'none'}`",
-              f"- what the AI feedback trained: {record.trains or 'nothing (reward functions only)'}",
-              f"- RL: {cfg.rl.algorithm}, KL coefficient {cfg.rl.kl_coef:g}",
-              "- reports: `feedback/integrity.html`, `feedback/trust.json` in the run folder", ""]
+    lines += ["## How it was trained", "", f"- base policy: `{cfg.policy.model.path}`"]
+    if record.note:  # a model no gate applies to (the SL-CAI policy): the RL settings describe nothing of it
+        lines += [f"- SL-CAI: {cfg.sl_cai.rounds} critique/revision round(s), {cfg.sl_cai.few_shot}-shot, then SFT", ""]
+    else:
+        lines += [f"- AI feedback: `{cfg.labeler.function or cfg.labeler.model.path}` (mode {cfg.labeler.mode}); human "
+                  f"labels for the checks: `{cfg.labeler.human_eval or 'none'}`",
+                  f"- what the AI feedback trained: {record.trains or 'nothing (reward functions only)'}",
+                  f"- RL: {cfg.rl.algorithm}, KL coefficient {cfg.rl.kl_coef:g}",
+                  "- reports: `feedback/integrity.html`, `feedback/trust.json` in the run folder", ""]
     return {CARD: "\n".join(lines), RECORD: json.dumps(record.to_dict() | {"model": what, "step": step}, indent=1)
             + "\n"}
 

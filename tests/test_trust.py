@@ -130,4 +130,6 @@ def test_the_model_card_and_record_carry_the_mark(tmp_path):
     trusted = model_card(decide([make_check("agreement", "k", 0.55, 1.0, 16)], c.trust, "x"), "PM", c)["README.md"]
     assert "**Trust: TRUSTED.**" in trusted and "Do not deploy" not in trusted
     assert read_record(tmp_path / "nowhere") is None
+    sl = model_card(TrustRecord(UNCHECKED, note="the SL-CAI policy: no gate here"), "SL-CAI policy", c)["README.md"]
+    assert "**Trust: UNCHECKED.** The SL-CAI policy: no gate here." in sl and "- RL:" not in sl and "SFT" in sl
     assert TrustRecord.from_dict(record.to_dict()) == record
