@@ -25,7 +25,7 @@ from rlaif.config import ConfigError, load_config
 from rlaif.constitution import ConstitutionError
 from rlaif.data import DataError
 from rlaif.runtime import setup_console
-from rlaif.trust import UNTRUSTED, read_record
+from rlaif.trust import UNTRUSTED, read_mark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     what = {"train": "policy checkpoint", "label": "AI labels", "sl-cai": "SL-CAI checkpoint",
             "eval": "evaluation report", "red-team": "red-team prompt source"}[args.command]
     print(f"rlaif: done; {what} at {path}")
-    record = read_record(Path(output_dir) / "feedback") if args.command in ("train", "label") else None
-    if record is not None and record.status == UNTRUSTED:
-        print(f"rlaif: UNTRUSTED: {record.summary()}. Every checkpoint of this run carries this mark in its "
+    mark = read_mark(Path(output_dir) / "feedback") if args.command in ("train", "label") else None
+    if mark is not None and mark["status"] == UNTRUSTED:
+        print(f"rlaif: UNTRUSTED: {mark['summary']}. Every checkpoint of this run carries this mark in its "
               f"README.md and trust.json.")
     return 0
 

@@ -14,7 +14,8 @@ import math
 from collections.abc import Sequence
 
 from rlaif.evaluate import FIGURES, Figure
-from rlaif.judge_check import DISTRUSTED, validation_verdict
+from rlaif.judge_check import validation_verdict
+from rlaif.trust import DISTRUSTED
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the report: one self-contained HTML page, inline SVG, no scripts

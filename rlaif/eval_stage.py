@@ -37,13 +37,11 @@ from rlaif.evaluate import (
 )
 from rlaif.human_labels import atomic_write_text, write_jsonl
 from rlaif.judge_check import (
-    DISTRUSTED,
     SharedRole,
     dependent_roles,
     harm_items,
     independence_error,
     ranked_pairs,
-    read_trust,
     validate_judge,
     validation_verdict,
 )
@@ -62,6 +60,7 @@ from rlaif.sources import load_prompt_mix, prompt_key
 from rlaif.splits import SETS as SPLIT_SETS
 from rlaif.splits import plan_prompts
 from rlaif.tracking import Tracker
+from rlaif.trust import DISTRUSTED, read_mark
 
 log = logging.getLogger("rlaif")
 
@@ -258,7 +257,7 @@ def run_eval(cfg: Config, tracker: Tracker, step: int = 0, trained: dict[str, st
         if judge_actor is not None:
             ray.kill(judge_actor)
 
-    trust = {lab: read_trust(spec) if Path(spec).is_dir() else None for lab, spec in zip(labels, specs)}
+    trust = {lab: read_mark(spec) if Path(spec).is_dir() else None for lab, spec in zip(labels, specs)}
     for lab, mark in trust.items():
         if mark and mark["status"] in DISTRUSTED:
             log.warning("eval: checkpoint %s is marked untrusted: %s", lab, mark["summary"])

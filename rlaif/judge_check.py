@@ -23,7 +23,6 @@ flags everything (miss 0, false alarm 1) sits at exactly 0.5; one that answers a
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -226,28 +225,3 @@ def validation_verdict(v: dict | None) -> str | None:
         return ("The judge's pairwise verdict is no better than chance on human labels: the win rates and Elo "
                 "scores below carry no information.")
     return None
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# trust marks
-
-TRUST_STATUSES = ("trusted", "untrusted", "unchecked", "failed")  # rlaif.trust's record statuses
-DISTRUSTED = ("untrusted", "failed")  # marked at the top of the report and in the checkpoint's row
-
-
-def read_trust(folder: str) -> dict | None:
-    """The trust mark (trust.json: status, summary, checks; rlaif.trust writes it) a trained checkpoint folder may
-    carry, or None. Read leniently: a mark that cannot be read is itself reported as untrusted."""
-    path = Path(folder) / "trust.json"
-    if not path.is_file():
-        return None
-    try:
-        mark = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        return {"status": "untrusted", "summary": f"{path} is not valid JSON ({exc}): treated as untrusted",
-                "checks": []}
-    status = mark.get("status") if isinstance(mark, dict) else None
-    if status not in TRUST_STATUSES:
-        return {"status": "untrusted", "summary": f"{path}: status {status!r} is not one of {TRUST_STATUSES}: "
-                "treated as untrusted", "checks": []}
-    return {"status": status, "summary": str(mark.get("summary", "")), "checks": mark.get("checks", [])}

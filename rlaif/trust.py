@@ -34,6 +34,8 @@ from rlaif.integrity import FeedbackIntegrityError, IntegrityReport, wilson_inte
 
 # FAILED: a check did not pass and the run stopped; UNTRUSTED: it did not pass and the run trained anyway
 TRUSTED, UNTRUSTED, UNCHECKED, FAILED = "trusted", "untrusted", "unchecked", "failed"
+STATUSES = (TRUSTED, UNTRUSTED, UNCHECKED, FAILED)
+DISTRUSTED = (UNTRUSTED, FAILED)  # what a report marks at its top and in the model's row
 CARD, RECORD = "README.md", "trust.json"  # written beside the weights of every checkpoint a run exports
 
 NAMES = {"agreement": "agreement with held-out human labels",
@@ -259,8 +261,19 @@ def write_card(folder: str | os.PathLike, files: Mapping[str, str]) -> None:
         atomic_write_text(Path(folder) / name, text)
 
 
-def read_record(path: str | os.PathLike) -> TrustRecord | None:
-    """The trust record in a run's feedback/ folder or beside a model's weights (None where there is none)."""
-    p = Path(path)
-    p = p / RECORD if p.is_dir() else p
-    return TrustRecord.from_dict(json.loads(p.read_text(encoding="utf-8"))) if p.is_file() else None
+def read_mark(folder: str | os.PathLike) -> dict | None:
+    """The trust mark (status, summary, checks) in a folder's trust.json: a run's feedback/ folder or an exported
+    model's; None where there is none. Read leniently, since a person may hand-write or damage one: a mark that cannot
+    be read is itself reported as untrusted."""
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        mark = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {"status": UNTRUSTED, "summary": f"{path} is not valid JSON ({exc}): treated as untrusted", "checks": []}
+    status = mark.get("status") if isinstance(mark, dict) else None
+    if status not in STATUSES:
+        return {"status": UNTRUSTED, "summary": f"{path}: status {status!r} is not one of {STATUSES}: treated as "
+                "untrusted", "checks": []}
+    return {"status": status, "summary": str(mark.get("summary", "")), "checks": mark.get("checks", [])}

@@ -366,18 +366,18 @@ def _validation(uninformative_harm: bool) -> dict:
 def test_report_top_marks_untrusted_checkpoints_a_dependent_judge_and_an_uninformative_one(tmp_path):
     """What decides whether to believe the figures comes before them: an untrusted checkpoint (its trust.json) as a
     banner naming it and in its row, the role the judge shares, and the no-information sentence."""
-    from rlaif.judge_check import read_trust
+    from rlaif.trust import read_mark
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "trust.json").write_text(json.dumps({"status": "untrusted", "summary": "KL left its band at step 7.",
                                                  "checks": [{"name": "kl", "passed": False}]}))
-    assert read_trust(str(tmp_path)) is None  # no mark: nothing to say
+    assert read_mark(str(tmp_path)) is None  # no mark: nothing to say
     res = evaluate_responses(PROMPTS, {"base": BASE, "new": NEW}, "base", Recording(), n_resamples=100)
     shares = ["eval.judge.path = builtin:smollm2-135m is labeler.model.path (the training labeler)"]
     results = build_results(PROMPTS, res, {"base": "builtin:tiny-llama", "new": str(ckpt)}, "base",
                             {"kind": "model", "name": "builtin:smollm2-135m", "shares": shares}, [], {},
-                            _validation(True), {"base": None, "new": read_trust(str(ckpt))})
+                            _validation(True), {"base": None, "new": read_mark(str(ckpt))})
     assert results["checkpoints"][1]["trust"]["status"] == "untrusted"
     assert json.loads(json.dumps(results))["judge"]["shares"] == shares  # results.json carries both
     page = render_report(results)

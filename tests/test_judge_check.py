@@ -14,11 +14,11 @@ from rlaif.integrity import wilson_interval
 from rlaif.judge_check import (
     harm_items,
     ranked_pairs,
-    read_trust,
     validate_judge,
     validation_verdict,
 )
 from rlaif.ranking import bradley_terry, elo_table
+from rlaif.trust import read_mark
 
 from .conftest import REPO
 
@@ -170,17 +170,17 @@ def test_a_model_judge_the_optimizer_saw_is_refused(tmp_path, tiny_path):
 
 
 def test_trust_marks(tmp_path):
-    assert read_trust(str(tmp_path)) is None
+    assert read_mark(str(tmp_path)) is None
     (tmp_path / "trust.json").write_text(json.dumps({"status": "trusted", "summary": "all checks passed",
                                                      "checks": []}))
-    assert read_trust(str(tmp_path)) == {"status": "trusted", "summary": "all checks passed", "checks": []}
+    assert read_mark(str(tmp_path)) == {"status": "trusted", "summary": "all checks passed", "checks": []}
     (tmp_path / "trust.json").write_text(json.dumps({"status": "failed", "summary": "the gate stopped the run",
                                                      "checks": [], "accepted": False, "trains": "the PM"}))
-    assert read_trust(str(tmp_path))["status"] == "failed"  # rlaif.trust's record, extra keys and all
+    assert read_mark(str(tmp_path))["status"] == "failed"  # rlaif.trust's record, extra keys and all
     (tmp_path / "trust.json").write_text("{broken")
-    assert read_trust(str(tmp_path))["status"] == "untrusted"  # a mark that cannot be read trusts nothing
+    assert read_mark(str(tmp_path))["status"] == "untrusted"  # a mark that cannot be read trusts nothing
     (tmp_path / "trust.json").write_text(json.dumps({"status": "fine"}))
-    assert "not one of" in read_trust(str(tmp_path))["summary"]
+    assert "not one of" in read_mark(str(tmp_path))["summary"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

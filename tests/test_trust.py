@@ -17,6 +17,7 @@ from rlaif.trust import (
     TRUSTED,
     UNCHECKED,
     UNTRUSTED,
+    Check,
     TrustRecord,
     decide,
     enforce,
@@ -25,7 +26,7 @@ from rlaif.trust import (
     make_check,
     model_card,
     pm_check,
-    read_record,
+    read_mark,
     trust_metrics,
 )
 
@@ -124,12 +125,13 @@ def test_the_model_card_and_record_carry_the_mark(tmp_path):
            "failed |" in card
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    back = read_record(tmp_path)
-    assert back.status == UNTRUSTED and back.checks == record.checks and back.summary() == record.summary()
+    back = read_mark(tmp_path)
+    assert back["status"] == UNTRUSTED and back["summary"] == record.summary()
+    assert [Check(**c) for c in back["checks"]] == record.checks
     assert json.loads(files["trust.json"])["step"] == 5
     trusted = model_card(decide([make_check("agreement", "k", 0.55, 1.0, 16)], c.trust, "x"), "PM", c)["README.md"]
     assert "**Trust: TRUSTED.**" in trusted and "Do not deploy" not in trusted
-    assert read_record(tmp_path / "nowhere") is None
+    assert read_mark(tmp_path / "nowhere") is None
     sl = model_card(TrustRecord(UNCHECKED, note="the SL-CAI policy: no gate here"), "SL-CAI policy", c)["README.md"]
     assert "**Trust: UNCHECKED.** The SL-CAI policy: no gate here." in sl and "- RL:" not in sl and "SFT" in sl
     assert TrustRecord.from_dict(record.to_dict()) == record
