@@ -11,6 +11,7 @@ The trainer calls roles and never handles Ray's failure modes itself:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from typing import Any
@@ -93,7 +94,9 @@ def actor_death(exc: Exception) -> str:
     lines = [" ".join(line.split()) for line in str(exc).splitlines()]
     who = [x for x in lines if x.startswith(("class_name:", "pid:"))]
     why = [x for x in lines if x.startswith("The actor is dead because")]
-    return " ".join([lines[0] if lines else type(exc).__name__, *who, *why])[:400]
+    # a constructor that raised: its own error is the last "...Error: ..." line, the part a person needs
+    raised = [x for x in lines[1:] if re.match(r"[\w.]*(Error|Exception): ", x)][-1:]
+    return " ".join([lines[0] if lines else type(exc).__name__, *who, *why, *raised])[:600]
 
 
 class Restartable:
@@ -225,8 +228,8 @@ class Roles:
         try:
             return get(refs, self.timeout, what)
         except ray.exceptions.RayActorError as exc:
-            raise RoleDied(f"{what}: an actor of a DeepSpeed group died ({actor_death(exc)}); its process group "
-                           "cannot be repaired") from exc
+            # a DeepSpeed rank (its process group cannot be repaired), or an actor that failed in its constructor
+            raise RoleDied(f"{what}: an actor died ({actor_death(exc)})") from exc
 
     def restarted(self, role: str, exc: Exception) -> None:
         self.faults[role.split(".")[0]] += 1
@@ -243,8 +246,12 @@ class Roles:
 
     def sync(self, version: int) -> dict[str, float]:
         """The policy's weights into every engine. An engine that dies meanwhile is restarted; the others, blocked
-        in the broken broadcast, are restarted too; then the group is rebuilt and the sync repeated."""
+        in the broken broadcast, are restarted too; then the group is rebuilt and the sync repeated. A sync that fails
+        with no death reported yet (a lost node is noticed only when Ray's health checks give up on it, after the
+        surviving side has seen the broken connection) restarts every engine the same way. Bounded by
+        ray.max_restarts, so a sync that can never succeed ends the run instead of looping."""
         t0 = time.perf_counter()
+        tries = 0
         while True:
             try:
                 metrics = self.sync_weights(version)
@@ -252,14 +259,19 @@ class Roles:
             except SyncFailed as exc:
                 if exc.policy_ranks:
                     raise RoleDied(f"policy rank(s) {exc.policy_ranks} died during the weight sync") from exc
+                tries += 1
+                if tries > self.max_restarts + 1:
+                    raise RoleDied(f"the weight sync failed {tries} times (last: {exc})") from exc
                 if not exc.engines:
-                    raise
+                    self.faults["weight_sync"] += 1
+                    log.warning("weight sync failed with no process reported dead yet (%s); restarting every rollout "
+                                "engine and syncing again", str(exc.__cause__ or exc).splitlines()[0][:200])
                 for k in exc.engines:
                     self.restarted(f"rollout.{k}", exc)
-                    self.rollout.epochs[k] += 1
                 for k, e in enumerate(self.rollout.actors):
                     if k not in exc.engines:
-                        ray.kill(e, no_restart=False)  # stuck in the broken broadcast: start it afresh
+                        ray.kill(e, no_restart=False)  # stuck in the broken broadcast, or on a node being lost
+                    self.rollout.epochs[k] += 1  # work in flight on it is resubmitted, not recovered again
                 for k, e in enumerate(self.rollout.actors):
                     wait_restarted(e, f"rollout engine {k}", self.timeout)
                 self.sync_weights = WeightSync(self.cfg, self.policy, self.rollout.actors)

@@ -176,6 +176,19 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
+def check_ranks_wrote_here(staging: Path, written: dict[str, list[list[str]]]) -> None:
+    """Every file each rank says it wrote ({role: [files of rank 0, of rank 1, ...]}, relative to staging/role) must
+    be visible here, or the manifest would leave it out and a resume would miss it: on a cluster whose output_dir is
+    not one storage shared by every node, each rank writes its shards to its own node's disk."""
+    unseen = [f"{role} rank {i}: {f}" for role, ranks in written.items() for i, files in enumerate(ranks)
+              for f in files if not (staging / role / f).is_file()]
+    if unseen:
+        raise CheckpointError(
+            f"output_dir {staging.parent.parent} is not the same storage on every node: the driver cannot see files "
+            f"the ranks wrote ({', '.join(unseen[:3])}{', ...' if len(unseen) > 3 else ''}); use a folder on storage "
+            "every node shares")
+
+
 def commit(staging: Path, state: TrainerState, keep_last: int) -> Path:
     """Write the trainer state and the manifest into the staging folder, fsync, rename it into place, and prune
     all but the newest `keep_last` checkpoints (0 keeps every one)."""

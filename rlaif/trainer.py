@@ -252,14 +252,9 @@ def save_checkpoint(cfg: Config, roles: Roles, done: int, state: RLState, loader
     names = ["policy", "critic"][: len(groups)]
     written = roles.get([a.save_checkpoint.remote(str(staging / name)) for g, name in zip(groups, names)
                          for a in g.actors], "saving the DeepSpeed checkpoints")
-    ranks = [(name, i) for g, name in zip(groups, names) for i in range(len(g.actors))]
-    unseen = [f"{name} rank {i}: {f}" for (name, i), files in zip(ranks, written) for f in files
-              if not (staging / name / f).is_file()]
-    if unseen:  # the manifest would leave them out and a resume would miss them
-        raise checkpoint.CheckpointError(
-            f"output_dir {cfg.output_dir} is not the same storage on every node: the driver cannot see files the "
-            f"ranks wrote ({', '.join(unseen[:3])}{', ...' if len(unseen) > 3 else ''}); use a folder on storage every "
-            "node shares")
+    per_role = iter(written)
+    checkpoint.check_ranks_wrote_here(staging, {name: [next(per_role) for _ in g.actors]
+                                                for g, name in zip(groups, names)})
     if pending is not None:
         pending = Ready(pending.result())
         checkpoint.save_batch(pending.batch, staging / "next_batch")

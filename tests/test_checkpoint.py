@@ -131,3 +131,23 @@ def test_leftovers_of_interrupted_saves_are_swept_and_nothing_else(tmp_path):
     keep[0].write_text("a file, not a save")
     assert sorted(ck.sweep_leftovers(tmp_path)) == sorted(made)
     assert not any(p.exists() for p in made) and all(p.exists() for p in keep)
+
+
+def test_a_checkpoint_whose_rank_files_the_driver_cannot_see_is_refused(tmp_path):
+    """On a cluster whose output_dir is node-local storage, a rank on another node writes its ZeRO shard to its own
+    disk; the driver's manifest would leave the file out and a resume would load a checkpoint without it. Bug caught:
+    the ranks' reports not compared with what the driver sees (the commit goes ahead), or compared under the wrong
+    role's folder."""
+    from rlaif.checkpoint import CheckpointError, check_ranks_wrote_here
+
+    staging = tmp_path / "run" / "checkpoints" / ".tmp-step_000001"
+    (staging / "policy" / "policy").mkdir(parents=True)
+    (staging / "policy" / "policy" / "rank0.pt").write_bytes(b"x")
+    (staging / "critic").mkdir()
+    (staging / "critic" / "rank0.pt").write_bytes(b"x")
+    check_ranks_wrote_here(staging, {"policy": [["policy/rank0.pt"]], "critic": [["rank0.pt"]]})  # all visible
+    with pytest.raises(CheckpointError, match=r"not the same storage on every node.*policy rank 1: policy/rank1.pt"):
+        check_ranks_wrote_here(staging, {"policy": [["policy/rank0.pt"], ["policy/rank1.pt"]],
+                                         "critic": [["rank0.pt"]]})
+    with pytest.raises(CheckpointError, match="critic rank 0: policy/rank0.pt"):  # looked up under critic/, not policy/
+        check_ranks_wrote_here(staging, {"critic": [["policy/rank0.pt"]]})

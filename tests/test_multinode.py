@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -45,3 +46,50 @@ def test_policy_ranks_and_engines_on_different_nodes(two_nodes, tmp_path):
     assert len(steps) == 2 and all(r["weight_sync/bytes"] > 0 for r in steps)
     # rollout.sync_transport=auto: an engine on another node cannot map policy rank 0's /dev/shm, so: broadcast
     assert all(r["weight_sync/shared_buffer"] == 0 for r in steps)
+
+
+def test_losing_an_engines_node_regenerates_its_part_and_the_run_goes_on(tmp_path):
+    """A node is removed (its raylet killed, as a preempted or crashed VM) while the run is in its RL loop; it held
+    one rollout engine, and possibly the labeler, reference or PM scorer. Ray reschedules the engine's bundle on the
+    node that is left free and restarts the actors; the trainer resubmits the lost part of the batch (or repeats the
+    weight sync, if the node went during one) and finishes every step with every sample. Bugs caught: an
+    ObjectLostError or ActorDiedError from the lost node escaping as a traceback (exit 1), the part not resubmitted
+    (samples missing), a retry loop that never ends (timeout), the restart not counted in faults/*."""
+    from ray.cluster_utils import Cluster
+
+    # The head holds no CPU, so every actor is on a worker node that may be removed; three workers with room for
+    # every role twice over, so whichever node is lost, the rest can host what it held.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        workers = [cluster.add_node(num_cpus=8) for _ in range(3)]
+        cluster.wait_for_nodes()
+        out = tmp_path / "run"
+        steps = 3
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml", f"output_dir={out}",
+             f"ray.address={cluster.address}", "ray.placement_rollout=STRICT_SPREAD", "policy.num_ranks=1",
+             "rollout.num_engines=2", f"trainer.steps={steps}", "trainer.progress=false", "wandb.enabled=false",
+             "trainer.timeout_s=180", "rl.use_preference_model=false", "rl.reward_functions=[rlaif.rewards:brevity]",
+             "labeler.human_eval=", "labeler.audit_samples=0"],  # no PM stage: the RL loop is what is tested
+            cwd=REPO, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 600
+        while not (metrics.is_file() and '"time/step"' in metrics.read_text()):  # RL step 1 is done
+            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            assert time.monotonic() < deadline, "no RL step within 600 s"
+            time.sleep(0.05)
+        placement = json.loads((out / "logs" / "placement.json").read_text())
+        victim = next(n for n in workers if n.node_id in placement["rollout"] and n.node_id not in placement["policy"])
+        cluster.remove_node(victim, allow_graceful=False)
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-4000:]
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        done = {r["step"]: r for r in rows if "time/step" in r}
+        assert sorted(done) == list(range(1, steps + 1))
+        assert all(r["rollout/samples"] == 4 * 2 for r in done.values())  # rl.prompts_per_step x rollout.n_samples
+        # the lost engine was restarted, and counted: as a rollout fault when its call failed, as a weight-sync
+        # fault when the sync broke before Ray reported the node dead
+        assert done[steps]["faults/restarts"] >= 1, done[steps]
+    finally:
+        cluster.shutdown()

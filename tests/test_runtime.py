@@ -219,3 +219,18 @@ def test_a_dead_wandb_service_switches_wandb_off_and_the_run_goes_on(tmp_path):
     assert rows[0] == {"step": 1, "a": 1.0}
     assert rows[1]["table"] == "samples" and rows[1]["rows"] == [{"prompt": "p"}]
     assert rows[2] == {"step": 2, "a": 2.0, "tracking/wandb_failed": 1.0}
+
+
+def test_an_actor_whose_constructor_raised_is_told_in_one_line_with_its_own_error():
+    """Ray's creation-task failure in one console line keeps the error the constructor raised. Bug caught: the line
+    keeping only Ray's "The actor died because of an error raised in its creation task", so a person sees that an
+    actor died but not why (an ImportError, a missing model file) without digging through worker logs."""
+    from actors.roles import actor_death
+
+    raw = ("The actor died because of an error raised in its creation task, \x1b[36mray::RolloutWorker.__init__()"
+           "\x1b[39m (pid=1, ip=127.0.0.1)\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+           "RuntimeError: The actor with name RolloutWorker failed to import on the worker.\n"
+           "ImportError: cannot import name 'train_dtype' from 'actors.group'\n")
+    line = actor_death(RuntimeError(raw))
+    assert "\n" not in line and "RolloutWorker" in line
+    assert line.endswith("ImportError: cannot import name 'train_dtype' from 'actors.group'")
