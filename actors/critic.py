@@ -11,7 +11,7 @@ from actors.group import join_group, use_cpu_threads, zero_engine
 from rlaif.algorithms import loss_agg
 from rlaif.batch import Batch
 from rlaif.config import Config
-from rlaif.logprobs import response_values
+from rlaif.logprobs import check_packing, response_values
 from rlaif.losses import value_loss
 from rlaif.models import disable_dropout, load_scalar_model, resolve_model_path
 
@@ -26,18 +26,21 @@ class CriticWorker:
         join_group(self.cfg.device, rank, world_size, master_addr, master_port)
         cc, mb = self.cfg.critic, self.cfg.policy.micro_batch_size
         torch.manual_seed(self.cfg.seed + 17)
-        model = load_scalar_model(self.path, cc.model.dtype, cc.model.trust_remote_code)
+        model = load_scalar_model(self.path, cc.model.dtype, cc.model.trust_remote_code, cc.model.attn_implementation)
         disable_dropout(model)
         self.world_size, self.rank = world_size, rank
         per_rank = self.cfg.rl.prompts_per_step * self.cfg.rollout.n_samples // world_size
         self.engine = zero_engine(model, cc.lr, cc.zero_stage, mb, per_rank // mb, self.cfg.policy.grad_clip,
                                   cc.model.dtype)
+        if cc.packing:  # as the policy's: refuse a model whose packed values are not its unpacked ones
+            check_packing(self.engine.module, "critic.packing", values=True)
 
     @torch.no_grad()
     def values(self, shard: Batch) -> torch.Tensor:
         """[B, R] V(s_t) before each response token."""
         self.engine.eval()
-        parts = [response_values(self.engine.module, mb).cpu() for mb in shard.chunks(self.cfg.policy.micro_batch_size)]
+        parts = [response_values(self.engine.module, mb, self.cfg.critic.packing).cpu()
+                 for mb in shard.chunks(self.cfg.policy.micro_batch_size)]
         width = shard["response_ids"].shape[1]
         return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
@@ -51,7 +54,8 @@ class CriticWorker:
         denom = shard.meta["denom"] / (micro * self.world_size)
         for _ in range(self.cfg.rl.epochs):
             for mb in shard.chunks(size):
-                loss, clip_frac = value_loss(response_values(self.engine.module, mb), mb["values"], mb["returns"],
+                values = response_values(self.engine.module, mb, self.cfg.critic.packing)
+                loss, clip_frac = value_loss(values, mb["values"], mb["returns"],
                                              mb.response_mask, self.cfg.rl.value_clip, agg, denom)
                 self.engine.backward(loss)
                 self.engine.step()

@@ -138,12 +138,15 @@ def join_group(device: str, rank: int, world_size: int, master_addr: str, master
     import torch
     import torch.distributed as dist
 
+    from rlaif.placement import local_cuda_device
     from rlaif.runtime import prepare_torch_extensions
 
-    os.environ.update(
-        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size),
-        LOCAL_RANK="0" if device == "cpu" else str(rank % max(torch.cuda.device_count(), 1)),
-    )
+    local = 0 if device == "cpu" else local_cuda_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    # DeepSpeed puts the engine on cuda:LOCAL_RANK; NCCL binds this process to the current device
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(local))
+    if device == "cuda":
+        torch.cuda.set_device(local)
     prepare_torch_extensions()  # on CPU init_distributed JIT-loads an op; a killed build's lock would hang it
     backend = "gloo" if device == "cpu" else "nccl"
     dist.init_process_group(backend, store=tcp_store(master_addr, master_port, world_size, rank, timeout_s),
@@ -151,24 +154,62 @@ def join_group(device: str, rank: int, world_size: int, master_addr: str, master
     deepspeed.init_distributed(dist_backend=backend)
 
 
-def zero_engine(model, lr: float, stage: int, micro_batch: int, grad_accum: int, grad_clip: float, dtype: str,
-                weight_decay: float = 0.0):
-    """A DeepSpeed ZeRO engine over `model`, with torch AdamW: it works for every stage on CPU, where
-    DeepSpeedCPUAdam would cost a long JIT compile."""
-    import deepspeed
-    import torch
-
+def deepspeed_config(stage: int, micro_batch: int, grad_accum: int, grad_clip: float, dtype: str,
+                     offload_optimizer: bool = False, offload_param: bool = False) -> dict[str, Any]:
+    """DeepSpeed's config for one ZeRO engine. offload_optimizer / offload_param (policy.offload_*): ZeRO-Offload
+    of the optimizer states (ZeRO >= 1) and of the parameters (ZeRO-3) to pinned CPU memory."""
     zero: dict[str, Any] = {"stage": stage}
     if stage == 3:  # otherwise small models are kept whole on every rank and nothing is partitioned
         zero.update(stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
-    config = {
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
         "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip, "zero_optimization": zero, "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": dtype == "bfloat16"}, "steps_per_print": 10**9,
     }
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def policy_deepspeed_config(cfg) -> dict[str, Any]:
+    """The DeepSpeed config the policy ranks train with (PolicyWorker.setup_distributed builds the same)."""
+    pc = cfg.policy
+    per_rank = cfg.rl.prompts_per_step * cfg.rollout.n_samples // pc.num_ranks
+    return deepspeed_config(pc.zero_stage, pc.micro_batch_size, per_rank // pc.micro_batch_size, pc.grad_clip,
+                            pc.model.dtype, pc.offload_optimizer, pc.offload_param)
+
+
+def zero_engine(model, lr: float, stage: int, micro_batch: int, grad_accum: int, grad_clip: float, dtype: str,
+                weight_decay: float = 0.0, offload_optimizer: bool = False, offload_param: bool = False):
+    """A DeepSpeed ZeRO engine over `model`, with torch AdamW: it works for every stage on CPU, where
+    DeepSpeedCPUAdam would cost a long JIT compile. With the optimizer offloaded (GPU runs only) the step runs on
+    the CPU, which DeepSpeed does with its own CPU Adam (same AdamW update; it refuses a torch optimizer there)."""
+    import deepspeed
+    import torch
+
+    config = deepspeed_config(stage, micro_batch, grad_accum, grad_clip, dtype, offload_optimizer, offload_param)
+    if offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(model.parameters(), lr=lr, weight_decay=weight_decay, adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine
+
+
+def full_state_dict(engine, zero3: bool, rank: int) -> dict | None:
+    """The whole model as CPU tensors on rank 0 (None elsewhere); every rank must call it under ZeRO-3.
+
+    ZeRO-3: DeepSpeed's consolidated state dict gathers one module's own parameters at a time (modifier_rank=0)
+    and moves them to rank 0's CPU before the next, so every rank holds at most one layer gathered at once, not the
+    whole model (GatheredParameters over all parameters: 2 bytes per parameter extra on every GPU)."""
+    if zero3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    if rank != 0:
+        return None
+    return {k: v.detach().to("cpu", copy=True) for k, v in engine.module.state_dict().items()}
 
 
 def use_cpu_threads(cfg, role: str, stage: str = "rl") -> int:

@@ -71,7 +71,8 @@ class LabelerWorker:
             self.llm = LLM(model=self.path, dtype=lc.model.dtype, seed=cfg.seed, enforce_eager=True,
                            max_model_len=self.max_len, trust_remote_code=lc.model.trust_remote_code, **kwargs)
         else:
-            self.model = load_causal_lm(self.path, lc.model.dtype, lc.model.trust_remote_code).to(cfg.device).eval()
+            self.model = load_causal_lm(self.path, lc.model.dtype, lc.model.trust_remote_code,
+                                        lc.model.attn_implementation).to(cfg.device).eval()
         self.tokenizer = tokenizer  # last: a failed load is retried, not half-used
 
     def _check_length(self, n_tokens: int, new_tokens: int, what: str) -> None:

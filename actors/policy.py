@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from actors.group import join_group, use_cpu_threads, zero_engine
+from actors.group import full_state_dict, join_group, use_cpu_threads, zero_engine
 from rlaif.algorithms import policy_loss
 from rlaif.batch import Batch
 from rlaif.config import Config
-from rlaif.logprobs import batch_logprobs, response_logprobs
+from rlaif.logprobs import batch_logprobs, check_packing, response_logprobs
 from rlaif.losses import aggregate_loss
 from rlaif.models import disable_dropout, load_causal_lm, load_tokenizer, resolve_model_path, save_pretrained_atomic
 
@@ -35,7 +35,7 @@ class PolicyWorker:
         self.rank, self.world_size = rank, world_size
         torch.manual_seed(self.cfg.seed + rank)
         pc = self.cfg.policy
-        model = load_causal_lm(self.path, pc.model.dtype, pc.model.trust_remote_code)
+        model = load_causal_lm(self.path, pc.model.dtype, pc.model.trust_remote_code, pc.model.attn_implementation)
         disable_dropout(model)  # train-mode dropout would make the first PPO ratio differ from 1
         if pc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -43,14 +43,16 @@ class PolicyWorker:
         per_rank = self.cfg.rl.prompts_per_step * self.cfg.rollout.n_samples // world_size
         self.grad_accum = per_rank // pc.micro_batch_size
         self.engine = zero_engine(model, pc.lr, pc.zero_stage, pc.micro_batch_size, self.grad_accum, pc.grad_clip,
-                                  pc.model.dtype, pc.weight_decay)
+                                  pc.model.dtype, pc.weight_decay, pc.offload_optimizer, pc.offload_param)
+        if pc.packing:  # the model as it will train (kernel, dtype, device): refuse it if packing is not exact
+            check_packing(self.engine, "policy.packing")
 
     def logprobs(self, shard: Batch) -> torch.Tensor:
         """[B, R] log-probs of the sampled responses under the current policy (the PPO "old" log-probs), for the
         distribution they were sampled from (the batch's temperature and top-p)."""
         self.engine.eval()
         return batch_logprobs(self.engine, shard, self.cfg.policy.micro_batch_size, shard.meta["temperature"],
-                              shard.meta["top_p"])
+                              shard.meta["top_p"], self.cfg.policy.packing)
 
     def train(self, shard: Batch, kl_coef: float) -> dict[str, float]:
         """rl.epochs passes over this rank's shard; one optimizer step per pass (DeepSpeed accumulates the
@@ -66,7 +68,7 @@ class PolicyWorker:
         stats = []
         for _ in range(self.cfg.rl.epochs):
             for mb in shard.chunks(size):
-                logp = response_logprobs(self.engine, mb, temperature, top_p)
+                logp = response_logprobs(self.engine, mb, temperature, top_p, self.cfg.policy.packing)
                 loss, info = policy_loss(self.cfg.rl, logp, mb, kl_coef, denom, self.cfg.rollout.max_new_tokens)
                 self.engine.backward(loss)
                 self.engine.step()
@@ -93,7 +95,8 @@ class PolicyWorker:
         # the batch's tokens per micro-batch and rank makes the accumulated gradient that of the batch-wide mean.
         denom = self._batch_tokens(shard) / (micro * self.world_size)
         for mb in shard.chunks(size):
-            loss = aggregate_loss(-response_logprobs(self.engine, mb), mb.response_mask, "token-mean", denom=denom)
+            logp = response_logprobs(self.engine, mb, packed=self.cfg.policy.packing)
+            loss = aggregate_loss(-logp, mb.response_mask, "token-mean", denom=denom)
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.item())
@@ -125,12 +128,14 @@ class PolicyWorker:
         self.sync_shared, self.sync_handle = share_buffer(nbytes, self.engine.device)
         return self.sync_handle
 
-    def init_weight_sync(self, backend: str, host: str, port: int, world_size: int, timeout_s: float) -> None:
-        """A sending rank founds its weight-sync group (as its rank 0) with its engines' vLLM workers."""
+    def init_weight_sync(self, backend: str, host: str, port: int, world_size: int, timeout_s: float,
+                         engines: list[int] | None = None) -> None:
+        """A sending rank founds its weight-sync group (as its rank 0) with the vLLM workers of `engines`."""
         from actors.weight_sync import BroadcastGroup, release_buffer
 
         try:
-            self.sync_group = BroadcastGroup(backend, host, port, 0, world_size, timeout_s, self.engine.device)
+            self.sync_group = BroadcastGroup(backend, host, port, 0, world_size, timeout_s, self.engine.device,
+                                             engines)
         finally:  # every receiver mapped the file before joining; if the group failed, nobody will
             release_buffer(self.sync_handle)
 
@@ -158,21 +163,10 @@ class PolicyWorker:
         if path is None:
             raise FileNotFoundError(f"policy rank {self.rank}: no DeepSpeed checkpoint in {folder}")
 
-    def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Every rank must call this (ZeRO-3 gathers collectively); rank 0 returns full CPU tensors."""
-        import deepspeed
-
-        module = self.engine.module
-        params = list(module.parameters())
-        enabled = self.cfg.policy.zero_stage == 3
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=enabled):
-            if self.rank != 0:
-                return None
-            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
     def save(self, out_dir: str, card: dict[str, str]) -> str | None:
-        """The policy as a Hugging Face folder with its model card (rlaif.trust.model_card: every export has one)."""
-        state = self._full_state_dict()
+        """The policy as a Hugging Face folder with its model card (rlaif.trust.model_card: every export has one).
+        Every rank must call it (ZeRO-3 gathers layer by layer to rank 0, which writes)."""
+        state = full_state_dict(self.engine, self.cfg.policy.zero_stage == 3, self.rank)
         if self.rank != 0:
             return None
         return str(save_pretrained_atomic(self.engine.module, self.tokenizer, out_dir, card, state_dict=state))

@@ -27,7 +27,7 @@ class PreferenceModelWorker:
         join_group(self.cfg.device, rank, world_size, master_addr, master_port)
         pc = self.cfg.preference_model
         torch.manual_seed(self.cfg.seed)
-        model = load_scalar_model(self.path, pc.model.dtype, pc.model.trust_remote_code)
+        model = load_scalar_model(self.path, pc.model.dtype, pc.model.trust_remote_code, pc.model.attn_implementation)
         self.tokenizer = load_tokenizer(self.path, pc.model.trust_remote_code)
         self.engine = zero_engine(model, pc.lr, pc.zero_stage, pc.batch_size, 1, 1.0, pc.model.dtype)
         self.engine.eval()
@@ -85,17 +85,14 @@ class PreferenceModelWorker:
         return self.mean, self.std
 
     def save(self, out_dir: str, card: dict[str, str]) -> str | None:
-        import deepspeed
-
+        """Every rank must call it (ZeRO-3 gathers layer by layer to rank 0, which writes)."""
+        from actors.group import full_state_dict
         from rlaif.models import save_pretrained_atomic
 
-        module = self.engine.module
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
-                                               enabled=self.cfg.preference_model.zero_stage == 3):
-            if int(os.environ["RANK"]) != 0:
-                return None
-            state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-        return str(save_pretrained_atomic(module, self.tokenizer, out_dir, card, state_dict=state))
+        state = full_state_dict(self.engine, self.cfg.preference_model.zero_stage == 3, int(os.environ["RANK"]))
+        if state is None:
+            return None
+        return str(save_pretrained_atomic(self.engine.module, self.tokenizer, out_dir, card, state_dict=state))
 
 
 class PreferenceScorer(PreferenceModelWorker):
@@ -107,6 +104,7 @@ class PreferenceScorer(PreferenceModelWorker):
         use_cpu_threads(cfg, "aux")
         self.cfg, self.path = cfg, path
         mc = cfg.preference_model.model
-        self.scoring_model = load_scalar_model(path, mc.dtype, mc.trust_remote_code).to(cfg.device).eval()
+        self.scoring_model = load_scalar_model(path, mc.dtype, mc.trust_remote_code,
+                                               mc.attn_implementation).to(cfg.device).eval()
         self.tokenizer = load_tokenizer(path, mc.trust_remote_code)
         self.set_normalization(mean, std)

@@ -16,8 +16,8 @@ class ReferenceWorker:
         use_cpu_threads(cfg, "aux")
         mc = cfg.policy.model
         path = resolve_model_path(mc.path, cfg.cache_dir)
-        self.model = load_causal_lm(path, mc.dtype, mc.trust_remote_code).to(cfg.device).eval()
-        self.batch_size = cfg.policy.micro_batch_size
+        self.model = load_causal_lm(path, mc.dtype, mc.trust_remote_code, mc.attn_implementation).to(cfg.device).eval()
+        self.batch_size, self.packing = cfg.policy.micro_batch_size, cfg.policy.packing  # checked by the policy
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
         """[B, R] reference log-probs under the sampling settings the policy's are computed with: logits / T,
@@ -30,4 +30,5 @@ class ReferenceWorker:
         distributions: 0 for identical weights. A sampled token outside the reference's nucleus is scored as if
         inside (rlaif.logprobs._chunk_logprobs), which keeps the KL finite where the truncated KL would be infinite.
         """
-        return batch_logprobs(self.model, batch, self.batch_size, batch.meta["temperature"], batch.meta["top_p"])
+        return batch_logprobs(self.model, batch, self.batch_size, batch.meta["temperature"], batch.meta["top_p"],
+                              self.packing)

@@ -26,31 +26,14 @@ from actors.labeler import LabelerWorker
 from actors.policy import PolicyWorker
 from actors.preference import PreferenceModelWorker, PreferenceScorer
 from actors.reference import ReferenceWorker
-from actors.rollout import RolloutEngines
+from actors.rollout import RolloutEngines, rollout_placement
 from actors.weight_sync import SyncFailed, WeightSync
-from rlaif.algorithms import ALGORITHMS, needs_reference
 from rlaif.batch import Batch
 from rlaif.checkpoint import RoleDied
 from rlaif.config import Config, ConfigError
+from rlaif.placement import colocated_bundles, colocated_roles, role_plan  # role_plan: imported from here too
 
 log = logging.getLogger("rlaif")
-
-
-def role_plan(cfg: Config, stage: str) -> dict[str, tuple[int, float]]:
-    """The actors a stage starts: role -> (how many, GPUs each); every actor takes one CPU."""
-    r, rl = cfg.ray, stage == "rl"
-    plan = {"rollout": (cfg.rollout.num_engines, r.gpus_per_rollout)}
-    if stage != "sl-cai":
-        plan["labeler"] = (1, r.gpus_per_aux)
-    if rl and needs_reference(cfg.rl):
-        plan["reference"] = (1, r.gpus_per_aux)
-    if rl and cfg.rl.use_preference_model:
-        plan["preference_model"] = (cfg.preference_model.num_ranks, r.gpus_per_aux)
-    if stage != "label":
-        plan["policy"] = (cfg.policy.num_ranks, r.gpus_per_policy_rank)
-    if rl and ALGORITHMS[cfg.rl.algorithm].needs_critic:
-        plan["critic"] = (cfg.critic.num_ranks, r.gpus_per_policy_rank)
-    return plan
 
 
 class ResourceError(ConfigError):
@@ -173,23 +156,18 @@ class Roles:
 
         try:
             if r.colocate and "policy" in plan:
-                # One bundle per policy rank holding what is colocated with it (on GPU: fractions of its GPUs).
-                roles_in = [["policy"] + [k for k, n in (("critic", plan.get("critic", (0,))[0]),
-                                                          ("rollout", engines)) if i < n]
-                            + (["reference", "labeler"] if i == 0 else []) for i in range(plan["policy"][0])]
-                shared = placement_group([{"CPU": len([k for k in b if k in plan]),
-                                           **({"GPU": g} if (g := sum(plan[k][1] for k in b if k in plan)) else {})}
-                                          for b in roles_in], strategy=r.placement_policy)
+                # One bundle per policy rank holding what is colocated with it (on GPU: one GPU, shared by fractions).
+                shared = placement_group(colocated_bundles(plan, cfg.device), strategy=r.placement_policy)
                 self.pgs.append(shared)
-                self.get(shared.ready(), f"the colocated placement group ({roles_in})")
+                self.get(shared.ready(), f"the colocated placement group ({colocated_roles(plan)})")
                 engine_at, aux_at = [bundle(shared, i) for i in range(engines)], bundle(shared, 0)
                 group_at = {"pg": shared}
             else:
-                own = placement_group([{"CPU": 1, **({"GPU": plan["rollout"][1]} if plan["rollout"][1] else {})}]
-                                      * engines, strategy=r.placement_rollout)
+                # tensor_parallel_size single-GPU bundles per engine, or one bundle per engine at TP 1
+                own, engine_at = rollout_placement(cfg)
                 self.pgs.append(own)
                 self.get(own.ready(), f"placement group for {engines} rollout engines ({r.placement_rollout})")
-                engine_at, aux_at, group_at = [bundle(own, i) for i in range(engines)], None, {}
+                aux_at, group_at = None, {}
 
             def group(cls, role: str) -> ActorGroup | None:
                 if role not in plan:
@@ -198,19 +176,30 @@ class Roles:
                 where = {**group_at, "bundles": list(range(n))} if group_at else {"strategy": r.placement_policy}
                 return ActorGroup(cls, n, cfg, num_gpus=plan[role][1], timeout=self.timeout, name=role, **where)
 
+            def ready(actors: list, what: str) -> None:
+                """Surface constructor failures (bad model, vLLM start-up) now rather than at the first step."""
+                self.get([a.__ray_ready__.remote() for a in actors if a is not None], what)
+
+            # vLLM sizes its KV cache from the GPU memory free when it starts: engines that share their GPU with the
+            # policy ranks (colocated on cuda) start once the ranks hold their model, and one vLLM at a time.
+            ranks_first = r.colocate and cfg.device == "cuda" and "policy" in plan
+            if ranks_first:
+                self.policy, self.critic = group(PolicyWorker, "policy"), group(CriticWorker, "critic")
             self.rollout = RolloutEngines(cfg, plan["rollout"][1], self.timeout, stage, self.max_restarts, engine_at)
             self.rollout.on_restart = self._engine_restarted
-            if "labeler" in plan:
-                self.labeler = Restartable(self, "labeler", LabelerWorker, cfg, num_gpus=plan["labeler"][1],
-                                           placement=aux_at)
-            if "reference" in plan:
-                self.reference = Restartable(self, "reference", ReferenceWorker, cfg, num_gpus=plan["reference"][1],
-                                             placement=aux_at)
-            self.policy = group(PolicyWorker, "policy")
-            self.critic = group(CriticWorker, "critic")
-            # Surface constructor failures (bad model, vLLM start-up) now rather than at the first step.
-            singles = [a for a in (*self.rollout.actors, self.labeler, self.reference) if a is not None]
-            self.get([a.__ray_ready__.remote() for a in singles], "starting the rollout, labeler and reference actors")
+            if ranks_first:
+                ready(self.rollout.actors, "starting the rollout engines")
+            aux = (("labeler", LabelerWorker), ("reference", ReferenceWorker))
+            for role, cls in reversed(aux) if ranks_first else aux:  # the labeler's own vLLM last
+                if role in plan:
+                    setattr(self, role, Restartable(self, role, cls, cfg, num_gpus=plan[role][1], placement=aux_at))
+                    if ranks_first:
+                        ready([getattr(self, role)], f"starting the {role}")
+            if not ranks_first:
+                self.policy = group(PolicyWorker, "policy")
+                self.critic = group(CriticWorker, "critic")
+            ready([*self.rollout.actors, self.labeler, self.reference],
+                  "starting the rollout, labeler and reference actors")
             if stage == "rl":
                 self.sync_weights = WeightSync(cfg, self.policy, self.rollout.actors)
         except BaseException:
@@ -251,6 +240,7 @@ class Roles:
         surviving side has seen the broken connection) restarts every engine the same way. Bounded by
         ray.max_restarts, so a sync that can never succeed ends the run instead of looping."""
         t0 = time.perf_counter()
+        self.rollout.sleeper.wake_weights()  # sleeping engines (rollout.sleep_level) take weights awake
         tries = 0
         while True:
             try:

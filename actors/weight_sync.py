@@ -9,7 +9,14 @@ in buckets of `rollout.sync_bucket_mb`, in the model's parameter order:
 
 so no full state dict is held twice anywhere, and each engine reloads layer by layer as the buckets arrive. Every
 receive and send is bounded by `trainer.timeout_s`: a stalled peer raises an error naming the bucket and the role
-that was waiting, instead of hanging the run.
+that was waiting, instead of hanging the run. NCCL collectives take no timeout: a watchdog (`bounded`) aborts the
+communicator once `trainer.timeout_s` has passed, which releases the blocked rank, and raises SyncFailed naming the
+engines it was waiting on (the error Roles.sync recovers from by restarting them).
+
+vLLM 0.32's own `vllm.distributed.weight_transfer` (NCCL and CUDA-IPC engines) is not used: it needs the engine built
+with a `weight_transfer_config`, has no timeout either (after a failed broadcast "the caller has to tear it down"),
+sends from one trainer process (no ZeRO-3 gather of each bucket by every rank) and has no CPU transport, so the gloo
+and /dev/shm paths the tests run would be a second protocol beside it.
 
 Where the engines can map the sender's memory (`rollout.sync_transport`: shared, or auto), the bytes do not travel
 through the group at all: the sender writes each bucket into one bucket-sized buffer that its receivers map, and the
@@ -26,15 +33,19 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 
 log = logging.getLogger("rlaif")
+T = TypeVar("T")
+ABORT_GRACE_S = 30.0  # how long a timed-out rank waits for the communicator's abort to finish before it raises
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,11 @@ class BroadcastGroup:
     """A process group of its own (not torch.distributed's default one, which DeepSpeed holds): rank 0 sends."""
 
     def __init__(self, backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, engines: list[int] | None = None) -> None:
+        """`engines`: the rollout engines whose workers are in this group (named when a collective times out);
+        None on a receiver, which names itself by its sync rank."""
         self.backend, self.rank, self.timeout_s = backend, rank, timeout_s
+        self.engines = engines or []
         if backend == "gloo":
             import torch.distributed as dist
 
@@ -85,7 +99,7 @@ class BroadcastGroup:
 
             pg = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size,
                                               store_timeout=int(timeout_s))
-            self.pg = PyNcclCommunicator(pg, device=device)
+            self.pg = require_enabled(PyNcclCommunicator(pg, device=device), rank)
         else:
             raise ValueError(f"weight sync backend {backend!r} unknown; allowed: gloo, nccl")
 
@@ -102,8 +116,14 @@ class BroadcastGroup:
                 raise TimeoutError(f"weight sync: {side} for {what} failed after up to {self.timeout_s:.0f}s "
                                    f"(trainer.timeout_s): {exc}") from exc
         else:
-            self.pg.broadcast(tensor, src=0)
-            torch.cuda.current_stream().synchronize()
+            def collective() -> None:
+                stream = torch.cuda.current_stream()
+                self.pg.broadcast(tensor, src=0, stream=stream)
+                stream.synchronize()  # the wait that hangs when a peer is gone: the watchdog's abort ends it
+
+            who = f"sending to engines {self.engines}" if self.rank == 0 else f"sync rank {self.rank} receiving"
+            bounded(collective, self.timeout_s, self.pg.destroy, f"{what} ({who})",
+                    self.engines if self.rank == 0 else [])
 
     def barrier(self, what: str) -> None:
         """Every rank has finished with `what` (gloo: the shared-buffer handoff's "copied out")."""
@@ -113,6 +133,58 @@ class BroadcastGroup:
             side = "policy rank sending" if self.rank == 0 else f"vLLM worker (sync rank {self.rank})"
             raise TimeoutError(f"weight sync: {side} waiting for every engine to copy out {what} failed after up to "
                                f"{self.timeout_s:.0f}s (trainer.timeout_s): {exc}") from exc
+
+
+def require_enabled(comm: T, rank: int) -> T:
+    """vLLM's PyNcclCommunicator turns itself into a no-op (`disabled`) when the NCCL library fails to load or
+    VLLM_DISABLE_PYNCCL is set: every broadcast would return at once and the engines would load uninitialised
+    buffers as weights. Refuse such a communicator."""
+    if getattr(comm, "disabled", False):
+        raise RuntimeError(
+            f"weight sync: vLLM's NCCL communicator is disabled on sync rank {rank} (the NCCL library failed to load, "
+            "VLLM_DISABLE_PYNCCL is set, or the group has one member); its broadcasts would do nothing and the "
+            "engines would serve uninitialised weights. Fix the NCCL install (VLLM_NCCL_SO_PATH), unset "
+            "VLLM_DISABLE_PYNCCL, or use rollout.sync_transport=shared with ray.colocate=true (gloo signals only)")
+    return comm
+
+
+def bounded(call: Callable[[], T], timeout_s: float, abort: Callable[[], None], what: str, engines: list[int],
+            grace_s: float = ABORT_GRACE_S) -> T:
+    """Run a blocking collective in this thread under a watchdog: past timeout_s the watchdog calls `abort` (NCCL:
+    ncclCommAbort, which ends the collective on this rank) and the call's return or error becomes SyncFailed naming
+    `engines` (the peers this rank was waiting on). The call stays in the calling thread (CUDA's current device and
+    stream are per thread), so the abort must be what releases it, as ncclCommAbort does; the raise waits up to
+    grace_s for the abort itself to finish."""
+    done, fired = threading.Event(), threading.Event()
+    released = threading.Event()
+
+    def watchdog() -> None:
+        if done.wait(timeout_s):
+            return
+        fired.set()
+        log.error("weight sync: %s still blocked after %.0fs (trainer.timeout_s): aborting the communicator",
+                  what, timeout_s)
+        try:
+            abort()
+        finally:
+            released.set()
+
+    threading.Thread(target=watchdog, daemon=True, name="weight-sync-watchdog").start()
+    failure = SyncFailed([], engines, f"{what} blocked for more than {timeout_s:.0f}s (trainer.timeout_s); "
+                                      "communicator aborted")
+    try:
+        result = call()
+    except Exception as exc:
+        if fired.is_set():
+            released.wait(grace_s)
+            raise failure from exc
+        raise
+    finally:
+        done.set()
+    if fired.is_set():  # returned only because the abort released it: whatever it received is not the weights
+        released.wait(grace_s)
+        raise failure
+    return result
 
 
 SHM_DIR = "/dev/shm"
@@ -306,7 +378,7 @@ class WeightSync:
             sender = policy.actors[r]
             host, port = self.get(sender.__ray_call__.remote(lambda self: node_ip_and_free_port()), "sync address")
             world = 1 + sum(tp[e] for e in mine)
-            calls.append(sender.init_weight_sync.remote(backend, host, port, world, timeout))
+            calls.append(sender.init_weight_sync.remote(backend, host, port, world, timeout, mine))
             first = 1
             for e in mine:
                 calls.append(engines[e].init_weight_sync.remote(backend, host, port, first, world, timeout, handles[r]))
@@ -344,17 +416,32 @@ class WeightSync:
             sent = self.get(sends, "weight sync: policy ranks sending")[0]
             self.get(receives, "weight sync: vLLM engines receiving")
         except Exception as exc:
-            raise sync_failure(sends, receives, grace_s=min(30.0, self.timeout)) from exc
+            failed = sync_failure(sends, receives, grace_s=min(30.0, self.timeout))
+            stuck = [k for k in watchdog_engines(sends) if k not in failed.engines]
+            if stuck and not failed.policy_ranks:
+                # alive but in an aborted NCCL group with half-loaded weights (a hung GPU, a lost link): restart
+                # them, so that they are what SyncFailed means by dead engines, and Roles.sync recovers as usual
+                import ray
+
+                for k in stuck:
+                    ray.kill(self.engines[k], no_restart=False)
+                failed = SyncFailed([], sorted(failed.engines + stuck), "restarted after the NCCL watchdog fired")
+            raise failed from exc
         return {"weight_sync/bytes": sent["bytes"], "weight_sync/gb_per_second": sent["bytes"] / 1e9 / sent["seconds"],
                 "weight_sync/shared_buffer": float(self.shared)}
 
 
 class SyncFailed(RuntimeError):
-    """A weight sync failed; which policy ranks and which engines died (their processes are gone)."""
+    """A weight sync failed; which policy ranks and which engines died (their processes are gone) or must be
+    restarted (stuck in an aborted NCCL group); `detail`: what the watchdog saw."""
 
-    def __init__(self, policy_ranks: list[int], engines: list[int]) -> None:
-        super().__init__(f"weight sync failed; dead policy ranks {policy_ranks}, dead engines {engines}")
-        self.policy_ranks, self.engines = policy_ranks, engines
+    def __init__(self, policy_ranks: list[int], engines: list[int], detail: str = "") -> None:
+        super().__init__(f"weight sync failed; dead policy ranks {policy_ranks}, dead engines {engines}"
+                         + (f": {detail}" if detail else ""))
+        self.policy_ranks, self.engines, self.detail = policy_ranks, engines, detail
+
+    def __reduce__(self):  # through Ray's pickling with its three arguments
+        return SyncFailed, (self.policy_ranks, self.engines, self.detail)
 
 
 def sync_failure(sends: list, receives: list, grace_s: float) -> SyncFailed:
@@ -365,6 +452,24 @@ def sync_failure(sends: list, receives: list, grace_s: float) -> SyncFailed:
 
     ray.wait(sends + receives, num_returns=len(sends) + len(receives), timeout=grace_s)
     return SyncFailed(_died(sends), _died(receives))
+
+
+def watchdog_engines(sends: list) -> list[int]:
+    """The engines named by a sender's watchdog (bounded): its SyncFailed, as Ray re-raises it on the driver."""
+    import ray
+
+    out: set[int] = set()
+    for ref in sends:
+        ready, _ = ray.wait([ref], timeout=0)
+        if not ready:
+            continue
+        try:
+            ray.get(ready[0])
+        except Exception as exc:  # RayTaskError: the original is its cause (or Ray's subclass of it)
+            cause = exc if isinstance(exc, SyncFailed) else getattr(exc, "cause", None)
+            if isinstance(cause, SyncFailed):
+                out |= set(cause.engines)
+    return sorted(out)
 
 
 def _died(refs: list) -> list[int]:

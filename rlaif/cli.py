@@ -6,6 +6,7 @@
     rlaif eval --config configs/debug.yaml eval.checkpoints=[a,b] harmlessness / helpfulness / evasiveness report
     rlaif red-team --config configs/debug.yaml ...               red-LM test questions -> a red-team prompt source
     rlaif import-audit feedback/audit.jsonl human.jsonl          reviewed audit sheet -> human-labelled pairs
+    rlaif plan --config configs/llama-7b-1node.yaml ...         each actor's node and GPU, each GPU's memory
 
 The console shows rlaif's own lines, the progress bar and the warnings that matter; every other library's output
 and the Ray workers' logs go to <output_dir>/logs/ (--verbose: everything on the console). An output_dir that holds
@@ -46,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--verbose", action="store_true",
                        help="show every library's output and the Ray workers' logs on the console")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
+    pl = sub.add_parser("plan", help="print where every actor goes and each GPU's memory; refuse a plan that "
+                                     "cannot fit (exit 2), as every run on cuda does before it starts")
+    pl.add_argument("--config", required=True, help="YAML config (see configs/)")
+    pl.add_argument("--nodes", type=int, help="nodes to plan for (default: 1 for a local Ray, else ray.plan_nodes)")
+    pl.add_argument("--gpus-per-node", type=int,
+                    help="GPUs per node (default: ray.num_gpus for a local Ray, else ray.plan_gpus_per_node)")
+    pl.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: ray.gpu_memory_gib)")
+    pl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. policy.zero_stage=3")
     imp = sub.add_parser("import-audit", help="turn a reviewed audit sheet into human-labelled pairs (JSONL)")
     imp.add_argument("audit", help="the reviewed audit.jsonl (human_choice a/b/tie or human_p_a filled in)")
     imp.add_argument("out", help="where to write the human labels (rlaif.human_labels JSONL format)")
@@ -61,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "import-audit":
             return import_audit(args.audit, args.out)
+        if args.command == "plan":
+            return plan_command(args)
         overrides = args.overrides + ["trust.accept_untrusted_feedback=true"] * args.accept_untrusted_feedback
         cfg = load_config(args.config, overrides)
         output_dir = cfg.output_dir
@@ -101,6 +112,28 @@ def main(argv: list[str] | None = None) -> int:
     if mark is not None and mark["status"] == UNTRUSTED:
         print(f"rlaif: UNTRUSTED: {mark['summary']}. Every checkpoint of this run carries this mark in its "
               f"README.md and trust.json.")
+    return 0
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """`rlaif plan`: the placement and memory report; a plan that cannot fit ends with one error line (exit 2)."""
+    from rlaif import plan
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.device != "cuda":
+        raise ConfigError(f"device: rlaif plan plans GPU memory, and {args.config} runs on '{cfg.device}'; set "
+                          "device=cuda")
+    for flag in ("nodes", "gpus_per_node", "gpu_memory_gib"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')}: must be > 0, got {getattr(args, flag)}")
+    plans = plan.make_plans(cfg, args.nodes, args.gpus_per_node, args.gpu_memory_gib)
+    print(plan.report(plans))
+    found = [msg for p in plans for msg in plan.problems(p)]
+    if found:
+        print(f"rlaif: error: the plan does not fit: {found[0]}"
+              + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""), file=sys.stderr)
+        return 2
+    print(f"rlaif: the plan fits ({args.config})")
     return 0
 
 

@@ -32,6 +32,12 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False  # run the Python code a model ships (config.json auto_map); only for trusted models
     allow_pickle: bool = False  # load pickle weights (pytorch_model.bin: unpickling can run code) if no safetensors
+    # transformers' attention kernel wherever this model runs in transformers (training, reference, scoring, the
+    # labeler's hf backend; vLLM picks its own): null is transformers' default (sdpa where the model supports it);
+    # flash_attention_2/3 need the flash_attn / flash_attn_interface package and device cuda, and with packing
+    # (policy.packing) attend within each packed sequence only (varlen), where sdpa pays a full L x L mask.
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None \
+        = None
 
 
 @dataclass
@@ -56,7 +62,7 @@ class ConstitutionConfig:
 @dataclass
 class RolloutConfig:
     num_engines: int = 1  # vLLM engines (data parallel): each step's prompts are balanced across them by length
-    tensor_parallel_size: int = 1  # GPUs per engine (vLLM tensor parallelism; 1 on CPU)
+    tensor_parallel_size: int = 1  # GPUs per engine (vLLM tensor parallelism; = ray.gpus_per_rollout; 1 on CPU)
     sync_bucket_mb: int = 64  # weight sync streams the policy's weights into the engines in buckets of this size
     # How the buckets reach the engines. broadcast: through a gloo (CPU) or NCCL (GPU) group, any node. shared: the
     # engines map a bucket-sized buffer of the sending policy rank (/dev/shm on CPU, every engine on policy rank 0's
@@ -69,6 +75,10 @@ class RolloutConfig:
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU; on GPU, see gpu_memory_utilization
     gpu_memory_utilization: float = 0.4
     enforce_eager: bool = True
+    # vLLM sleep mode for engines colocated with the policy (ray.colocate=true, device cuda, trainer.async=false): the
+    # engines sleep before each policy update and wake for the weight sync and generation. 0: off; 1: weights
+    # offloaded to CPU memory, KV cache freed; 2: weights and KV cache freed (the sync reloads the weights anyway).
+    sleep_level: int = 0
 
 
 @dataclass
@@ -141,6 +151,14 @@ class PolicyConfig:
     micro_batch_size: int = 4
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    # Lay each micro-batch's sequences end to end in one row (no padding FLOPs) for the policy's and the reference's
+    # forwards. Checked when the model loads (one packed forward against the same rows unpacked): a model class
+    # whose attention crosses packed sequences (OPT, BLOOM) is refused there. false: one forward per sequence.
+    packing: bool = True
+    # DeepSpeed ZeRO-Offload (device cuda): the optimizer states and their step to pinned CPU memory (zero_stage >=
+    # 1; DeepSpeed's CPU Adam), and the parameters too (zero_stage 3). Frees GPU memory, mainly with ray.colocate.
+    offload_optimizer: bool = False
+    offload_param: bool = False
 
 
 @dataclass
@@ -151,6 +169,7 @@ class CriticConfig:
     num_ranks: int = 1
     zero_stage: Literal[0, 1, 2, 3] = 2  # as policy.zero_stage
     lr: float = 1.0e-5
+    packing: bool = True  # as policy.packing, for the critic's value forwards (checked when the critic loads)
 
 
 @dataclass
@@ -351,7 +370,10 @@ class RayConfig:
     address: str = "local"
     num_cpus: int = 8  # logical CPUs of a local Ray: more than cores so every role can be placed on a laptop
     num_gpus: int = 0  # GPUs of a local Ray
+    # GPUs of each policy (and critic) rank on cuda: 1, or a share of one GPU with ray.colocate=true
     gpus_per_policy_rank: float = 0.0
+    # GPUs of each rollout engine on cuda: a share of one (or 1) at rollout.tensor_parallel_size 1, else exactly
+    # tensor_parallel_size (one per tensor-parallel worker)
     gpus_per_rollout: float = 0.0
     gpus_per_aux: float = 0.0  # labeler, preference model and reference each; fractions colocate them
     # CPU threads of torch (and vLLM) in each actor of a role, on CPU. 0: the node's cores divided among the actors
@@ -367,9 +389,18 @@ class RayConfig:
     # possible), SPREAD (over the nodes where it can), STRICT_PACK (one node), STRICT_SPREAD (one node each).
     placement_policy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # policy (and critic) ranks
     placement_rollout: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # the vLLM engines
-    # Colocate instead: policy rank i shares one bundle (node; on GPU, the fractions gpus_per_* of its GPUs) with
-    # critic rank i and rollout engine i, and bundle 0 also holds the reference and the labeler.
+    # Colocate instead: policy rank i shares one bundle (node; on GPU, one whole GPU shared by the fractions
+    # gpus_per_*, which must add up to at most 1) with critic rank i and rollout engine i, and bundle 0 also holds
+    # the reference and the labeler.
     colocate: bool = False
+    # The GPUs `rlaif plan` (and the same check at the start of every run on cuda, rlaif/plan.py) plans for: the
+    # memory of one GPU, and, when joining a cluster (address other than local), its nodes and GPUs per node (a
+    # local Ray is one node of num_gpus); plan_nodes 0: as many nodes as the run needs (then only what no one node
+    # can hold, and the memory, are checked). A plan that cannot be placed or does not fit is refused before anything
+    # starts, naming the keys to change.
+    gpu_memory_gib: float = 80.0
+    plan_nodes: int = 0
+    plan_gpus_per_node: int = 8
 
 
 @dataclass
@@ -535,6 +566,7 @@ RANGES: dict[str, str] = {
     "rollout.top_p": "(0, 1]",
     "rollout.kv_cache_gib": "[1, inf)",
     "rollout.gpu_memory_utilization": "(0, 1]",
+    "rollout.sleep_level": "[0, 2]",
     "labeler.principles_per_pair": "[1, inf)",
     "labeler.cot_max_tokens": "[1, inf)",
     "labeler.max_response_tokens": "[1, inf)",
@@ -602,6 +634,9 @@ RANGES: dict[str, str] = {
     "ray.gpus_per_policy_rank": "[0, inf)",
     "ray.gpus_per_rollout": "[0, inf)",
     "ray.gpus_per_aux": "[0, inf)",
+    "ray.gpu_memory_gib": "(0, inf)",
+    "ray.plan_nodes": "[0, inf)",
+    "ray.plan_gpus_per_node": "[1, inf)",
 }
 
 
@@ -668,6 +703,7 @@ def validate(cfg: Config) -> None:
         if getattr(cfg, key).model.dtype == "float16":
             raise ConfigError(f"{key}.model.dtype: float16 training needs loss scaling, which rlaif does not set up; "
                               "use bfloat16 or float32 (float16 is fine for the labeler, which only scores)")
+    _validate_attn_implementations(cfg)
     validate_eval(cfg)
     validate_alarms(cfg)
     if cfg.ray.colocate and max(cfg.rollout.num_engines, cfg.critic.num_ranks) > cfg.policy.num_ranks:
@@ -689,6 +725,97 @@ def validate(cfg: Config) -> None:
         for key in ("num_gpus", "gpus_per_policy_rank", "gpus_per_rollout", "gpus_per_aux"):
             if getattr(cfg.ray, key):
                 raise ConfigError(f"ray.{key}: must be 0 when device is 'cpu'")
+    _validate_gpu_placement(cfg)
+
+
+# *.model.attn_implementation -> (the package it needs, the device it needs)
+ATTN_NEEDS = {"flash_attention_2": ("flash_attn", "cuda"), "flash_attention_3": ("flash_attn_interface", "cuda"),
+              "flex_attention": ("torch.nn.attention.flex_attention", "")}
+
+
+def _validate_attn_implementations(cfg: Config) -> None:
+    """An attention kernel asked of a model must be importable here (the image every actor runs) and on its device."""
+    import importlib.util
+
+    models = {f"{k}.model": getattr(cfg, k).model for k in ("policy", "critic", "preference_model", "labeler")}
+    models["eval.judge"] = cfg.eval.judge
+    for key, mc in models.items():
+        package, device = ATTN_NEEDS.get(mc.attn_implementation or "", ("", ""))
+        if device and cfg.device != device:
+            raise ConfigError(f"{key}.attn_implementation: {mc.attn_implementation} needs device {device}, got "
+                              f"{cfg.device}; allowed there: null (transformers' default), eager, sdpa, flex_attention")
+        try:
+            found = not package or importlib.util.find_spec(package) is not None
+        except ModuleNotFoundError:  # a parent package missing
+            found = False
+        if not found:
+            raise ConfigError(f"{key}.attn_implementation: {mc.attn_implementation} needs the '{package}' package, "
+                              "which is not installed; install it or choose null (transformers' default), eager "
+                              "or sdpa")
+
+
+def _validate_gpu_placement(cfg: Config) -> None:
+    """Tensor parallelism, colocation, sleep mode and ZeRO-Offload against the GPUs the roles are given (the layout
+    is rlaif.placement's, which actors/roles.py places)."""
+    from rlaif.placement import colocated_gpu_share, role_plan
+
+    r, ro, pc = cfg.ray, cfg.rollout, cfg.policy
+    tp, cuda = ro.tensor_parallel_size, cfg.device == "cuda"
+    if ro.sleep_level:
+        if not cuda:
+            raise ConfigError(f"rollout.sleep_level: vLLM's sleep mode needs device cuda (vLLM on CPU cannot sleep); "
+                              f"allowed on cpu: 0, got {ro.sleep_level}")
+        if not r.colocate:
+            raise ConfigError("rollout.sleep_level: frees the engines' GPU memory for the policy ranks that share "
+                              "their GPUs, which needs ray.colocate=true; set rollout.sleep_level=0 otherwise")
+        if cfg.trainer.async_:
+            raise ConfigError("rollout.sleep_level: engines cannot sleep while trainer.async=true generates the next "
+                              "step during the update; set one of them off (sleep_level 0 or async false)")
+    for key in ("offload_optimizer", "offload_param"):
+        if getattr(pc, key) and not cuda:
+            raise ConfigError(f"policy.{key}: ZeRO-Offload moves training state from the GPU to CPU memory; on device "
+                              "cpu it is already there: set it false")
+    if pc.offload_optimizer and pc.zero_stage == 0:
+        raise ConfigError("policy.offload_optimizer: needs ZeRO (policy.zero_stage 1, 2 or 3), got 0")
+    if pc.offload_param and pc.zero_stage != 3:
+        raise ConfigError(f"policy.offload_param: offloads ZeRO-3's partitioned parameters: needs policy.zero_stage "
+                          f"3, got {pc.zero_stage}")
+    if not cuda:
+        return
+    # vLLM's Ray executor gives each TP worker one GPU bundle; a TP 1 engine runs on (a share of) one GPU.
+    if tp > 1 and r.gpus_per_rollout != tp:
+        raise ConfigError(f"ray.gpus_per_rollout: an engine with rollout.tensor_parallel_size = {tp} uses {tp} GPUs "
+                          f"(one per tensor-parallel worker): set ray.gpus_per_rollout = {tp}, got "
+                          f"{r.gpus_per_rollout:g}")
+    if tp == 1 and not 0 < r.gpus_per_rollout <= 1:
+        raise ConfigError(f"ray.gpus_per_rollout: an engine with rollout.tensor_parallel_size = 1 runs on one GPU or a "
+                          f"share of one: must be in (0, 1], got {r.gpus_per_rollout:g}")
+    if tp > 1 and r.placement_rollout in ("SPREAD", "STRICT_SPREAD"):
+        raise ConfigError(f"ray.placement_rollout: {r.placement_rollout} would spread one engine's "
+                          f"{tp} tensor-parallel workers over nodes; with rollout.tensor_parallel_size > 1 use PACK "
+                          "or STRICT_PACK")
+    if r.gpus_per_policy_rank <= 0:
+        raise ConfigError(f"ray.gpus_per_policy_rank: the policy (and critic) ranks train on GPUs on device cuda: "
+                          f"must be > 0, got {r.gpus_per_policy_rank:g}")
+    ranks = max(pc.num_ranks, cfg.critic.num_ranks if cfg.rl.algorithm == "ppo" else 1)
+    if not r.colocate and r.gpus_per_policy_rank < 1 and ranks > 1:
+        # Ray may give two fractional ranks the same GPU; NCCL refuses two ranks of one group on one GPU.
+        raise ConfigError(f"ray.gpus_per_policy_rank: {r.gpus_per_policy_rank:g} would let two of the {ranks} "
+                          "DeepSpeed ranks share one GPU, which NCCL refuses: set it to 1, or ray.colocate=true "
+                          "(one GPU per rank, shared with that rank's engine)")
+    if cfg.preference_model.num_ranks > 1 and r.gpus_per_aux < 1:
+        raise ConfigError(f"ray.gpus_per_aux: {r.gpus_per_aux:g} would let two of the preference model's "
+                          f"{cfg.preference_model.num_ranks} DeepSpeed ranks (preference_model.num_ranks) share one "
+                          "GPU, which NCCL refuses: set it to 1 or preference_model.num_ranks=1")
+    if r.colocate:
+        plan = role_plan(cfg, "rl")  # RL's bundle 0 holds every role any stage colocates there
+        asked, roles = colocated_gpu_share(plan)
+        if asked > 1 + 1e-9:
+            keys = {"policy": "ray.gpus_per_policy_rank", "critic": "ray.gpus_per_policy_rank",
+                    "rollout": "ray.gpus_per_rollout", "reference": "ray.gpus_per_aux", "labeler": "ray.gpus_per_aux"}
+            parts = " + ".join(f"{role} {plan[role][1]:g} ({keys[role]})" for role in roles)
+            raise ConfigError(f"ray.colocate: the GPU of bundle 0 is asked for {parts} = {asked:g} GPUs, more than "
+                              "the one GPU the bundle holds; lower those ray.gpus_per_* so they add up to at most 1")
 
 
 def validate_eval(cfg: Config) -> None:

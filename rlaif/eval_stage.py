@@ -46,6 +46,7 @@ from rlaif.judge_check import (
     validation_verdict,
 )
 from rlaif.models import checked_folder, resolve_model_path, resolve_models
+from rlaif.placement import engine_actor_gpus
 from rlaif.redteam import (
     embed,
     mean_pairwise_distance,
@@ -122,7 +123,9 @@ def serve(cfg: Config, model: str, max_new_tokens: int):
         cfg, policy=dataclasses.replace(cfg.policy, model=dataclasses.replace(mc, path=model)),
         rollout=dataclasses.replace(cfg.rollout, max_new_tokens=max_new_tokens),
         sl_cai=dataclasses.replace(cfg.sl_cai, enabled=False))
-    actor = ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=cfg.ray.gpus_per_rollout).remote(c)
+    # TP > 1: the actor holds no GPU and vLLM's Ray executor makes its own group of TP single-GPU bundles
+    gpus = engine_actor_gpus(cfg.rollout.tensor_parallel_size, cfg.ray.gpus_per_rollout)
+    actor = ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=gpus).remote(c)
     get(actor.__ray_ready__.remote(), cfg.trainer.timeout_s, f"starting vLLM on {model}")
     return actor
 
@@ -199,7 +202,8 @@ def plan_judge(cfg: Config, command: str) -> JudgePlan:
         warnings, shares = _independence(cfg, command, path)
         # The labeler's option log-prob scoring on the judge model; a fresh labeler section so no training-labeler
         # setting (mode, cache, ensembles) leaks into the judge.
-        model = ModelConfig(path=path, dtype=ec.judge.dtype, trust_remote_code=ec.judge.trust_remote_code)
+        model = ModelConfig(path=path, dtype=ec.judge.dtype, trust_remote_code=ec.judge.trust_remote_code,
+                            attn_implementation=ec.judge.attn_implementation)
         lc = LabelerConfig(model=model, chat_template=ec.judge_chat_template, cache=False, human_eval="",
                            kv_cache_gib=cfg.labeler.kv_cache_gib, max_model_len=cfg.labeler.max_model_len)
 

@@ -4,7 +4,9 @@
   those same "processed" log-probs. The trainer, the reference and the critic must describe the same distribution,
   or PPO ratios, KL and the importance weights are computed for the wrong policy at T != 1.
 * Packing: the sequences of a micro-batch are laid end to end in one row with position ids restarting at 0 for each
-  (transformers then builds a block-diagonal causal mask), so no FLOP is spent on padding.
+  (transformers then builds a block-diagonal causal mask, or flash-attention runs varlen), so no FLOP is spent on
+  padding. Not every model class honours restarted position ids (OPT and BLOOM attend across sequences):
+  check_packing, run when a packing model loads, refuses those; packed=False is one forward per sequence.
 * Only the positions that predict response tokens go through the LM head, and the log-softmax runs over the
   vocabulary in row chunks (recomputed in backward), so [batch, length, vocab] is never materialised in fp32.
 """
@@ -85,8 +87,12 @@ def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperatur
     return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
 
 
-def response_logprobs(model, mb: Batch, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
-    """[B, R] log-probs of each response token given its prompt, from one packed forward of the micro-batch."""
+def response_logprobs(model, mb: Batch, temperature: float = 1.0, top_p: float = 1.0, packed: bool = True
+                      ) -> torch.Tensor:
+    """[B, R] log-probs of each response token given its prompt, from one packed forward of the micro-batch (or,
+    packed=False, one forward per sequence)."""
+    if not packed:
+        return torch.cat([response_logprobs(model, row, temperature, top_p) for row in mb.chunks(1)])
     device = next(model.parameters()).device
     packed = pack(mb)
     out = model(input_ids=packed.input_ids.to(device), position_ids=packed.position_ids.to(device),
@@ -102,8 +108,10 @@ def _to_layout(values: torch.Tensor, packed: Packed, mb: Batch) -> torch.Tensor:
     return out.index_put((rows, cols), values)
 
 
-def response_values(model, mb: Batch) -> torch.Tensor:
+def response_values(model, mb: Batch, packed: bool = True) -> torch.Tensor:
     """[B, R] critic values V(s_t) before each response token (a scalar head on the LM's hidden states)."""
+    if not packed:
+        return torch.cat([response_values(model, row) for row in mb.chunks(1)])
     device = next(model.parameters()).device
     packed = pack(mb)
     hidden = model.base_model(input_ids=packed.input_ids.to(device), position_ids=packed.position_ids.to(device),
@@ -113,9 +121,59 @@ def response_values(model, mb: Batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batch_logprobs(model, batch: Batch, micro_batch: int, temperature: float = 1.0, top_p: float = 1.0
-                   ) -> torch.Tensor:
+def batch_logprobs(model, batch: Batch, micro_batch: int, temperature: float = 1.0, top_p: float = 1.0,
+                   packed: bool = True) -> torch.Tensor:
     """[B, R] log-probs for a whole batch, micro-batch by micro-batch (no grad): reference and 'old' passes."""
-    parts = [response_logprobs(model, mb, temperature, top_p).cpu() for mb in batch.chunks(micro_batch)]
+    parts = [response_logprobs(model, mb, temperature, top_p, packed).cpu() for mb in batch.chunks(micro_batch)]
     width = batch["response_ids"].shape[1]
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+
+# check_packing's tolerances. drift: packed against the same rows one by one, which run other kernel shapes (fp32:
+# 1e-3 nats as issue 17 asks; 16-bit rounding differs by shape). leak: the later rows' outputs when only the first
+# row's tokens change, with the same shapes and kernels: exactly 0 in any precision where attention stays within
+# each sequence (masked scores are exp(-inf) = 0, varlen kernels never read them), so it can be tight: a tiny random
+# BLOOM leaks 8e-4 nats in fp32 (within the drift tolerance), real ones up to 0.17.
+DRIFT_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3}
+DRIFT_TOLERANCE_16BIT = 5e-2
+LEAK_TOLERANCE = 1e-4
+CHECK_LENGTHS = [(24, 4), (3, 5), (2, 3)]  # (prompt, response): later sequences see more foreign tokens than own
+
+
+@torch.no_grad()
+def check_packing(model, key: str, values: bool = False) -> dict[str, float]:
+    """Start-up self-check that packing is exact for this model as loaded (its class, attention kernel, dtype and
+    device): one packed forward of three random sequences against the same rows unpacked, and against the same
+    packed row with only the first sequence's tokens changed. Raises ConfigError naming `key` (the packing key to
+    turn off) when either differs. Every ZeRO-3 rank must call it (the forwards gather parameters); the inputs are
+    the same on every rank. values: the critic's scalar head (response_values) instead of log-probs."""
+    from rlaif.config import ConfigError
+
+    module = getattr(model, "module", model)  # a DeepSpeed engine's model
+    vocab = module.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(n: int) -> list[int]:
+        return torch.randint(0, vocab, (n,), generator=gen).tolist()
+
+    prompts, responses = [rand(p) for p, _ in CHECK_LENGTHS], [rand(r) for _, r in CHECK_LENGTHS]
+    first = Batch.from_token_lists(prompts, responses, 0)
+    other = Batch.from_token_lists([rand(len(prompts[0])), *prompts[1:]], [rand(len(responses[0])), *responses[1:]], 0)
+    forward = (lambda b, packed=True: response_values(model, b, packed)) if values else \
+        (lambda b, packed=True: response_logprobs(model, b, packed=packed))
+    packed, unpacked, changed = forward(first).float(), forward(first, False).float(), forward(other).float()
+    mask = first.response_mask.to(packed.device)
+    drift = ((packed - unpacked).abs() * mask).max().item()
+    leak = ((packed[1:] - changed[1:]).abs() * mask[1:]).max().item()
+    dtype = next(model.parameters()).dtype
+    tolerance = DRIFT_TOLERANCE.get(dtype, DRIFT_TOLERANCE_16BIT)
+    if not (drift <= tolerance and leak <= LEAK_TOLERANCE):  # also NaN
+        attn = getattr(module.config, "_attn_implementation", None)
+        unit = "" if values else " nats/token"
+        raise ConfigError(
+            f"{key}: {type(module).__name__} (attention {attn}, {str(dtype).removeprefix('torch.')}) does not keep "
+            f"packed sequences apart: its packed {'values' if values else 'log-probs'} differ from the same rows "
+            f"unpacked by up to {drift:.3g}{unit} (tolerance {tolerance:g}) and move by {leak:.3g}{unit} when only "
+            f"another sequence of the row changes (tolerance {LEAK_TOLERANCE:g}); set {key}=false (one forward per "
+            "sequence) or another *.model.attn_implementation")
+    return {"drift": drift, "leak": leak}

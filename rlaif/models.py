@@ -253,18 +253,26 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def _attn(attn_implementation: str | None) -> dict[str, str]:
+    """*.model.attn_implementation as from_pretrained's argument: none at all for null (transformers' default)."""
+    return {"attn_implementation": attn_implementation} if attn_implementation else {}
+
+
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                   attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                **_attn(attn_implementation))
 
 
-def load_scalar_model(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_scalar_model(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                      attn_implementation: str | None = None):
     """An LM with a one-output linear head (AutoModelForSequenceClassification, num_labels=1)."""
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        path, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **_attn(attn_implementation)
     )
 
 

@@ -252,6 +252,10 @@ def prepare(cfg: Config, stages: tuple[str, ...], overwrite: bool = False, resum
             check_resources(role_plan(cfg, stage), cfg.ray.num_cpus, cfg.ray.num_gpus, cfg.ray.num_gpus,
                             f"ray.num_cpus = {cfg.ray.num_cpus}, ray.num_gpus = {cfg.ray.num_gpus}")
     run_cfg = resolve_models(cfg)
+    if cfg.device == "cuda":  # the memory and placement plan (rlaif plan): refuse what cannot fit, before Ray starts
+        from rlaif.plan import check, report
+
+        log.info("the plan (rlaif plan):\n%s", report(check(run_cfg, stages=stages)))
     # The rollout engine's context must hold what it is asked to: vLLM would refuse it only once started.
     config = json.loads((Path(run_cfg.policy.model.path) / "config.json").read_text(encoding="utf-8"))
     limit = config.get("max_position_embeddings")

@@ -141,6 +141,8 @@ def labeler_seed(cfg: Config, step: int, call: str) -> int:
 def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) -> tuple[dict, list[dict]]:
     """One RL-CAI step on sampled responses: score -> AI-label -> experience -> ZeRO update -> weight sync."""
     rl, n, timings = cfg.rl, cfg.rollout.n_samples, {}
+    # Sleeping engines (rollout.sleep_level) free their GPU for the colocated ranks until the weight sync wakes them.
+    roles.rollout.sleep()
 
     # Score, label and compute log-probs (and values) concurrently: each is a different actor.
     t = time.perf_counter()

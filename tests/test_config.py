@@ -122,11 +122,13 @@ def test_colocation_on_gpu_needs_the_cuda_ipc_handoff():
     weight sync (NCCL refuses two ranks of one communicator on one GPU), after the stages before RL have run."""
     gpu = load_config(REPO / "configs/gpu.yaml")
     assert not gpu.ray.colocate and gpu.rollout.sync_transport == "auto"
-    assert load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true"]).ray.colocate  # auto: CUDA IPC
+    # gpu.yaml's whole-GPU shares do not fit one colocated GPU (tests/test_gpu_placement.py): fractions that do
+    coloc = ["ray.colocate=true", "ray.gpus_per_policy_rank=0.5", "ray.gpus_per_rollout=0.3", "ray.gpus_per_aux=0.1"]
+    assert load_config(REPO / "configs/gpu.yaml", coloc).ray.colocate  # auto: CUDA IPC
     with pytest.raises(ConfigError, match="^rollout.sync_transport: 'broadcast' cannot reach engines colocated"):
-        load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true", "rollout.sync_transport=broadcast"])
+        load_config(REPO / "configs/gpu.yaml", [*coloc, "rollout.sync_transport=broadcast"])
     with pytest.raises(ConfigError, match="^rollout.tensor_parallel_size: must be 1 with ray.colocate=true on GPU"):
-        load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true", "rollout.tensor_parallel_size=2"])
+        load_config(REPO / "configs/gpu.yaml", [*coloc, "rollout.tensor_parallel_size=2"])
     with pytest.raises(ConfigError, match="^rollout.sync_transport: 'shared' on GPU is CUDA IPC"):
         load_config(REPO / "configs/gpu.yaml", ["rollout.sync_transport=shared"])
     with pytest.raises(ConfigError, match="rollout.sync_transport.*auto.*shared.*broadcast"):

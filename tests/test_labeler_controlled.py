@@ -59,7 +59,7 @@ def make_worker(tmp_path, monkeypatch, model_path, rule=None, *overrides):
                                                     *overrides])
     fakes = []
 
-    def fake_loader(path, dtype, trust_remote_code):
+    def fake_loader(path, dtype, trust_remote_code, attn_implementation=None):
         fakes.append(FakeLM(load_tokenizer(path), rule or (lambda text: {})))
         return fakes[-1]
 

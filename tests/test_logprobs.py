@@ -136,9 +136,9 @@ def test_identical_policy_and_reference_at_top_p_give_kl_0_and_dpo_loss_ln2(mode
     batch = Batch.from_token_lists(prompts, responses, pad_id=0)
     batch.meta.update(temperature=0.7, top_p=0.9)
     policy = object.__new__(PolicyWorker)
-    policy.engine, policy.cfg = model, SimpleNamespace(policy=SimpleNamespace(micro_batch_size=2))
+    policy.engine, policy.cfg = model, SimpleNamespace(policy=SimpleNamespace(micro_batch_size=2, packing=True))
     reference = object.__new__(ReferenceWorker)
-    reference.model, reference.batch_size = model, 3  # other micro-batches than the policy's: no effect
+    reference.model, reference.batch_size, reference.packing = model, 3, True  # other micro-batches: no effect
     mine, ref = policy.logprobs(batch), reference.logprobs(batch)
     mask = batch.response_mask
 

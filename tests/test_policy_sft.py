@@ -37,7 +37,7 @@ class Engine(torch.nn.Module):
 
 def worker(model, world_size: int, micro_batch: int, grad_accum: int, total_tokens: float) -> PolicyWorker:
     w = object.__new__(PolicyWorker)
-    w.cfg = SimpleNamespace(policy=SimpleNamespace(micro_batch_size=micro_batch))
+    w.cfg = SimpleNamespace(policy=SimpleNamespace(micro_batch_size=micro_batch, packing=True))
     w.rank, w.world_size, w.grad_accum, w.engine = 0, world_size, grad_accum, Engine(model, grad_accum)
     if world_size > 1:  # the all-reduce of the ranks' token counts
         w._batch_tokens = lambda shard: total_tokens
