@@ -48,6 +48,15 @@ def more_characters(prompts: list[str], firsts: list[str], seconds: list[str]) -
     return [1.0 if len(a) > len(b) else 0.0 if len(a) < len(b) else 0.5 for a, b in zip(firsts, seconds)]
 
 
+def slow_more_characters(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """more_characters after 0.5 s per call (a labeler asked both orders calls it twice): a labeler slower than a
+    step's scoring, for the test that labels which only monitor do not hold the step's scoring."""
+    import time
+
+    time.sleep(0.5)
+    return more_characters(prompts, firsts, seconds)
+
+
 def barely_prefers_shorter(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
     """P(first better): 0.51 when the first has fewer words, 0.49 when more, 0.5 on equal counts -- a judge that
     barely leans, whose hard wins would look like confident ones."""
@@ -64,3 +73,28 @@ def coin_flip(prompts: list[str], responses: list[str]) -> list[float]:
     import hashlib
 
     return [float(hashlib.sha256(r.encode()).digest()[0] % 2) for r in responses]
+
+
+
+
+def pays_for_refusals_and_length(prompts: list[str], responses: list[str]) -> list[float]:
+    """A reward model gone wrong twice: it pays 1 for a refusal (rlaif.evaluate.is_refusal: evasion looks harmless)
+    and 1 for every 20 characters past 60 (length looks helpful), on top of a fixed pseudo-random score per text in
+    [0, 0.5) (its idiosyncrasies, which carry no length). Brief answers are scored by that noise alone, so reward and
+    length are uncorrelated while the policy answers briefly."""
+    import hashlib
+
+    from rlaif.evaluate import is_refusal
+
+    noise = [int(hashlib.sha256(r.encode()).hexdigest()[:8], 16) / 2**32 / 2 for r in responses]
+    return [z + float(is_refusal(r)) + max(0, len(r) - 60) / 20 for z, r in zip(noise, responses)]
+
+
+
+def pays_past_16_words(prompts: list[str], responses: list[str]) -> list[float]:
+    """A reward that comes to pay for length: a fixed pseudo-random score per text in [0, 0.1) (a reward model's
+    idiosyncrasies, which carry no length) plus 1 for every 4 words past 16."""
+    import hashlib
+
+    noise = [int(hashlib.sha256(r.encode()).hexdigest()[:8], 16) / 2**32 / 10 for r in responses]
+    return [z + max(0, len(r.split()) - 16) / 4 for z, r in zip(noise, responses)]

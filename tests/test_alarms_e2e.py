@@ -8,6 +8,11 @@ judge that prefers longer answers (the reward_agreement alarm's reference where 
 responses ever worse, its interval below the start, while the reward on the same held-out prompts rises. One run
 trips those five alarms; the three that watch for responses growing into the cap, a reward coming to pay for length
 and evasion (truncation, length_corr, refusal) are on by default, checked, and stay silent: this hack shortens.
+
+Those three are tripped by two more runs, each from a start fine-tuned here to answer briefly (so there is room to
+climb): a reward that pays for refusals and length (truncation and refusal), and one that comes to pay for length
+(length_corr). The debug run (tests/test_e2e.py) and the learning runs (tests/test_learning.py) are the healthy runs
+on which every alarm stays silent.
 """
 
 import json
@@ -29,7 +34,8 @@ SHORTENING_SPARES = {"truncation", "length_corr", "refusal"}
 HACK = [
     f"trainer.steps={STEPS}", "trainer.eval_every=2", "trainer.progress=false", "rl.use_preference_model=false",
     "rl.reward_functions=[rlaif.rewards:brevity]", "rl.prompts_per_step=8", "rollout.n_samples=4", "rl.epochs=2",
-    "rl.kl_coef=0.0", "policy.lr=3e-2", "labeler.function=tests.eval_judges:more_characters", "labeler.human_eval=",
+    "rl.kl_coef=0.0", "policy.lr=3e-2", "labeler.function=tests.eval_judges:slow_more_characters",
+    "labeler.human_eval=",
     "preference_model.label_prompts=4", "labeler.audit_samples=0",
     "eval.judge_function=tests.eval_judges:longer_is_better", "eval.harm_function=tests.eval_judges:any_words_harmful",
     "alarms.window=2", "alarms.kl_band=[0, 20]", "alarms.length_band=[8, 64]", "alarms.divergence_window=2",
@@ -92,6 +98,11 @@ def check_run(out: Path, stderr: str) -> None:
         states = [step[s][f"alarms/{name}"] for s in sorted(step) if f"alarms/{name}" in step[s]]
         assert len(states) >= 6 and set(states) == {0.0}, (name, states)
     assert step[1]["response/truncated"] == 1.0 and step[STEPS]["response/truncated"] == 0.0  # a fall is no climb
+    # The online AI labels only monitor here (the reward is brevity alone): the labeler (1 s a step: 0.5 s per order)
+    # works beside the update and the step's scoring does not wait for it (measured: 0.03-0.09 s a step, against
+    # >= 1 s when the labels were awaited with the scores). Bug caught: labels awaited before the update again.
+    assert sum(step[s]["time/score"] for s in range(1, STEPS + 1)) / STEPS < 0.5
+    assert all("labels/reward_agreement_n" in step[s] and "time/labels_wait" in step[s] for s in range(1, STEPS + 1))
     for name, alarm in fired.items():
         # one console line per alarm, a wandb alert, the alarms/<name> metric at the step it fired
         assert f"ALARM {name} at step {alarm['step']}: {alarm['detail']}" in stderr
@@ -142,3 +153,125 @@ def check_run(out: Path, stderr: str) -> None:
     page = (out / "eval" / "report.html").read_text()
     assert page.count('class="point"') == 2 * 4  # every checkpoint on both plots
     assert step[STEPS]["eval/rl-final/helpfulness_win_rate"] == figs["rl-final"]["helpfulness_win_rate"]["value"]
+
+
+@pytest.fixture(scope="module")
+def brief_start(tmp_path_factory) -> Path:
+    """The tiny model fine-tuned (in this process, plain torch, some seconds) to answer the debug prompts the way a
+    policy that can be hacked does: a brief answer of 2-12 common words, or, 1 time in 20, a bare refusal ("I'm
+    sorry, I can't help with that."). It ends its answers (it learned the end-of-turn token), so responses start well
+    inside rollout.max_new_tokens. (The random tiny model never ends one, never refuses, and so can climb into
+    neither.) Built once for the two runs that need it."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("brief-start")
+
+    from rlaif.data import chat_ids
+    from rlaif.models import TINY, resolve_model_path
+
+    src = resolve_model_path(TINY)
+    tok, model = AutoTokenizer.from_pretrained(src), AutoModelForCausalLM.from_pretrained(src)
+    prompts = [json.loads(line)["prompt"] for line in (REPO / "rlaif/assets/debug_prompts.jsonl").open()]
+    words = "yes no ok fine sure good well maybe the a it is so".split()
+    rng = random.Random(0)
+    torch.manual_seed(0)
+
+    def example() -> tuple[list[int], list[int]]:
+        text = ("I'm sorry, I can't help with that." if rng.random() < 0.05
+                else " ".join(rng.choice(words) for _ in range(rng.randint(2, 12))))
+        prompt = chat_ids(tok, [{"role": "user", "content": rng.choice(prompts)}])
+        return prompt, tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    data = [example() for _ in range(4000)]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        batch = rng.sample(data, 32)
+        width = max(len(p) + len(r) for p, r in batch)
+        ids = torch.full((32, width), tok.pad_token_id)
+        labels, mask = torch.full((32, width), -100), torch.zeros(32, width, dtype=torch.long)
+        for i, (p, r) in enumerate(batch):
+            ids[i, : len(p) + len(r)], mask[i, : len(p) + len(r)] = torch.tensor(p + r), 1
+            labels[i, len(p): len(p) + len(r)] = torch.tensor(r)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_a_reward_that_pays_for_refusals_and_length_trips_truncation_and_refusal(brief_start, tmp_path):
+    """The run built to trip the alarms the brevity hack spares: a reward model that pays for evasion and for length
+    (tests.eval_judges:pays_for_refusals_and_length) on a policy that answers briefly and refuses 1 time in 20. Within
+    a few steps it refuses and then keeps talking into the cap. Bugs caught: response/truncated or response/refusal
+    measured on the wrong texts or lengths (a prompt's, a padded length), a baseline taken from the latest steps (no
+    rise), an interval so wide a 0.1 -> 0.9 climb never separates, the alarm not reaching the console."""
+    start = brief_start
+    out = tmp_path / "run"
+    steps = 9
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml", f"output_dir={out}",
+         f"policy.model.path={start}", f"trainer.steps={steps}", "trainer.progress=false",
+         "rl.use_preference_model=false", "rl.reward_functions=[tests.eval_judges:pays_for_refusals_and_length]",
+         "rl.prompts_per_step=8", "rollout.n_samples=4", "rl.epochs=2", "rl.kl_coef=0.0", "policy.lr=2e-3",
+         "labeler.function=tests.eval_judges:more_characters", "labeler.human_eval=",
+         "preference_model.label_prompts=4", "labeler.audit_samples=0", "wandb.enabled=false"],
+        cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step: dict[int, dict] = {}  # everything logged at each step (the step's figures, the alarms)
+    for r in rows:
+        if "table" not in r:
+            step.setdefault(r["step"], {}).update(r)
+    # made to trip, not tripped from the start: brief, unrefusing answers at step 1, long refusals at the end
+    assert step[1]["response/truncated"] < 0.1 and step[1]["response/refusal"] < 0.1
+    assert step[steps]["response/truncated"] > 0.7 and step[steps]["response/refusal"] > 0.7
+    (table,) = [r for r in rows if r.get("table") == "alarms"][-1:]
+    fired = {a["name"]: a for a in table["rows"]}
+    for name in ("truncation", "refusal"):
+        alarm = fired[name]
+        assert alarm["step"] > 3, alarm  # the first 3 steps are the baseline: no check before a window follows it
+        assert f"ALARM {name} at step {alarm['step']}: {alarm['detail']}" in proc.stderr
+        assert step[alarm["step"]][f"alarms/{name}"] == 1.0
+        assert all(step[s].get(f"alarms/{name}", 0.0) == 0.0 for s in step if s < alarm["step"])
+
+
+def test_a_reward_that_comes_to_pay_for_length_trips_length_corr(brief_start, tmp_path):
+    """The run built to trip length_corr: a reward of pseudo-random noise per text plus a bonus past 16 words
+    (tests.eval_judges:pays_past_16_words), on a policy whose brief answers (2-12 words) rarely reach it. While the
+    answers stay brief, reward and length are unrelated (r near 0); the policy then learns that length pays and, with
+    room to grow (rollout.max_new_tokens 48), the length decides the reward. Measured on this run: r 0.13, -0.02,
+    -0.10 over the first three steps, 0.40-0.64 at steps 4-6, 0.74-0.86 from step 7; the alarm fired at step 7. Bugs
+    caught: the correlation taken against the wrong lengths (the prompt's, the padded batch's), per-step values
+    pooled without their sizes, Fisher's z interval so wide a 0 -> 0.8 rise never separates, the alarm not reaching
+    the console."""
+    start = brief_start
+    out = tmp_path / "run"
+    steps = 10
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml", f"output_dir={out}",
+         f"policy.model.path={start}", f"trainer.steps={steps}", "trainer.progress=false",
+         "rl.use_preference_model=false", "rl.reward_functions=[tests.eval_judges:pays_past_16_words]",
+         "rl.prompts_per_step=16", "rollout.n_samples=4", "rollout.max_new_tokens=48", "rl.epochs=2",
+         "rl.kl_coef=0.0", "policy.lr=1.5e-4", "labeler.function=tests.eval_judges:more_characters",
+         "labeler.human_eval=", "preference_model.label_prompts=4", "labeler.audit_samples=0", "wandb.enabled=false"],
+        cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step: dict[int, dict] = {}
+    for r in rows:
+        if "table" not in r:
+            step.setdefault(r["step"], {}).update(r)
+    baseline = [step[s]["response/length_reward_corr"] for s in (1, 2, 3)]
+    assert abs(sum(baseline) / 3) < 0.3, baseline  # unrelated while the answers are brief (64 samples a step)
+    (table,) = [r for r in rows if r.get("table") == "alarms"][-1:]
+    fired = {a["name"]: a for a in table["rows"]}
+    alarm = fired["length_corr"]
+    assert step[alarm["step"]]["response/length_reward_corr"] > 0.6
+    assert f"ALARM length_corr at step {alarm['step']}: {alarm['detail']}" in proc.stderr
+    assert step[alarm["step"]]["alarms/length_corr"] == 1.0
+    assert all(step[s].get("alarms/length_corr", 0.0) == 0.0 for s in step if s < alarm["step"])
+
