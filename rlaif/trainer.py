@@ -144,7 +144,10 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     # Sleeping engines (rollout.sleep_level) free their GPU for the colocated ranks until the weight sync wakes them.
     roles.rollout.sleep()
 
-    # Score, label and compute log-probs (and values) concurrently: each is a different actor.
+    # Score, label and compute log-probs (and values) concurrently: each is a different actor. AI labels that train
+    # nothing (all but online DPO ordered by the labeler) only monitor: they are awaited after the update, so the
+    # labeler works beside it instead of holding the step.
+    labels_train = rl.algorithm == "online-dpo" and rl.dpo_preference == "labeler"
     t = time.perf_counter()
     shared = ray.put(batch)
     texts, pair_prompts = batch.texts["response"], batch.texts["prompt"][0::2]
@@ -154,7 +157,7 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     old_refs = sharded(roles.policy, "logprobs", batch) if needs_old_logprobs(rl) else []
     value_refs = sharded(roles.critic, "values", batch) if roles.critic else []
     raw, reward_parts = reward(cfg, roles, state, batch, labeler_seed(cfg, step, "rate"))  # blocks on the PM
-    labels = roles.get(label_ref, "labeler.compare") if label_ref else []
+    labels = roles.get(label_ref, "labeler.compare") if label_ref and labels_train else []
     if ref_ref:
         batch["ref_logprobs"] = roles.get(ref_ref, "reference.logprobs")
     if old_refs:
@@ -175,6 +178,10 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     train_metrics = reduce_stats(roles.get(policy_refs, "policy.train"))
     critic_metrics = reduce_stats(roles.get(critic_refs, "critic.train")) if critic_refs else {}
     timings["time/train"] = time.perf_counter() - t
+    if label_ref and not labels_train:
+        t = time.perf_counter()
+        labels = roles.get(label_ref, "labeler.compare")
+        timings["time/labels_wait"] = time.perf_counter() - t  # how much longer than the update the labeler took
 
     sync = roles.sync(version=step + 1)  # waits for a generation still in flight (async mode)
 
