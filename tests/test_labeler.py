@@ -63,7 +63,8 @@ class Recorder:
 
     def generate(self, prompts, params, use_tqdm=False):
         outs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
-        self.calls.append((prompts, params, outs))
+        # scoring passes one SamplingParams per request (they differ only in reading the prefix cache): keep one
+        self.calls.append((prompts, params[0] if isinstance(params, list) else params, outs))
         return outs
 
 
@@ -121,3 +122,62 @@ def test_cot_labels_are_clamped(tmp_path):
     lab = worker(tmp_path, "labeler.mode=cot", "labeler.cot_max_tokens=8", "labeler.cache=false")
     for row in lab.compare(PROMPTS, FIRSTS, SECONDS):
         assert 0.4 <= row["p_first_in_a"] <= 0.6 and 0.4 <= row["p_first_in_b"] <= 0.6
+
+
+def test_both_orders_go_in_one_call_and_read_the_prefix_cache(vllm_labeler, monkeypatch):
+    """Each pair's two presentation orders go to vLLM in the same generate call (the Recorder counts them, the real
+    engine answers), the scoring requests read the prefix they share from vLLM's prefix cache, and the labels equal
+    the old pattern's bit for bit: one call per order, requests that never read the cache (vLLM's default with
+    prompt log-probs). Bugs caught: the layout back to [every forward question, every swapped one] (each call then
+    holds one order of two pairs); scoring requests that skip the cache again (nothing read from it); a cache hit
+    that reaches into the options (their log-probs never computed: other labels, or the labeler's RuntimeError)."""
+    from vllm import SamplingParams
+
+    from rlaif.feedback import LabelCache
+
+    lab = vllm_labeler
+    lab.llm.reset_prefix_cache()
+    rec = Recorder(lab.llm)
+    monkeypatch.setattr(lab, "llm", rec)
+    monkeypatch.setattr(lab.lc, "batch_size", 4)  # a pair's 2 orders x 2 options
+    monkeypatch.setattr(lab, "cache", LabelCache(None))
+    new = lab.compare(PROMPTS, FIRSTS, SECONDS, seed=5)
+    assert len(rec.calls) == len(PROMPTS)
+    for n, (prompts, _, _) in enumerate(rec.calls):
+        shown_a = [lab.tokenizer.decode(r["prompt_token_ids"]).split("(A) ")[1].split("\n")[0] for r in prompts]
+        assert shown_a == [FIRSTS[n], FIRSTS[n], SECONDS[n], SECONDS[n]]  # pair n: forward A, B, swapped A, B
+    assert sum(o.num_cached_tokens for c in rec.calls for o in c[2]) >= 2 * len(PROMPTS) * lab.block_size
+
+    # the old pattern on the same engine: forward questions in their own calls, then swapped, reading no cache
+    monkeypatch.setattr(lab, "scoring_params", lambda n_prompt, n_total: SamplingParams(max_tokens=1,
+                                                                                       prompt_logprobs=0))
+    monkeypatch.setattr(lab, "p_a", lambda qs: [x for fs in zip(LabelerWorker.p_a(lab, qs[0::2]),
+                                                                LabelerWorker.p_a(lab, qs[1::2])) for x in fs])
+    monkeypatch.setattr(lab, "cache", LabelCache(None))
+    rec.calls.clear()
+    old = lab.compare(PROMPTS, FIRSTS, SECONDS, seed=5)
+    assert len(rec.calls) == 4 and all(o.num_cached_tokens == 0 for c in rec.calls for o in c[2])
+    assert new == old
+
+
+def test_a_cached_prefix_never_covers_the_scored_option(vllm_labeler, monkeypatch):
+    """Prompts that end a few tokens before, at or after a cache block boundary, so that the block shared by the A
+    and B sequences ends inside the options' common first tokens or right where the option starts: scored exactly as
+    without the cache. Bug caught: reading the cache there (scoring_params' `<` made `<=`, or no check at all)
+    leaves the first option tokens' log-probs uncomputed (a RuntimeError names it, else the sums are wrong)."""
+    from vllm import SamplingParams
+
+    lab = vllm_labeler
+    bsz, tail = lab.block_size, "\n" + "The answer is:"
+    filler = lab.tokenizer.encode(" ".join(PROMPTS * 60), add_special_tokens=False)
+    n_tail = len(continuation_ids(lab.tokenizer, tail, OPTIONS[0])[0])
+    heads = [lab.head + filler[: 2 * bsz + d - len(lab.head) - n_tail] for d in range(-4, 4)]  # prompts 2B-4..2B+3
+    lab.llm.reset_prefix_cache()
+    rec = Recorder(lab.llm)
+    monkeypatch.setattr(lab, "llm", rec)
+    got = lab.logprob_sums(heads, [tail] * len(heads), OPTIONS)
+    cached = [o.num_cached_tokens for c in rec.calls for o in c[2]]
+    assert max(cached) >= 2 * bsz  # the boundary cases were reachable: some sequences did read two blocks
+    monkeypatch.setattr(lab, "scoring_params", lambda n_prompt, n_total: SamplingParams(max_tokens=1,
+                                                                                       prompt_logprobs=0))
+    assert got == lab.logprob_sums(heads, [tail] * len(heads), OPTIONS)
