@@ -48,7 +48,7 @@ def labelled(tmp_path_factory):
         f"output_dir={tmp_path_factory.mktemp('smollm2')}", "labeler.model.path=builtin:smollm2-135m",
         "labeler.backend=transformers", "labeler.chat_template=true", "labeler.both_orders=true",
         "labeler.max_response_tokens=48", "labeler.cache=false",
-        "labeler.model.dtype=bfloat16",  # AMX: 2.6x faster than fp32 here, and the same conclusions
+        "labeler.model.dtype=bfloat16",  # avx512_bf16: 2.6x faster than fp32 here, and the same conclusions
     ])
     prompts, firsts, seconds, human_p = comparison_inputs(pairs)
     labeler = LabelerWorker(cfg)
