@@ -217,7 +217,16 @@ class Roles:
         try:
             return get(refs, self.timeout, what)
         except ray.exceptions.RayActorError as exc:
-            # a DeepSpeed rank (its process group cannot be repaired), or an actor that failed in its constructor
+            # a DeepSpeed rank (its process group cannot be repaired), or an actor that failed in its constructor.
+            # The surviving ranks fail moments later in the broken collective: take their errors now, or Ray prints
+            # each as an "unhandled error" after the one-line message, at exit.
+            refs = refs if isinstance(refs, list) else [refs]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=10.0)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except Exception:  # noqa: S110  (each is the same death, already being reported)
+                    pass
             raise RoleDied(f"{what}: an actor died ({actor_death(exc)})") from exc
 
     def restarted(self, role: str, exc: Exception) -> None:
