@@ -211,6 +211,11 @@ class RLConfig:
     # "module:function" taking (prompts: list[str], responses: list[str]) -> list[float], added to the PM score.
     reward_functions: list[str] = field(default_factory=list)
 
+    @property
+    def labels_order_dpo(self) -> bool:
+        """Online DPO ordered by the AI labels: the only algorithm whose update trains on the step's labels."""
+        return self.algorithm == "online-dpo" and self.dpo_preference == "labeler"
+
 
 @dataclass
 class SLCAIConfig:
@@ -680,7 +685,7 @@ def validate(cfg: Config) -> None:
             f"rl.prompts_per_step * rollout.n_samples = {batch} must split evenly over critic.num_ranks "
             f"= {cfg.critic.num_ranks} ranks into micro-batches of policy.micro_batch_size"
         )
-    labeler_dpo = cfg.rl.algorithm == "online-dpo" and cfg.rl.dpo_preference == "labeler"
+    labeler_dpo = cfg.rl.labels_order_dpo
     if not (cfg.rl.use_preference_model or cfg.rl.reward_functions or cfg.rl.use_labeler_rating or labeler_dpo):
         raise ConfigError(
             "no reward: rl.use_preference_model and rl.use_labeler_rating are false and rl.reward_functions is empty"
@@ -696,7 +701,7 @@ def validate(cfg: Config) -> None:
     if cfg.rl.kl_loss_estimator == "k1":
         raise ConfigError("rl.kl_loss_estimator: 'k1' is not allowed: log(pi/ref) has zero expected gradient under "
                           "samples from the policy, so as a loss it regularises nothing; allowed values: 'k2', 'k3'")
-    if cfg.rl.algorithm == "online-dpo" and cfg.rl.dpo_preference == "labeler" and cfg.rl.label_every != 1:
+    if cfg.rl.labels_order_dpo and cfg.rl.label_every != 1:
         raise ConfigError("rl.label_every: online-dpo with rl.dpo_preference=labeler trains on every step's AI labels, "
                           f"so it must be 1, got {cfg.rl.label_every}")
     for key in ("policy", "critic", "preference_model"):

@@ -147,7 +147,7 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     # Score, label and compute log-probs (and values) concurrently: each is a different actor. AI labels that train
     # nothing (all but online DPO ordered by the labeler) only monitor: they are awaited after the update, so the
     # labeler works beside it instead of holding the step.
-    labels_train = rl.algorithm == "online-dpo" and rl.dpo_preference == "labeler"
+    labels_train = rl.labels_order_dpo
     t = time.perf_counter()
     shared = ray.put(batch)
     texts, pair_prompts = batch.texts["response"], batch.texts["prompt"][0::2]

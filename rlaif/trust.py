@@ -129,7 +129,7 @@ def feedback_trains(cfg: Config) -> str:
         parts.append("the preference model the policy is trained against")
     if rl.use_labeler_rating:
         parts.append("the policy's reward (the labeler's direct rating)")
-    if rl.algorithm == "online-dpo" and rl.dpo_preference == "labeler":
+    if rl.labels_order_dpo:
         parts.append("the policy's online-DPO pairs")
     return " and ".join(parts)
 
