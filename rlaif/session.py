@@ -23,7 +23,7 @@ import ray
 from actors.roles import check_resources, role_plan
 from rlaif.algorithms import load_reward_functions
 from rlaif.checkpoint import TrainerState, checkpoints_dir, complete_checkpoints, sweep_leftovers
-from rlaif.config import Config, ConfigError, save_config
+from rlaif.config import Config, ConfigError, native_bf16, save_config
 from rlaif.constitution import load_constitution
 from rlaif.human_labels import HumanLabelError, load_human_labels, write_jsonl
 from rlaif.models import resolve_models
@@ -284,6 +284,7 @@ def session(cfg: Config, stages: tuple[str, ...], overwrite: bool, verbose: bool
             for name, records in (("train_prompts", plan.rl.train), ("eval_prompts", plan.rl.heldout)):
                 write_jsonl(out / "data" / f"{name}.jsonl", [r.to_dict() for r in records])
         log_to_dir(out / "logs")
+        log.info("precision: %s; %s", precision(cfg), native_bf16(cfg.device)[1])
         tracker = Tracker(cfg, out, resume.step if resume else None, resume.wandb_run_id if resume else None)
         yield tracker
     finally:
@@ -291,6 +292,15 @@ def session(cfg: Config, stages: tuple[str, ...], overwrite: bool, verbose: bool
             tracker.finish()
         shutdown_ray()
         release_output_dir(out)
+
+
+def precision(cfg: Config) -> str:
+    """The dtype each model role computes in, in words ("bfloat16 for the policy, float32 for the labeler")."""
+    roles = {"policy": cfg.policy.model, "labeler": cfg.labeler.model, "preference model": cfg.preference_model.model}
+    by_dtype: dict[str, list[str]] = {}
+    for role, model in roles.items():
+        by_dtype.setdefault(model.dtype, []).append(role)
+    return ", ".join(f"{dtype} for the {' and the '.join(names)}" for dtype, names in by_dtype.items())
 
 
 class StopSignal:

@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 import torch
@@ -36,11 +37,13 @@ from rlaif.alarms import (
 )
 from rlaif.algorithms import (
     batch_denominator,
+    kl_trains,
     make_experience,
     needs_old_logprobs,
     reward_function_scores,
     sampler_metrics,
     shape_scores,
+    token_kl,
 )
 from rlaif.batch import Batch
 from rlaif.checkpoint import Preempted, RoleDied
@@ -78,12 +81,28 @@ log = logging.getLogger("rlaif")
 
 
 @dataclass
+class Watched:
+    """What a step measures but does not train on: its AI labels (all but online DPO ordered by the labeler) and the
+    KL to the reference (when nothing trains on it). Both run beside the next step and are logged with it; a step
+    that ends the run or writes a checkpoint waits for its own."""
+
+    step: int
+    labels: Any  # the labeler's call while it works (actors.roles.Call), then its list of labels; None: not labelled
+    ref_logprobs: Any  # the reference's call, or None
+    batch: Batch
+    raw: torch.Tensor  # the training reward, to compare with the labels
+    agreement: bool  # does a reward model or function rank the pairs (labels/reward_agreement)?
+
+
+@dataclass
 class RLState:
     """What the loop carries from step to step besides the models."""
 
     kl: FixedKLController | AdaptiveKLController
     moments: RunningMoments = field(default_factory=RunningMoments)
     reward_fns: list = field(default_factory=list)
+    watched: Watched | None = None  # the previous step's monitoring, still in flight
+    warned_slow_labels: bool = False
 
 
 def reward(cfg: Config, roles: Roles, state: RLState, batch: Batch, seed: int
@@ -139,32 +158,34 @@ def labeler_seed(cfg: Config, step: int, call: str) -> int:
 
 
 def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) -> tuple[dict, list[dict]]:
-    """One RL-CAI step on sampled responses: score -> AI-label -> experience -> ZeRO update -> weight sync."""
+    """One RL-CAI step on sampled responses: score -> AI-label -> experience -> ZeRO update -> weight sync. What only
+    monitors (Watched) is logged with the next step, or by flush_watched before a checkpoint and at the end."""
     rl, n, timings = cfg.rl, cfg.rollout.n_samples, {}
     # Sleeping engines (rollout.sleep_level) free their GPU for the colocated ranks until the weight sync wakes them.
     roles.rollout.sleep()
 
-    # Score, label and compute log-probs (and values) concurrently: each is a different actor. AI labels that train
-    # nothing (all but online DPO ordered by the labeler) only monitor: they are awaited after the update, so the
-    # labeler works beside it instead of holding the step.
-    labels_train = rl.labels_order_dpo
+    # Score, label and compute log-probs (and values) concurrently: each is a different actor. The AI labels train
+    # only online DPO ordered by the labeler, the reference only a KL penalty or DPO: otherwise they only monitor,
+    # and the labeler and the reference work beside the update and the next step instead of holding this one.
+    labels_train, kl_used = rl.labels_order_dpo, kl_trains(rl)
     t = time.perf_counter()
     shared = ray.put(batch)
     texts, pair_prompts = batch.texts["response"], batch.texts["prompt"][0::2]
-    label_ref = roles.labeler.compare.remote(pair_prompts, texts[0::2], texts[1::2],
+    k = len(pair_prompts) if labels_train or not rl.label_pairs else min(rl.label_pairs, len(pair_prompts))
+    label_ref = roles.labeler.compare.remote(pair_prompts[:k], texts[0:2 * k:2], texts[1:2 * k:2],
                                              labeler_seed(cfg, step, "compare")) if step % rl.label_every == 0 else None
     ref_ref = roles.reference.logprobs.remote(shared) if roles.reference else None
     old_refs = sharded(roles.policy, "logprobs", batch) if needs_old_logprobs(rl) else []
     value_refs = sharded(roles.critic, "values", batch) if roles.critic else []
     raw, reward_parts = reward(cfg, roles, state, batch, labeler_seed(cfg, step, "rate"))  # blocks on the PM
-    labels = roles.get(label_ref, "labeler.compare") if label_ref and labels_train else []
-    if ref_ref:
+    labels = roles.get(label_ref, "labeler.compare") if label_ref and labels_train else label_ref
+    if ref_ref and kl_used:
         batch["ref_logprobs"] = roles.get(ref_ref, "reference.logprobs")
     if old_refs:
         batch["old_logprobs"] = torch.cat(roles.get(old_refs, "policy.logprobs"))
     if value_refs:
         batch["values"] = torch.cat(roles.get(value_refs, "critic.values"))
-    if labels:
+    if labels_train and labels:
         batch["p_first"] = torch.tensor([lab["p_first"] for lab in labels]).repeat_interleave(2)
     timings["time/score"] = time.perf_counter() - t
 
@@ -178,15 +199,19 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     train_metrics = reduce_stats(roles.get(policy_refs, "policy.train"))
     critic_metrics = reduce_stats(roles.get(critic_refs, "critic.train")) if critic_refs else {}
     timings["time/train"] = time.perf_counter() - t
-    if label_ref and not labels_train:
-        t = time.perf_counter()
-        labels = roles.get(label_ref, "labeler.compare")
-        timings["time/labels_wait"] = time.perf_counter() - t  # how much longer than the update the labeler took
+
+    kl_ref = None if kl_used else ref_ref
+    earlier, state.watched = state.watched, Watched(step, labels, kl_ref, batch, raw, bool(reward_parts)) \
+        if labels is not None or kl_ref is not None else None
+    due = [w for w in (earlier, state.watched if labels_train else None) if w is not None]  # DPO's are in hand
+    watched, rows = settle_watched(cfg, roles, state, due, step) if due else ({}, [])
+    if labels_train:
+        state.watched = None
 
     sync = roles.sync(version=step + 1)  # waits for a generation still in flight (async mode)
 
     kl_coef = state.kl.value
-    state.kl.update(exp_stats["kl/policy_ref"], len(batch))
+    state.kl.update(exp_stats.get("kl/policy_ref", 0.0), len(batch))  # the adaptive controller: KL always trains
     metrics = {
         "reward/score": raw.mean().item(), "reward/shaped": batch["scores"].mean().item(),
         **{f"reward/{k}": v for k, v in reward_parts.items()}, **exp_stats, "kl/coef": kl_coef,
@@ -199,20 +224,58 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
         "time/generate": batch.meta["gen_seconds"], "rollout/samples": float(len(batch)),
         "rollout/tokens_per_second": batch.meta["gen_tokens"] / batch.meta["gen_seconds"],
         **sampler_metrics(step, batch, train_metrics),  # staleness; vLLM-vs-trainer mismatch or policy lag
-        "data/prompts_truncated": float(batch.meta["prompts_truncated"]), **roles.fault_metrics(),
+        "data/prompts_truncated": float(batch.meta["prompts_truncated"]), **roles.fault_metrics(), **watched,
     }
+    return metrics, rows
+
+
+def flush_watched(cfg: Config, roles: Roles, state: RLState, tracker: Tracker, done: int) -> dict[str, float]:
+    """Wait for the last step's monitoring and log it at that step, before a checkpoint or the end: a resumed run
+    then has nothing in flight that the interrupted one had. Returns the figures (for the alarms)."""
+    if state.watched is None:
+        return {}
+    watched, rows = settle_watched(cfg, roles, state, [state.watched], done - 1)
+    state.watched = None
+    tracker.log(watched, step=done)
+    tracker.log_table("samples", rows, step=done)
+    return watched
+
+
+def settle_watched(cfg: Config, roles: Roles, state: RLState, due: list[Watched], now: int
+                   ) -> tuple[dict, list[dict]]:
+    """The monitoring figures of the steps in `due`, waiting for what is still in flight: labels/* over their labels
+    together (labels/step: the latest step they are of), the latest step's KL, and time/labels_wait: how long the
+    labeler and the reference kept step `now` waiting."""
+    t = time.perf_counter()
+    in_hand = [w.labels is None or isinstance(w.labels, list) for w in due]  # else a labeler call in flight
+    labels = [(w.labels or []) if ready else roles.get(w.labels, "labeler.compare") for w, ready in zip(due, in_hand)]
+    ref_lps = [roles.get(w.ref_logprobs, "reference.logprobs") if w.ref_logprobs is not None else None for w in due]
+    waited = time.perf_counter() - t
+    in_flight = not all(in_hand) or any(w.ref_logprobs is not None for w in due)
+    metrics: dict[str, float] = {"time/labels_wait": waited} if in_flight else {}
+    if waited > 1.0 and due[0].step < now and not state.warned_slow_labels:
+        state.warned_slow_labels = True
+        log.warning("the AI labeler (or the reference's KL pass) took %.1f s longer than RL step %d: they only "
+                    "monitor; rl.label_pairs (now %s) or rl.label_every bounds their work per step", waited, now + 1,
+                    cfg.rl.label_pairs or "all pairs")
+    for w, ref_lp in zip(due, ref_lps):
+        if ref_lp is not None:
+            metrics["kl/policy_ref"] = token_kl(cfg.rl, w.batch, ref_lp).sum(dim=1).mean().item()
+    pairs = [(w, i, lab) for w, labs in zip(due, labels) for i, lab in enumerate(labs)]
+    if not pairs:
+        return metrics, []
+    metrics |= {"labels/step": float(max(w.step for w, _, _ in pairs) + 1),
+                **label_stats([lab for _, _, lab in pairs], prefix="labels/")}
+    if all(w.agreement for w in due):  # does the reward rank each pair as the labeler does? Falling: reward hacking
+        first, second = ([w.raw[2 * i + j].item() for w, i, _ in pairs] for j in (0, 1))
+        metrics |= agreement_metrics("labels/reward_agreement", first, second, [lab["p_first"] for *_, lab in pairs])
     rows = []
-    if labels:
-        metrics.update(label_stats(labels, prefix="labels/"))
-        if reward_parts:  # does the reward rank each pair as the AI labeler does? Falling agreement: reward hacking
-            metrics.update(agreement_metrics("labels/reward_agreement", raw[0::2].tolist(), raw[1::2].tolist(),
-                                             [lab["p_first"] for lab in labels]))
-        rows = [
-            {"step": step + 1, "prompt": pair_prompts[i], "response_1": texts[2 * i], "response_2": texts[2 * i + 1],
-             "principle": lab["principle"], "ai_label_p1": round(lab["p_first"], 4),
-             "reward_1": round(raw[2 * i].item(), 4), "reward_2": round(raw[2 * i + 1].item(), 4)}
-            for i, lab in enumerate(labels[: cfg.trainer.log_samples])
-        ]
+    for w, labs in zip(due, labels):
+        texts, prompts = w.batch.texts["response"], w.batch.texts["prompt"][0::2]
+        rows += [{"step": w.step + 1, "prompt": prompts[i], "response_1": texts[2 * i], "response_2": texts[2 * i + 1],
+                  "principle": lab["principle"], "ai_label_p1": round(lab["p_first"], 4),
+                  "reward_1": round(w.raw[2 * i].item(), 4), "reward_2": round(w.raw[2 * i + 1].item(), 4)}
+                 for i, lab in enumerate(labs[: cfg.trainer.log_samples])]
     return metrics, rows
 
 
@@ -256,6 +319,7 @@ def save_checkpoint(cfg: Config, roles: Roles, done: int, state: RLState, loader
     estimate = 3 * sum(checkpoint.folder_bytes(m) for m in models)
     checkpoint.ensure_space(cfg.output_dir, checkpoint.checkpoint_bytes(cfg.output_dir, estimate),
                             f"the checkpoint of step {done}")
+    flush_watched(cfg, roles, state, tracker, done)  # a stop between planned checkpoints: logged, not judged
     staging = checkpoint.staging_dir(cfg.output_dir, done)
     groups = [g for g in (roles.policy, roles.critic) if g is not None]
     names = ["policy", "critic"][: len(groups)]
@@ -417,6 +481,9 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
             gen_wait = time.perf_counter() - t
             last = step + 1 == steps
             pending = generate(cfg, roles, loader, step + 1) if cfg.trainer.async_ and not last else None
+            save_every, minutes = cfg.trainer.save_every, cfg.trainer.save_every_minutes
+            due = last or (save_every and (step + 1) % save_every == 0) or \
+                (minutes and time.monotonic() - saved_at > 60 * minutes)
             metrics, rows = rl_step(cfg, roles, state, step, samples)
             if not cfg.trainer.async_ and not last:
                 pending = generate(cfg, roles, loader, step + 1)
@@ -426,6 +493,8 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
             tracker.log_table("samples", rows, step=step + 1)
             try:
                 alarms.update(step + 1, metrics)  # raises AlarmStop for an alarm in trainer.stop_on_alarm
+                if due:  # this step's own labels, before its checkpoint
+                    alarms.update(step + 1, flush_watched(cfg, roles, state, tracker, step + 1))
                 if every and eval_texts and ((step + 1) % every == 0 or last):
                     ev = evaluate(cfg, roles, state, eval_texts, judge)
                     tracker.log(ev, step=step + 1)
@@ -436,12 +505,9 @@ def _train(cfg: Config, overwrite: bool, verbose: bool) -> Path:
                 raise
             evals.snapshot(roles, step + 1, model_card(trust_of(saved), f"RL-CAI policy after step {step + 1}", cfg,
                                                        step + 1))  # eval.every
-            bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics['kl/policy_ref']:.4f}",
+            bar.set_postfix(reward=f"{metrics['reward/score']:.3f}", kl=f"{metrics.get('kl/policy_ref', 0):.4f}",
                             s=f"{metrics['time/step']:.1f}")
-            save_every, minutes = cfg.trainer.save_every, cfg.trainer.save_every_minutes
-            due = (save_every and (step + 1) % save_every == 0) or \
-                (minutes and time.monotonic() - saved_at > 60 * minutes)
-            if last or stop.signum or due:
+            if stop.signum or due:
                 path, pending = save_checkpoint(cfg, roles, step + 1, state, loader, tracker, pending, saved, judge)
                 saved_at = time.monotonic()
             if stop.signum and not last:

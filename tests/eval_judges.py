@@ -57,6 +57,16 @@ def slow_more_characters(prompts: list[str], firsts: list[str], seconds: list[st
     return more_characters(prompts, firsts, seconds)
 
 
+def slow_on_few_pairs(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
+    """more_characters after 3 s per call of at most 2 pairs (an RL step's with rl.label_pairs=2; asked both orders,
+    6 s a step), at once on the larger calls of the stages before RL: a labeler far slower than an RL step."""
+    import time
+
+    if len(prompts) <= 2:
+        time.sleep(3.0)
+    return more_characters(prompts, firsts, seconds)
+
+
 def barely_prefers_shorter(prompts: list[str], firsts: list[str], seconds: list[str]) -> list[float]:
     """P(first better): 0.51 when the first has fewer words, 0.49 when more, 0.5 on equal counts -- a judge that
     barely leans, whose hard wins would look like confident ones."""

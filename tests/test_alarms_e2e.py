@@ -31,7 +31,11 @@ from .eval_judges import longer_is_better
 pytestmark = pytest.mark.e2e
 STEPS = 14
 SHORTENING_SPARES = {"truncation", "length_corr", "refusal"}
+# These runs were tuned, step by step, in float32 (the alarms fire at known steps of a deterministic run); bf16 moves
+# every trajectory (on the brevity hack, the responses collapse to ties before the judge can count untied pairs).
+FP32 = "policy.model.dtype=float32"
 HACK = [
+    FP32,
     f"trainer.steps={STEPS}", "trainer.eval_every=2", "trainer.progress=false", "rl.use_preference_model=false",
     "rl.reward_functions=[rlaif.rewards:brevity]", "rl.prompts_per_step=8", "rollout.n_samples=4", "rl.epochs=2",
     "rl.kl_coef=0.0", "policy.lr=3e-2", "labeler.function=tests.eval_judges:slow_more_characters",
@@ -102,7 +106,9 @@ def check_run(out: Path, stderr: str) -> None:
     # works beside the update and the step's scoring does not wait for it (measured: 0.03-0.09 s a step, against
     # >= 1 s when the labels were awaited with the scores). Bug caught: labels awaited before the update again.
     assert sum(step[s]["time/score"] for s in range(1, STEPS + 1)) / STEPS < 0.5
-    assert all("labels/reward_agreement_n" in step[s] and "time/labels_wait" in step[s] for s in range(1, STEPS + 1))
+    # and they are logged with the next step (step 1's with step 2), the last step's after it
+    assert "labels/reward_agreement_n" not in step[1] and step[2]["labels/step"] == 1
+    assert all("labels/reward_agreement_n" in step[s] and "time/labels_wait" in step[s] for s in range(2, STEPS + 1))
     for name, alarm in fired.items():
         # one console line per alarm, a wandb alert, the alarms/<name> metric at the step it fired
         assert f"ALARM {name} at step {alarm['step']}: {alarm['detail']}" in stderr
@@ -113,9 +119,11 @@ def check_run(out: Path, stderr: str) -> None:
     # the collapse is real: responses start long and different, and end empty and alike
     assert step[1]["response/length"] > 16 and step[1]["response/boilerplate"] == 0.0
     assert step[STEPS]["response/boilerplate"] > 0.5 and step[STEPS]["response/length"] < 8
-    # the band and collapse alarms fired because of it, not from the start: quiet at step 2 (the first full window)
-    for name in ("kl", "length", "boilerplate"):
-        assert fired[name]["step"] > 2 and step[2][f"alarms/{name}"] == 0.0
+    # the band and collapse alarms fired because of it, not from the start: quiet at their first full window, step 2
+    # (step 3 for the KL: nothing trains on it here, rl.kl_coef=0, so it is measured beside the next step)
+    for name, first in (("kl", 3), ("length", 2), ("boilerplate", 2)):
+        assert fired[name]["step"] > first and step[first][f"alarms/{name}"] == 0.0
+    assert "kl/policy_ref" not in step[1] and "alarms/kl" not in step[2]
     # divergence: at the last 2 eval points the judge's interval lay wholly below its start while the reward rose
     evals = {s: r for s, r in step.items() if "eval/judge_win_rate" in r}
     assert sorted(evals) == list(range(0, STEPS + 1, 2))
@@ -126,7 +134,7 @@ def check_run(out: Path, stderr: str) -> None:
     assert not all(evals[s]["eval/judge_win_rate_high"] < 0.5 for s in (at - 4, at - 2))  # it fired at the first pair
     # reward agreement: measured against the held-out judge, not the labeler the hack was also built against
     assert fired["reward_agreement"]["metric"] == "eval/reward_judge_agreement"
-    assert step[at]["eval/reward_judge_agreement_n"] > 0 and "labels/reward_agreement_n" in step[1]
+    assert step[at]["eval/reward_judge_agreement_n"] > 0 and "labels/reward_agreement_n" in step[2]
     # sycophancy: each eval point asks the 24 builtin probes both ways; the tiny model names no right answer either way
     for r in evals.values():
         assert r["eval/sycophancy_n"] == 24
@@ -213,7 +221,7 @@ def test_a_reward_that_pays_for_refusals_and_length_trips_truncation_and_refusal
     out = tmp_path / "run"
     steps = 12
     proc = subprocess.run(
-        [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml", f"output_dir={out}",
+        [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml", f"output_dir={out}", FP32,
          f"policy.model.path={start}", f"trainer.steps={steps}", "trainer.progress=false",
          "rl.use_preference_model=false", "rl.reward_functions=[tests.eval_judges:pays_for_refusals_and_length]",
          "rl.prompts_per_step=8", "rollout.n_samples=4", "rl.epochs=2", "rl.kl_coef=0.0", "policy.lr=2e-3",
@@ -252,7 +260,7 @@ def test_a_reward_that_comes_to_pay_for_length_trips_length_corr(brief_start, tm
     out = tmp_path / "run"
     steps = 10
     proc = subprocess.run(
-        [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml", f"output_dir={out}",
+        [sys.executable, "-m", "rlaif.cli", "train", "--config", "configs/debug.yaml", f"output_dir={out}", FP32,
          f"policy.model.path={start}", f"trainer.steps={steps}", "trainer.progress=false",
          "rl.use_preference_model=false", "rl.reward_functions=[tests.eval_judges:pays_past_16_words]",
          "rl.prompts_per_step=16", "rollout.n_samples=4", "rollout.max_new_tokens=48", "rl.epochs=2",

@@ -8,12 +8,14 @@ import torch
 
 from rlaif.algorithms import (
     batch_denominator,
+    kl_trains,
     make_experience,
     needs_old_logprobs,
     needs_reference,
     policy_loss,
     reward_function_scores,
     shape_scores,
+    token_kl,
 )
 from rlaif.batch import Batch
 from rlaif.config import ConfigError, RLConfig
@@ -72,6 +74,22 @@ def test_make_experience_uses_the_sampler_logprobs_when_no_old_pass_ran():
                  ref_logprobs=torch.full((2, 2), -1.5))
     stats = make_experience(RLConfig(algorithm="grpo", kl_coef=0.0), 2, 0.0, b)
     assert stats["kl/policy_ref"] == pytest.approx(1.0)  # 0.5 per token x 2 tokens
+
+
+def test_a_kl_nothing_trains_on_is_measured_apart_and_never_reported_as_zero():
+    """The reference pass only measures when no KL penalty, adaptive KL or DPO reads it (kl_trains false): the
+    trainer then takes it off the step and measures it with token_kl when it arrives. Bugs caught: the KL of such a
+    step reported as 0 by make_experience (no ref_logprobs), a KL penalty or DPO's log-ratios taken for monitoring
+    (the update would run without the reference), token_kl on other log-probs than make_experience's."""
+    assert not kl_trains(RLConfig(algorithm="rloo", kl_coef=0.0))
+    assert kl_trains(RLConfig(algorithm="rloo", kl_coef=0.01)) and kl_trains(RLConfig(kl_coef=0.0, kl_target=3.0))
+    assert kl_trains(RLConfig(algorithm="online-dpo", kl_coef=0.0))
+    b = batch_of([2, 1], scores=torch.tensor([1.0, 0.0]), sampler_logprobs=torch.full((2, 2), -1.0))
+    assert "kl/policy_ref" not in make_experience(RLConfig(algorithm="grpo", kl_coef=0.0), 2, 0.0, b)
+    kl = token_kl(RLConfig(kl_estimator="k1"), b, torch.full((2, 2), -1.5))
+    assert kl.tolist() == [[0.5, 0.5], [0.5, 0.0]]  # per response token only
+    b["old_logprobs"] = torch.full((2, 2), -2.0)  # a separate pass ran: its log-probs, as make_experience uses
+    assert token_kl(RLConfig(kl_estimator="k1"), b, torch.full((2, 2), -1.5)).sum().item() == pytest.approx(-1.5)
 
 
 def test_make_experience_online_dpo_follows_the_ai_label():

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from rlaif.config import Config, ConfigError, load_config, save_config, to_dict
+from rlaif.config import Config, ConfigError, load_config, native_bf16, resolve_dtypes, save_config, to_dict
 
 from .conftest import REPO
 
@@ -90,7 +90,38 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_defaults_are_valid():
-    assert load_config(None) == Config()
+    cfg = Config()
+    resolve_dtypes(cfg)
+    assert load_config(None) == cfg
+
+
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\nbogomips\t: 4000\n"
+AMX = "flags\t\t: fpu avx512f amx_bf16 amx_tile\n"
+PLAIN = "flags\t\t: fpu sse2 avx2 avx512f\n"
+
+
+@pytest.mark.parametrize("cpuinfo,native", [(AVX512_BF16, True), (AMX, True), (PLAIN, False), (None, False)])
+def test_native_bf16_reads_the_cpu_flags(tmp_path, cpuinfo, native):
+    """Bugs caught: bf16 picked on a CPU that only emulates it (avx512f alone: slower than fp32), AMX or avx512_bf16
+    missed, an unreadable /proc/cpuinfo crashing instead of falling back to fp32 with the reason."""
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    ok, why = native_bf16("cpu", str(path))
+    assert ok is native
+    assert ("avx512_bf16" in why or "amx_bf16" in why) if native else ("neither" in why or "could not" in why)
+
+
+def test_dtype_auto_resolves_for_every_model_and_an_explicit_dtype_stays(monkeypatch):
+    """Bugs caught: auto left in a model config the actors read (KeyError 'auto' in DTYPES), one role (the eval
+    judge, the critic) skipped, an explicit float32 overridden by the hardware's choice."""
+    import rlaif.config as config_module
+
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(config_module, "native_bf16", lambda device, native=native: (native, "test"))
+        cfg = load_config(REPO / "configs/debug.yaml", ["labeler.model.dtype=float32"])
+        assert cfg.policy.model.dtype == cfg.critic.model.dtype == cfg.eval.judge.dtype == expected
+        assert cfg.preference_model.model.dtype == expected and cfg.labeler.model.dtype == "float32"
 
 
 def test_combinations_that_compute_the_wrong_thing_are_refused():
@@ -134,3 +165,14 @@ def test_colocation_on_gpu_needs_the_cuda_ipc_handoff():
     with pytest.raises(ConfigError, match="rollout.sync_transport.*auto.*shared.*broadcast"):
         load_config(REPO / "configs/debug.yaml", ["rollout.sync_transport=ipc"])
     assert load_config(REPO / "configs/debug.yaml", ["ray.colocate=true"]).ray.colocate  # CPU: gloo, no such limit
+
+
+def test_labels_that_train_cannot_be_thinned():
+    """Bug caught: rl.label_pairs or rl.label_every accepted for online DPO ordered by the labeler, whose update
+    trains on every pair's label (the unlabelled pairs would train with no order)."""
+    dpo = ["rl.algorithm=online-dpo", "rl.dpo_preference=labeler"]
+    with pytest.raises(ConfigError, match=r"^rl.label_pairs: online-dpo .* must be 0 \(all pairs\), got 2"):
+        load_config(REPO / "configs/debug.yaml", [*dpo, "rl.label_pairs=2"])
+    with pytest.raises(ConfigError, match=r"^rl.label_every: online-dpo .* must be 1, got 2"):
+        load_config(REPO / "configs/debug.yaml", [*dpo, "rl.label_every=2"])
+    assert load_config(REPO / "configs/debug.yaml", ["rl.label_pairs=2"]).rl.label_pairs == 2  # monitoring: fine

@@ -69,13 +69,17 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     assert len(runs) == 1
     hist = {row["_step"]: row for row in history(runs[0])}
     for step in (1, 2, 3):
-        for key in ("reward/score", "kl/policy_ref", "policy/loss", "labels/p_first_mean",
-                    "labels/position_consistency", "time/generate", "time/train", "time/weight_sync"):
+        for key in ("reward/score", "kl/policy_ref", "policy/loss", "time/generate", "time/train",
+                    "time/weight_sync"):
             assert key in hist[step], f"wandb history step {step} lacks {key}"
+    # the AI labels only monitor here: each step's are logged with the next step, the last step's with it
+    assert "labels/p_first_mean" not in hist[1] and "samples/_type" not in hist[1]
+    for step, labelled in ((2, 1), (3, 3)):
+        assert hist[step]["labels/step"] == labelled and "labels/position_consistency" in hist[step]
         assert hist[step]["samples/_type"] == "table-file"
     assert "pm/loss_last" in hist[0]
     tables = list(runs[0].parent.glob("files/media/table/samples_*.table.json"))
-    assert len(tables) == 3
+    assert len(tables) == 3  # step 1's labels at step 2, step 2's at step 3, step 3's after it (at step 3)
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["step", "prompt", "response_1", "response_2", "principle", "ai_label_p1",
                                 "reward_1", "reward_2"]
@@ -94,6 +98,30 @@ def test_debug_run_produces_checkpoint_config_and_wandb_history(tmp_path):
     assert summary["trust/status"] == "untrusted" and summary["trust/summary"] == trust["summary"]
     assert "untrusted-feedback" in tags
     assert hist[0]["trust/untrusted"] == 1
+
+
+@pytest.mark.e2e
+def test_labels_that_only_monitor_never_hold_their_step(tmp_path):
+    """A labeler that takes 6 s a step (tests.eval_judges:slow_on_few_pairs), several RL steps' time, labelling 2
+    pairs every other step. Bugs caught: a step waiting for its own monitoring labels (steps 1 and 3 take >= 6 s),
+    labels logged with the wrong step or never (the last step's), rl.label_pairs not bounding the labeler's work
+    (calls of 4 pairs: no sleep, and 4 rows a step in the sample table)."""
+    out = tmp_path / "run"
+    proc = run_cli("train", "--config", "configs/debug.yaml", f"output_dir={out}", "trainer.steps=5",
+                   "rl.label_every=2", "rl.label_pairs=2", "labeler.function=tests.eval_judges:slow_on_few_pairs",
+                   "trainer.progress=false")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step = {r["step"]: r for r in rows if "time/step" in r}
+    assert step[1]["time/step"] < 4.5 and step[3]["time/step"] < 4.5, [step[s]["time/step"] for s in step]
+    assert "labels/step" not in step[1] and "labels/step" not in step[3]
+    assert step[2]["labels/step"] == 1 and step[4]["labels/step"] == 3 and "labels/step" not in step[5]
+    # the last step's own labels: awaited after it (nothing runs beside them then), logged at it in a row of their own
+    (own,) = [r for r in rows if r.get("labels/step") == 5]
+    assert own["step"] == 5 and own["time/labels_wait"] > 1.0
+    samples = [row for r in rows if r.get("table") == "samples" for row in r["rows"]]
+    assert sorted(row["step"] for row in samples) == [1, 1, 3, 3, 5, 5]
+    assert "rl.label_pairs (now 2)" in proc.stdout + proc.stderr  # the labeler is slower than a step: said once
 
 
 def wandb_summary_and_tags(run) -> tuple[dict, set[str]]:

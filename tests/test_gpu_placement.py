@@ -93,9 +93,9 @@ def test_vllm_serves_the_policy_in_the_precision_deepspeed_trains_it(monkeypatch
     served in fp32 (synced bf16 weights upcast, the sampler's log-probs at another precision than the trainer's)."""
     bf16 = load_config(GPU)
     assert policy_deepspeed_config(bf16)["bf16"]["enabled"] and engine_dtype(bf16) == "bfloat16"
-    fp32 = load_config(REPO / "configs/debug.yaml")
+    fp32 = load_config(REPO / "configs/debug.yaml", ["policy.model.dtype=float32"])
     assert not policy_deepspeed_config(fp32)["bf16"]["enabled"] and engine_dtype(fp32) == "float32"
-    # bf16 training turned on by the DeepSpeed config while policy.model.dtype stays at its float32 default
+    # bf16 training turned on by the DeepSpeed config while policy.model.dtype says float32
     import actors.rollout
 
     monkeypatch.setattr(actors.rollout, "policy_deepspeed_config",

@@ -41,7 +41,7 @@ def test_every_role_resolves_a_hub_id_to_its_cached_snapshot(offline_hub):
     for section in ("policy", "labeler", "preference_model", "critic"):
         mc = getattr(cfg, section).model
         assert mc.path == str(offline_hub / "snapshots" / MAIN) and mc.revision == ""
-    assert cfg.policy.model.dtype == "float32" and not cfg.policy.model.trust_remote_code
+    assert cfg.policy.model.dtype == load_config(None).policy.model.dtype and not cfg.policy.model.trust_remote_code
 
 
 def test_a_revision_pin_picks_that_snapshot(offline_hub):

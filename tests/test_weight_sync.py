@@ -29,6 +29,7 @@ def roles(tmp_path_factory):
         f"output_dir={tmp_path_factory.mktemp('sync')}", "policy.zero_stage=3", "policy.num_ranks=2",
         "policy.lr=0.05", "rl.prompts_per_step=4", "rollout.n_samples=2", "policy.micro_batch_size=2",
         "rollout.max_new_tokens=24", "rollout.sync_bucket_mb=1",  # several buckets for a 2.2 MB model
+        "policy.model.dtype=float32",  # exact agreement to 1e-4 needs fp32; bf16: test_a_bf16_policy_reaches_vllm...
     ])
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     policy = ActorGroup(PolicyWorker, 2, cfg, timeout=300, name="policy")
@@ -152,6 +153,38 @@ def test_zero_stage_0_takes_the_same_step_as_zero_2(roles):
             group.shutdown()
     assert masked_max_diff(after[0], before, batch) > 0.05  # the step moved the policy
     assert masked_max_diff(after[0], after[2], batch) < 1e-3
+
+
+def test_a_bf16_policy_reaches_vllm_and_their_log_probs_agree_to_bf16_precision(roles):
+    """The default where the CPU computes bf16 (model.dtype auto): DeepSpeed trains in bf16 (fp32 master weights), vLLM
+    serves bf16, the sync sends 2 bytes a parameter. After a large step, vLLM's log-probs of its own samples agree with
+    the trainer's to bf16 precision: far closer than before the sync. Bugs caught: bf16 weights upcast on the way
+    (4 bytes a parameter), the update not reaching a bf16 engine, a bf16 mismatch so large TIS would clip it all."""
+    cfg, _, _ = roles
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, zero_stage=2, model=dataclasses.replace(
+        cfg.policy.model, dtype="bfloat16")))
+    group = ActorGroup(PolicyWorker, 2, cfg, timeout=300, name="policy-bf16")
+    engine = ray.remote(RolloutWorker).options(num_cpus=1).remote(cfg)
+    try:
+        batch = get(engine.generate.remote(PROMPTS, 2, 1), 300, "sample")
+        start = masked_max_diff(logprobs(group, batch), batch["sampler_logprobs"], batch)
+        batch["advantages"] = torch.where(torch.arange(8) % 2 == 0, 1.0, -1.0)[:, None] * batch.response_mask
+        batch.meta["denom"] = float(batch.token_count())
+        group.call_sharded("train", batch.split(2), 0.0)
+        fresh = get(engine.generate.remote(PROMPTS, 2, 2), 300, "sample")
+        stale = masked_max_diff(logprobs(group, fresh), fresh["sampler_logprobs"], fresh)
+        metrics = WeightSync(cfg, group, [engine])(version=1)
+        params = load_causal_lm(rollout_path(engine)).parameters()
+        assert metrics["weight_sync/bytes"] == sum(p.numel() * 2 for p in params)
+        synced = get(engine.generate.remote(PROMPTS, 2, 2), 300, "sample")
+        diff = (logprobs(group, synced) - synced["sampler_logprobs"]).abs() * synced.response_mask
+        mean = (diff.sum() / synced.response_mask.sum()).item()
+        print(f"bf16 vLLM vs trainer: max {start:.4f} at start, {stale:.4f} before the sync, "
+              f"{diff.max().item():.4f} after (mean {mean:.5f})")
+        assert stale > 0.5 and diff.max().item() < 0.2 * stale and mean < 0.02
+    finally:
+        group.shutdown()
+        ray.kill(engine)
 
 
 @ray.remote(num_cpus=0)
