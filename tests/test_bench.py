@@ -1,6 +1,8 @@
 """The peer benchmark's inputs (bench/peer.yaml, bench/peer_prompts.txt, rlaif.rewards:length_200) still describe
 the workload of DESIGN.md section 8 that bench/bench_vs_trl.py compares with TRL."""
 
+from pathlib import Path
+
 import pytest
 
 from rlaif.algorithms import needs_old_logprobs, needs_reference
@@ -27,6 +29,119 @@ def test_peer_config_is_the_peer_workload():
     assert cfg.data.eval_fraction == 0.0  # all 32 prompts train, as TRL's dataset does
     prompts = load_prompt_mix(cfg.data.prompts).prompts
     assert len(prompts) == 32  # 32 distinct questions (duplicates would be dropped)
+
+
+
+# -- bench/bench_vs_trl.py's four cells: what each side runs ----------------------------------------------------------
+
+def _bench_vs_trl():
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_vs_trl
+
+    return bench_vs_trl
+
+
+def _cell_config(tmp_path, name: str, extra: tuple[str, ...] = ()):
+    """The Config `rlaif train` gets for the bench's side `name` on the full workload, and its --config file."""
+    bench = _bench_vs_trl()
+    out = tmp_path / name
+    out.mkdir()
+    args = bench.rlaif_args(name, 4, bench.workload(False), out, extra)
+    assert args[0] == "--config"
+    return load_config(args[1], args[2:]), Path(args[1])
+
+
+def _leaves(node, prefix=""):
+    import dataclasses
+
+    if dataclasses.is_dataclass(node):
+        return {k: v for f in dataclasses.fields(node)
+                for k, v in _leaves(getattr(node, f.name), f"{prefix}{f.name}.").items()}
+    return {prefix[:-1]: node}
+
+
+def test_same_work_cell_labels_nothing_and_runs_no_reference_pass(tmp_path):
+    """The "same work as TRL" side is bench/peer.yaml as it is: no AI labels during RL (a rule judges the pairs
+    before RL, the labeler model is never loaded), no reference pass, no old log-prob pass, fp32, the 32-completion
+    step. Catches the same-work side picking up labeling or a KL pass (its ratio to TRL would then measure monitoring,
+    not the same work), or the old name "default" no longer reaching it."""
+    for name in ("same", "default"):
+        cfg, path = _cell_config(tmp_path, name)
+        assert path == REPO / "bench/peer.yaml"
+        assert cfg.labeler.function and cfg.rl.label_every > cfg.trainer.steps
+        assert not needs_reference(cfg.rl) and not needs_old_logprobs(cfg.rl)
+        assert cfg.policy.model.dtype == "float32" and cfg.rl.prompts_per_step * cfg.rollout.n_samples == 32
+
+
+def test_set_flags_reach_their_own_sides_only(tmp_path):
+    """--same-set goes to the same-work side (and the other variants, over their own overrides), --defaults-set to
+    the defaults side, neither to the other. Catches an override (say --same-set policy.model.dtype=bfloat16, to
+    measure same work in bf16) silently changing the defaults side too, or being dropped."""
+    bench = _bench_vs_trl()
+    args = bench.build_parser().parse_args(["--variants", "same,defaults,mb16", "--same-set", "rollout.temperature=0.5",
+                                            "--same-set", "policy.model.dtype=bfloat16",
+                                            "--defaults-set", "rl.kl_coef=0.05"])
+    extra = bench.side_overrides(args, ["same", "defaults", "mb16"])
+    same, _ = _cell_config(tmp_path, "same", extra["same"])
+    mb16, _ = _cell_config(tmp_path, "mb16", extra["mb16"])
+    dflt, _ = _cell_config(tmp_path, "defaults", extra["defaults"])
+    assert same.rollout.temperature == mb16.rollout.temperature == 0.5 and dflt.rollout.temperature == 1.0
+    assert same.policy.model.dtype == mb16.policy.model.dtype == "bfloat16" and mb16.policy.micro_batch_size == 16
+    assert dflt.rl.kl_coef == 0.05 and same.rl.kl_coef == mb16.rl.kl_coef == 0.0
+
+
+def test_defaults_cell_is_peer_yaml_with_exactly_rlaifs_defaults(tmp_path):
+    """The "defaults" side labels every step's pairs with the labeler model (SmolLM2), measures KL to the reference
+    every step, and leaves the policy's dtype to rlaif's default; every other key equals the same-work side's. Catches
+    a defaults side that still labels by rule, labels never, skips the reference pass, pins fp32, or differs from the
+    same work in anything but rlaif's defaults (then the two ratios would not isolate what the defaults cost)."""
+    import yaml
+
+    bench = _bench_vs_trl()
+    same, _ = _cell_config(tmp_path, "same")
+    dflt, path = _cell_config(tmp_path, "defaults")
+    assert path.parent == tmp_path / "defaults" and "dtype" not in yaml.safe_load(path.read_text())["policy"]["model"]
+    assert dflt.labeler.function == "" and dflt.labeler.model.path == "builtin:smollm2-135m"
+    assert dflt.rl.label_every == 1 and dflt.rl.measure_kl and needs_reference(dflt.rl)
+    assert dflt.rl.kl_coef == 0.0 and not needs_old_logprobs(dflt.rl)  # beta = 0 stays: the workload's objective
+    a, b, default = _leaves(same), _leaves(dflt), _leaves(load_config(None))
+    differ = {k for k in a if a[k] != b[k]} - {"output_dir"}  # each side its own run folder
+    assert differ <= set(bench.DEFAULTS_UNSET) and {"labeler.function", "rl.label_every", "rl.measure_kl"} <= differ
+    assert all(b[k] == default[k] for k in bench.DEFAULTS_UNSET)  # each is rlaif's default (dtype: resolved)
+
+
+def test_four_cells_are_the_default_and_old_flags_keep_their_sides():
+    """No flags (or --cells): rlaif defaults and same work against TRL fp32 and TRL bf16. --trl alone keeps the
+    old rlaif side ("same"), --variants alone the old TRL sides. Catches the cells running one TRL precision twice,
+    or the README's `--trl trl` command silently gaining the slow defaults side."""
+    bench = _bench_vs_trl()
+    assert bench.TRL_VARIANTS["trl"]["bf16"] is False and bench.TRL_VARIANTS["trl_bf16"]["bf16"] is True
+    parser = bench.build_parser()
+    for argv in ([], ["--cells"]):
+        assert bench.sides_from_args(parser.parse_args(argv), parser) == (["defaults", "same"], ["trl", "trl_bf16"])
+    assert bench.sides_from_args(parser.parse_args(["--trl", "trl"]), parser) == (["same"], ["trl"])
+    assert bench.sides_from_args(parser.parse_args(["--variants", "default,async"]), parser) == \
+        (["same", "async"], ["trl", "trl_1t"])
+
+
+
+def test_goal_is_measured_against_the_faster_trl_side_of_each_round():
+    """The goal line divides rlaif defaults by whichever TRL side was faster in that round (bf16 in round 1, fp32 in
+    round 2 here), median over rounds. Catches a ratio against a fixed TRL side (fp32: flatters rlaif whenever bf16
+    is faster) or against the rounds' mean instead of the same round."""
+    bench = _bench_vs_trl()
+
+    def r(cps: float) -> dict:
+        return {"cps": cps}
+
+    results = [{"defaults": r(3.0), "same": r(4.0), "trl": r(1.0), "trl_bf16": r(1.5)},
+               {"defaults": r(5.0), "same": r(6.0), "trl": r(2.0), "trl_bf16": r(1.0)}]
+    lines = bench.ratio_table(results, ["defaults", "same"], ["trl", "trl_bf16"])
+    assert lines[-2] == "the faster TRL side per round: trl_bf16, trl"
+    assert "2.25x" in lines[-1] and "NOT met" in lines[-1]  # median of 3.0/1.5 and 5.0/2.0
+    assert lines[2].startswith("rlaif defaults [defaults]") and "2.75x (3.00, 2.50)" in lines[2]  # vs TRL fp32
 
 
 # -- bench/bench_mfu.py's FLOP counts against torch's FlopCounterMode ----------------------------------------------
