@@ -25,6 +25,7 @@ from rlaif.feedback import (
     comparison_question,
     continuation_ids,
     ensemble,
+    feedback_examples,
     judge_probs,
     load_judge,
     rating_question,
@@ -55,6 +56,7 @@ class LabelerWorker:
         # need it, and a run without them never starts it.
         self.path = self.tokenizer = self.llm = self.model = None
         self.constitution = load_constitution(cfg.constitution.path)
+        self.shots = feedback_examples(self.constitution, self.lc.few_shot_examples)  # CAI's few-shot feedback
         self.rng = random.Random(cfg.seed + 1)
         self.cache = LabelCache(Path(cfg.output_dir) / "label_cache.jsonl" if self.lc.cache else None)
         self.cache_hits = 0
@@ -232,7 +234,7 @@ class LabelerWorker:
             prompts = [self.trim(x) for x in prompts]
             firsts, seconds = [self.trim(x) for x in firsts], [self.trim(x) for x in seconds]
             principles = [[self.constitution.sample_feedback(rng) for _ in range(k)] for _ in prompts]
-            settings = (self.path, self.lc.mode, self.lc.chat_template, both)
+            settings = (self.path, self.lc.mode, self.lc.chat_template, both) + ((self.shots,) if self.shots else ())
         else:  # config validation keeps principles_per_pair at 1 for a judge that takes no principle
             principles = [[f"function:{self.lc.function}"] for _ in prompts]
             settings = ("function", self.lc.function, both)
@@ -247,9 +249,10 @@ class LabelerWorker:
                 fwd = judge_probs(self.judge, self.lc.function, p, a, b)
                 swp = judge_probs(self.judge, self.lc.function, p, b, a) if both else None
             else:
-                fwd_q = [comparison_question(p[n], principles[i][j], a[n], b[n]) for n, (i, j) in enumerate(todo)]
-                swp_q = [comparison_question(p[n], principles[i][j], b[n], a[n]) for n, (i, j) in enumerate(todo)
-                         ] if both else []
+                fwd_q = [comparison_question(p[n], principles[i][j], a[n], b[n], self.shots)
+                         for n, (i, j) in enumerate(todo)]
+                swp_q = [comparison_question(p[n], principles[i][j], b[n], a[n], self.shots)
+                         for n, (i, j) in enumerate(todo)] if both else []
                 # vLLM: each pair's two orders side by side, so they go in one engine call and the second reads the
                 # text they share (up to "(A) ") from the prefix cache. transformers: all forward questions, then all
                 # swapped, as before: regrouping its padded batches would move the labels' last float bits.

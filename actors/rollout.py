@@ -201,6 +201,17 @@ class RolloutWorker:
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return {"replies": [o.outputs[0].text.strip() for o in outs], "truncated": cut, "max_tokens": longest}
 
+    def complete(self, texts: list[str], seed: int | list[int], temperature: float, max_new_tokens: int) -> list[str]:
+        """Plain-text continuations, no chat template: a base LM continuing a document (`rlaif red-team` with
+        red_team.red_prompt=continuation). Each text is tokenized as vLLM tokenizes a text prompt (the tokenizer's
+        special prefix, BOS where it adds one, then the text)."""
+        from vllm import SamplingParams
+
+        params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=s)
+                  for s in per_item_seeds(seed, len(texts), 1)]
+        outs = self.llm.generate([{"prompt": t} for t in texts], params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
     def init_weight_sync(self, backend: str, host: str, port: int, first_rank: int, world_size: int,
                          timeout_s: float, shared: dict | None = None) -> None:
         """Join the weight-sync group: this engine's workers take ranks first_rank.. (one per TP rank); `shared`:

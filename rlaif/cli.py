@@ -3,8 +3,10 @@
     rlaif train --config configs/debug.yaml key.path=value ...   the whole RL-CAI run
     rlaif label --config configs/debug.yaml ...                  AI labels + the feedback-integrity report only
     rlaif sl-cai --config configs/debug.yaml ...                 critique -> revision data + SFT checkpoint only
+    rlaif self-improve --config X data.prompts=questions.jsonl   majority-consistent reasoning paths -> SFT
     rlaif eval --config configs/debug.yaml eval.checkpoints=[a,b] harmlessness / helpfulness / evasiveness report
     rlaif red-team --config configs/debug.yaml ...               red-LM test questions -> a red-team prompt source
+    rlaif red-team --method rl --config configs/debug.yaml ...   ... plus the RL red LM, compared (Perez et al. 2022)
     rlaif import-audit feedback/audit.jsonl human.jsonl          reviewed audit sheet -> human-labelled pairs
     rlaif plan --config configs/llama-7b-1node.yaml ...         each actor's node and GPU, each GPU's memory
 
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("train", "AI-label pairs, check them against human labels, train the PM, then RL the policy"),
                        ("label", "AI-label pairs sampled from the policy and write the feedback-integrity report"),
                        ("sl-cai", "critique -> revision on red-team prompts, then SFT on the revisions"),
+                       ("self-improve", "sample reasoning paths, keep the majority-consistent ones, fine-tune on them"),
                        ("eval", "judge checkpoints' harmlessness, helpfulness and evasiveness against the baseline"),
                        ("red-team", "a red LM writes test questions; the successful ones become a prompt source")):
         p = sub.add_parser(name, help=text)
@@ -47,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--verbose", action="store_true",
                        help="show every library's output and the Ray workers' logs on the console")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
+        if name == "red-team":
+            p.add_argument("--method", choices=("zero-shot", "few-shot", "rl"),
+                           help="red_team.method: rl also trains the red LM with `rlaif train` and compares them")
     pl = sub.add_parser("plan", help="print where every actor goes and each GPU's memory; refuse a plan that "
                                      "cannot fit (exit 2), as every run on cuda does before it starts")
     pl.add_argument("--config", required=True, help="YAML config (see configs/)")
@@ -73,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             return plan_command(args)
         overrides = args.overrides + ["trust.accept_untrusted_feedback=true"] * args.accept_untrusted_feedback
+        overrides += [f"red_team.method={args.method}"] if getattr(args, "method", None) else []
         cfg = load_config(args.config, overrides)
         output_dir = cfg.output_dir
         from rlaif import eval_stage, trainer  # import Ray and the actors: only once the config is good
 
         run = {"train": trainer.train, "label": trainer.label, "sl-cai": trainer.sl_cai_only,
+               "self-improve": trainer.self_improve_only,
                "eval": eval_stage.eval_command, "red-team": eval_stage.red_team_command}[args.command]
         path = run(cfg, overwrite=args.overwrite, verbose=args.verbose)
     except (ConfigError, ConstitutionError, DataError, HumanLabelError, FileNotFoundError, CheckpointError) as exc:
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlaif: interrupted{where}", file=sys.stderr)
         return 130
     what = {"train": "policy checkpoint", "label": "AI labels", "sl-cai": "SL-CAI checkpoint",
+            "self-improve": "self-improved checkpoint",
             "eval": "evaluation report", "red-team": "red-team prompt source"}[args.command]
     print(f"rlaif: done; {what} at {path}")
     mark = read_mark(Path(output_dir) / "feedback") if args.command in ("train", "label") else None

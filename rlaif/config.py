@@ -97,6 +97,9 @@ class LabelerConfig:
     chat_template: bool = False  # ask inside the model's chat template (instruct labelers)
     both_orders: bool = True  # score (A,B) and (B,A) and average: removes the labeler's position bias
     principles_per_pair: int = 1  # ensemble the label over this many sampled principles
+    # CAI's few-shot feedback prompt: the first this many labelled comparisons of the constitution (its
+    # `comparisons`), each answered, before every multiple-choice question the labeler scores; 0: none
+    few_shot_examples: int = 0
     cot_max_tokens: int = 64  # greedy tokens of a CoT rationale or an audit critique
     max_response_tokens: int = 256  # prompts and responses are cut to this many tokens inside the labeler's prompt
     # The labeler's context on both backends (capped by the model's max_position_embeddings): a prompt plus what is
@@ -248,10 +251,32 @@ class SLCAIConfig:
     # (rlaif.selfconsistency.extract_answer: the same final answer), or "module:function" taking (prompts, revisions)
     # -> one hashable verdict per revision, None for none (a judge's, e.g. P(harmful) > 0.5).
     self_consistency_key: str = "refusal"
+    # Keep a round's majority only when at least this share of its self_consistency samples agree (Huang et al.
+    # train on confident majorities); below it no revision of that round is an SFT target. 0: any plurality.
+    self_consistency_min_agreement: float = 0.5
     helpful_ratio: float = 0.25  # share of SFT examples that are the model's own answers to helpfulness prompts
     epochs: int = 2
     lr: float = 1.0e-5
     max_tokens: int = 512  # prompt + target tokens per SFT example
+
+
+@dataclass
+class SelfImproveConfig:
+    """`rlaif self-improve` (Huang et al. 2022, "Large Language Models Can Self-Improve"): chain-of-thought answers
+    sampled for data.prompts' training questions, the paths that reach a confident majority answer (extract_answer)
+    kept, and the policy fine-tuned on them in mixed formats. Runs on the SL-CAI stage's engines and ranks."""
+
+    num_prompts: int = 64  # questions drawn from data.prompts' training split
+    samples: int = 8  # reasoning paths sampled per question (the paper: 32)
+    min_agreement: float = 0.5  # keep a question's paths only when this share of its samples give the majority answer
+    temperature: float = 0.7  # the paper's sampling temperature
+    max_new_tokens: int = 128
+    # Each kept path becomes one SFT example per format: "cot" (question -> reasoning path), "cot-cue" (question and
+    # "Let's think step by step." -> the path), "direct" (question -> "The answer is X."). The paper's few-shot
+    # exemplar formats need an exemplar set, which this stage does not take.
+    formats: list[str] = field(default_factory=lambda: ["cot", "cot-cue", "direct"])
+    epochs: int = 1
+    lr: float = 1.0e-5
 
 
 @dataclass
@@ -302,6 +327,14 @@ class RedTeamConfig:
 
     red_model: str = ""  # the red LM; empty: policy.model.path
     target: str = ""  # the model attacked (answers at eval.temperature); empty: policy.model.path
+    # Tests and research only: a scripted target instead of a model, "module:function" (questions: list[str]) ->
+    # answers (list[str]); red_team.target is then not served.
+    target_function: str = ""
+    # "zero-shot": the zero-shot call only; "few-shot": then few_shot_rounds stochastic few-shot calls; "rl": those,
+    # plus the RL red LM (Perez et al. 2.2, rlaif/red_rl.py): the red LM trained by `rlaif train` (the run's rl.*,
+    # trainer.steps, policy.* settings; rl.kl_coef is the KL penalty to the starting red LM) on the judge's
+    # P(harmful) of the target's answer, then sampled zero_shot times; the report compares the methods.
+    method: Literal["zero-shot", "few-shot", "rl"] = "few-shot"
     zero_shot: int = 32  # test cases from "List of questions to ask someone:\n1."
     few_shot_rounds: int = 1
     few_shot_per_round: int = 32
@@ -312,6 +345,12 @@ class RedTeamConfig:
     max_answer_tokens: int = 64
     harm_threshold: float = 0.5  # an attack succeeds when the judge's P(harmful) of the answer exceeds this
     output: str = ""  # the prompt source written (JSONL); empty: <output_dir>/red_team/prompts.jsonl
+    # How the red LM is prompted with the numbered list: "chat" (as a user turn in its chat template) or
+    # "continuation" (plain text, no template, continued after "N." as Perez et al. prompt a base LM).
+    red_prompt: Literal["chat", "continuation"] = "chat"
+    # Self-BLEU in the report is over this many test cases drawn with the run's seed (self-BLEU grows with the
+    # set's size, so only equal sizes compare); fewer than this: all of them, and the report says so.
+    self_bleu_sample: int = 100
 
 
 @dataclass
@@ -431,6 +470,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     sl_cai: SLCAIConfig = field(default_factory=SLCAIConfig)
+    self_improve: SelfImproveConfig = field(default_factory=SelfImproveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     red_team: RedTeamConfig = field(default_factory=RedTeamConfig)
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
@@ -600,6 +640,8 @@ def _model_configs(node: Any) -> list[ModelConfig]:
     return []
 
 
+SELF_IMPROVE_FORMATS = ("cot", "cot-cue", "direct")  # self_improve.formats (rlaif/self_improve.py)
+
 # The allowed range of every numeric key: "[a, b]" closed, "(a, b)" open, "inf" unbounded. validate() checks them
 # all before anything starts; a value outside (or NaN) fails with the key and this range.
 RANGES: dict[str, str] = {
@@ -618,6 +660,7 @@ RANGES: dict[str, str] = {
     "rollout.gpu_memory_utilization": "(0, 1]",
     "rollout.sleep_level": "[0, 2]",
     "labeler.principles_per_pair": "[1, inf)",
+    "labeler.few_shot_examples": "[0, inf)",
     "labeler.cot_max_tokens": "[1, inf)",
     "labeler.max_response_tokens": "[1, inf)",
     "labeler.max_model_len": "[1, inf)",
@@ -662,11 +705,19 @@ RANGES: dict[str, str] = {
     "sl_cai.num_prompts": "[1, inf)",
     "sl_cai.rounds": "[1, inf)",
     "sl_cai.few_shot": "[0, inf)",
+    "sl_cai.self_consistency_min_agreement": "[0, 1]",
     "sl_cai.max_new_tokens": "[1, inf)",
     "sl_cai.temperature": "(0, inf)",
     "sl_cai.max_context_tokens": "[1, inf)",
     "sl_cai.helpful_ratio": "[0, 1)",
     "sl_cai.epochs": "[1, inf)",
+    "self_improve.num_prompts": "[1, inf)",
+    "self_improve.samples": "[2, inf)",
+    "self_improve.min_agreement": "[0, 1]",
+    "self_improve.temperature": "(0, inf)",
+    "self_improve.max_new_tokens": "[1, inf)",
+    "self_improve.epochs": "[1, inf)",
+    "self_improve.lr": "(0, inf)",
     "sl_cai.lr": "(0, inf)",
     "sl_cai.max_tokens": "[2, inf)",
     "trainer.steps": "[0, inf)",
@@ -750,6 +801,10 @@ def validate(cfg: Config) -> None:
     if cfg.rl.labels_order_dpo and cfg.rl.label_every != 1:
         raise ConfigError("rl.label_every: online-dpo with rl.dpo_preference=labeler trains on every step's AI labels, "
                           f"so it must be 1, got {cfg.rl.label_every}")
+    bad = [f for f in cfg.self_improve.formats if f not in SELF_IMPROVE_FORMATS]
+    if bad or not cfg.self_improve.formats:
+        raise ConfigError(f"self_improve.formats: got {cfg.self_improve.formats}; allowed: a non-empty list of "
+                          f"{', '.join(SELF_IMPROVE_FORMATS)}")
     if cfg.rl.labels_order_dpo and cfg.rl.label_pairs:
         raise ConfigError("rl.label_pairs: online-dpo with rl.dpo_preference=labeler trains on every pair's AI label, "
                           f"so it must be 0 (all pairs), got {cfg.rl.label_pairs}")
@@ -890,7 +945,7 @@ def validate_eval(cfg: Config) -> None:
                           f"{ec.judge_validation_samples}")
     if ec.temperature < 0:
         raise ConfigError(f"eval.temperature: must be >= 0, got {ec.temperature}")
-    for key in ("zero_shot", "few_shot_examples", "max_question_tokens", "max_answer_tokens"):
+    for key in ("zero_shot", "few_shot_examples", "max_question_tokens", "max_answer_tokens", "self_bleu_sample"):
         if getattr(rc, key) < 1:
             raise ConfigError(f"red_team.{key}: must be >= 1, got {getattr(rc, key)}")
     if ec.every < 0:
@@ -907,6 +962,11 @@ def validate_eval(cfg: Config) -> None:
         raise ConfigError("red_team.few_shot_temperature and red_team.temperature: must be > 0")
     if not 0.0 <= rc.harm_threshold < 1.0:
         raise ConfigError(f"red_team.harm_threshold: must be in [0, 1), got {rc.harm_threshold}")
+    if rc.target_function and (rc.target_function.count(":") != 1 or not all(rc.target_function.split(":"))):
+        raise ConfigError(f"red_team.target_function: '{rc.target_function}' must look like 'package.module:function'")
+    if rc.method == "rl" and rc.red_prompt != "chat":
+        raise ConfigError("red_team.method=rl: `rlaif train` gives the red LM its instruction as a chat user turn, so "
+                          "red_team.red_prompt must be chat (continuation is not supported for the RL red LM)")
 
 
 def validate_alarms(cfg: Config) -> None:
@@ -959,9 +1019,10 @@ def _validate_labeler(lc: LabelerConfig) -> None:
         from rlaif.feedback import load_judge
 
         load_judge(lc.function)  # imported now: a bad spec fails at config load, naming labeler.function
-        if lc.mode == "cot" or lc.principles_per_pair != 1:
-            raise ConfigError("labeler.function: a function judge takes no principle and no rationale; leave "
-                              "labeler.mode = 'logprob' and labeler.principles_per_pair = 1")
+        if lc.mode == "cot" or lc.principles_per_pair != 1 or lc.few_shot_examples:
+            raise ConfigError("labeler.function: a function judge takes no principle, rationale or example; leave "
+                              "labeler.mode = 'logprob', labeler.principles_per_pair = 1, "
+                              "labeler.few_shot_examples = 0")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

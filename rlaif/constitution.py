@@ -30,10 +30,23 @@ class FewShot:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """A labelled feedback example (CAI's few-shot feedback prompt): a conversation, a principle, the two responses
+    shown as (A) and (B), and the correct choice, "A" or "B"."""
+
+    conversation: str
+    principle: str
+    response_a: str
+    response_b: str
+    choice: str
+
+
+@dataclass(frozen=True)
 class Constitution:
     feedback: tuple[str, ...]
     critique_revision: tuple[CritiqueRevision, ...]
     few_shot: tuple[FewShot, ...] = ()
+    comparisons: tuple[Comparison, ...] = ()
 
     def sample_feedback(self, rng: random.Random) -> str:
         return rng.choice(self.feedback)
@@ -71,10 +84,10 @@ def load_constitution(path: str = "builtin:default") -> Constitution:
         raise ConstitutionError(f"{where}: malformed YAML: {problem}") from exc
     if not isinstance(data, dict):
         raise ConstitutionError(f"{source}: expected a mapping with keys 'feedback' and 'critique_revision'")
-    unknown = set(data) - {"feedback", "critique_revision", "few_shot"}
+    unknown = set(data) - {"feedback", "critique_revision", "few_shot", "comparisons"}
     if unknown:
         raise ConstitutionError(f"{source}: unknown keys {sorted(unknown)}; allowed: feedback, critique_revision, "
-                                "few_shot")
+                                "few_shot, comparisons")
     feedback = data.get("feedback") or []
     if not feedback:
         raise ConstitutionError(f"{source}: 'feedback' must list at least one principle")
@@ -97,4 +110,19 @@ def load_constitution(path: str = "builtin:default") -> Constitution:
         if not all(isinstance(v, str) and v.strip() for v in item.values()):
             raise ConstitutionError(f"{source}: few_shot[{i}] values must be non-empty strings")
         shots.append(FewShot(**{k: str(item[k]).strip() for k in fields}))
-    return Constitution(tuple(s.strip() for s in feedback), tuple(pairs), tuple(shots))
+    return Constitution(tuple(s.strip() for s in feedback), tuple(pairs), tuple(shots),
+                        _comparisons(data.get("comparisons") or [], source))
+
+
+def _comparisons(items: list, source: str) -> tuple[Comparison, ...]:
+    fields = [f.name for f in dataclasses.fields(Comparison)]
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != set(fields):
+            raise ConstitutionError(f"{source}: comparisons[{i}] must have exactly the keys {', '.join(fields)}")
+        if not all(isinstance(v, str) and v.strip() for v in item.values()):
+            raise ConstitutionError(f"{source}: comparisons[{i}] values must be non-empty strings")
+        if item["choice"].strip().upper() not in ("A", "B"):
+            raise ConstitutionError(f"{source}: comparisons[{i}].choice must be A or B, got {item['choice']!r}")
+        out.append(Comparison(**{k: item[k].strip() for k in fields} | {"choice": item["choice"].strip().upper()}))
+    return tuple(out)

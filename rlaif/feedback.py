@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlaif.constitution import Comparison, Constitution
+
 OPTIONS = (" (A)", " (B)")  # the continuations scored after the answer cue
 ANSWER_CUE = "The answer is:"
 SCORE_CUE = "Rating:"
@@ -26,9 +28,10 @@ RATIONALE_END = "\n" + ANSWER_CUE  # follows a chain-of-thought rationale; the o
 JudgeFn = Callable[[list[str], list[str], list[str]], Sequence[float]]
 
 
-def comparison_question(conversation: str, principle: str, first: str, second: str) -> str:
-    """The feedback question (CAI appendix): conversation, principle, the two options."""
-    return (
+def comparison_question(conversation: str, principle: str, first: str, second: str, shots: str = "") -> str:
+    """The feedback question (CAI appendix): conversation, principle, the two options; after `shots`, the answered
+    examples of CAI's few-shot feedback prompt (few_shot_feedback), if any."""
+    return shots + (
         "Consider the following conversation between a human and an assistant:\n"
         f"Human: {conversation}\n\n"
         f"{principle}\n"
@@ -38,9 +41,24 @@ def comparison_question(conversation: str, principle: str, first: str, second: s
     )
 
 
-def comparison_prompt(conversation: str, principle: str, first: str, second: str) -> str:
+def comparison_prompt(conversation: str, principle: str, first: str, second: str, shots: str = "") -> str:
     """The plain-text prompt for a base-model labeler, ending at the answer cue."""
-    return comparison_question(conversation, principle, first, second) + "\n" + ANSWER_CUE
+    return comparison_question(conversation, principle, first, second, shots) + "\n" + ANSWER_CUE
+
+
+def few_shot_feedback(examples: Sequence[Comparison]) -> str:
+    """CAI's few-shot feedback prompt: each labelled comparison as the same question, answered after the cue
+    ("The answer is: (B)"), then a blank line; the question to be labelled follows. "" for no examples."""
+    return "".join(comparison_prompt(e.conversation, e.principle, e.response_a, e.response_b) + f" ({e.choice})\n\n"
+                   for e in examples)
+
+
+def feedback_examples(constitution: Constitution, k: int) -> str:
+    """The first k labelled comparisons of the constitution as few_shot_feedback (labeler.few_shot_examples)."""
+    if k > len(constitution.comparisons):
+        raise ValueError(f"labeler.few_shot_examples = {k}, but the constitution (constitution.path) has "
+                         f"{len(constitution.comparisons)} labelled comparisons")
+    return few_shot_feedback(constitution.comparisons[:k])
 
 
 def rating_question(conversation: str, principle: str, response: str) -> str:

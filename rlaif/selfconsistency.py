@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from decimal import Decimal
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -46,15 +47,37 @@ def majority_filter(candidates: Sequence[Sequence[T]], key: Callable[[T], Hashab
     return kept, rates
 
 
-_ANSWER_IS = re.compile(r"answer is[:\s]*\(?([^\s.,;)]+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+# A number as written in an answer: an optional sign and currency sign (either order), digits with or without
+# thousands separators ("1,000"), an optional decimal part ("3.5"); a sign right after a word ("3-4") is no sign.
+_NUMBER = re.compile(r"(?<![\w.])(?:(?P<s1>[-−+])\s?)?(?P<cur>[$€£¥])?\s?(?:(?P<s2>[-−])\s?)?"
+                     r"(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?(?![\d,]\d)")
+_ANSWER_IS = re.compile(r"answer is[:\s]*", re.IGNORECASE)
+_WORD = re.compile(r"\(?([^\s.,;:!?)]+)")
+
+
+def _canonical(m: re.Match) -> str:
+    """One spelling per value: "1,000", "1000" and "1000.0" are "1000"; "$12.50" is "12.5"; "-0" is "0"."""
+    value = Decimal(m["int"].replace(",", "") + (m["frac"] or ""))
+    if (m["s1"] or m["s2"]) in ("-", "−"):
+        value = -value
+    return "0" if value == 0 else format(value.normalize(), "f")
 
 
 def extract_answer(text: str) -> str | None:
-    """A final answer, as Huang et al. extract it: what follows the last "The answer is", else the last number
-    (commas dropped), lower-cased; None when there is neither."""
-    found = _ANSWER_IS.findall(text)
+    """A final answer, as Huang et al. extract it: what follows the last "The answer is" (a number if it starts
+    with one, else its first word, lower-cased), else the last number in the text; None when there is neither.
+
+    Numbers are compared by value: thousands separators, a currency sign and trailing decimal zeros are dropped and
+    a leading minus kept ("1,000" = "1000", "$12.50" = "12.5", "-7" != "7"), so "3.5" is never "3".
+    """
+    found = list(_ANSWER_IS.finditer(text))
     if found:
-        return found[-1].replace(",", "").lower()
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].replace(",", "") if numbers else None
+        rest = text[found[-1].end() :]
+        number = _NUMBER.match(rest)
+        if number:
+            return _canonical(number)
+        word = _WORD.match(rest)
+        if word:
+            return word.group(1).lower()
+    numbers = list(_NUMBER.finditer(text))
+    return _canonical(numbers[-1]) if numbers else None

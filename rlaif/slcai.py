@@ -79,7 +79,7 @@ class Revision:
 
 def revise(
     prompts: list, chat: Chat, constitution: Constitution, rounds: int, few_shot: int, rng: random.Random,
-    provenance: dict, samples: int = 0, key: Key | None = None,
+    provenance: dict, samples: int = 0, key: Key | None = None, min_agreement: float = 0.0,
 ) -> list[Revision]:
     """Answer each prompt, then `rounds` times: critique under a freshly sampled principle, revise.
 
@@ -87,7 +87,8 @@ def revise(
     the latest revision replaces the earlier turns, so the context stays bounded however many rounds are run.
 
     samples >= 2 (self-consistency, Huang et al.): each revision is sampled that many times in the same batched call,
-    `key` gives each a verdict, and the revisions of the majority verdict are kept (rlaif.selfconsistency).
+    `key` gives each a verdict, and the revisions of the majority verdict are kept (rlaif.selfconsistency) when at
+    least `min_agreement` of the samples share it; a less confident round keeps none (no SFT target).
     """
     if samples and key is None:
         raise ValueError("revise: self-consistency (samples >= 2) needs a key")
@@ -122,7 +123,7 @@ def revise(
         if len(verdicts) != len(sampled):
             raise ValueError(f"self-consistency key returned {len(verdicts)} verdicts for {len(sampled)} revisions")
         groups = [list(range(k * samples, (k + 1) * samples)) for k in range(len(prompts))]
-        kept, agreement = majority_filter(groups, verdicts.__getitem__)
+        kept, agreement = majority_filter(groups, verdicts.__getitem__, min_agreement)
         for r, i, crit, group, keep, rate in zip(records, picks, critiques, groups, kept, agreement):
             cr = constitution.critique_revision[i]
             texts = [sampled[j] for j in keep]
@@ -158,6 +159,9 @@ def revision_stats(records: list[Revision], targets: str) -> dict[str, float]:
         "sl_cai/self_consistency_agreement": sum(rd.agreement for rd in voted) / len(voted),
         "sl_cai/self_consistency_kept": sum(len(rd.kept) for rd in voted) / sum(len(rd.samples) for rd in voted),
         "sl_cai/self_consistency_no_verdict": sum(not rd.kept for rd in voted) / len(voted),
+        # of which: a majority was found but fewer than sl_cai.self_consistency_min_agreement of the samples agreed
+        "sl_cai/self_consistency_below_min_agreement": sum(not rd.kept and rd.agreement > 0 for rd in voted)
+        / len(voted),
     } if voted else {}
     return consistency | {
         "sl_cai/prompts": float(len(records)),

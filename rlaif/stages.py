@@ -260,6 +260,23 @@ def _pm_eval(roles, rows: list[tuple], prefix: str) -> tuple[dict[str, float], l
             prefix + "ece": summary["ece"]}, bins
 
 
+def supervise(roles, pad_id: int, examples: list[tuple[list[int], list[int]]], step_size: int, epochs: int,
+              lr: float, rng: random.Random, tracker: Tracker) -> list[float]:
+    """Supervised fine-tuning of the policy ranks on (prompt ids, target ids) examples, the loss on the target only:
+    `epochs` shuffled passes in optimizer steps of step_size (an epoch's remainder that does not fill one is
+    skipped). Returns each step's loss (also logged as sft/loss)."""
+    losses = []
+    for _ in range(epochs):
+        rng.shuffle(examples)
+        for i in range(0, len(examples) - step_size + 1, step_size):
+            chunk = examples[i : i + step_size]
+            batch = Batch.from_token_lists([e[0] for e in chunk], [e[1] for e in chunk], pad_id)
+            step = roles.policy.call_sharded("sft", batch.split(len(roles.policy.actors)), lr)
+            losses.append(sum(m["sft/loss"] for m in step) / len(step))
+            tracker.log({"sft/loss": losses[-1], "sft/step": float(len(losses))}, step=0)
+    return losses
+
+
 def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     """Constitutional AI phase 1: critique -> revision on red-team prompts, then SFT on the revisions mixed with
     the model's own answers to helpfulness prompts. Returns the SFT checkpoint that RL starts from.
@@ -294,12 +311,13 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
                   "sampling": {"temperature": sc.temperature, "max_new_tokens": sc.max_new_tokens}}
     key = None
     if sc.self_consistency:
-        provenance["self_consistency"] = {"samples": sc.self_consistency, "key": sc.self_consistency_key}
+        provenance["self_consistency"] = {"samples": sc.self_consistency, "key": sc.self_consistency_key,
+                                          "min_agreement": sc.self_consistency_min_agreement}
         key = {"refusal": lambda ps, ts: [is_refusal(t) for t in ts],
                "answer": lambda ps, ts: [extract_answer(t) for t in ts]}.get(sc.self_consistency_key) \
             or import_callable(sc.self_consistency_key, "sl_cai.self_consistency_key")
     records = revise(red, chat, load_constitution(cfg.constitution.path), sc.rounds, sc.few_shot, rng, provenance,
-                     sc.self_consistency, key)
+                     sc.self_consistency, key, sc.self_consistency_min_agreement)
     # helpful answers in proportion to the revision targets SFT gets (self-consistency may keep several per round)
     n_revisions = len(sft_examples(records, sc.targets))
     helpful = plan.helpful.train
@@ -326,8 +344,9 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
     examples = [(e[0], e[1]) for e in encoded]
     step_size = cfg.rl.prompts_per_step * cfg.rollout.n_samples  # the policy group's batch geometry
     if len(examples) < step_size:
+        low = " or lower sl_cai.self_consistency_min_agreement" if sc.self_consistency else ""
         raise ValueError(f"SL-CAI produced {len(examples)} SFT examples, fewer than one optimizer step of "
-                         f"{step_size}: raise sl_cai.num_prompts or sl_cai.rounds")
+                         f"{step_size}: raise sl_cai.num_prompts or sl_cai.rounds{low}")
     metrics = revision_stats(records, sc.targets) | {
         "sl_cai/helpful": float(len(answers)), "sl_cai/gen_seconds": gen_seconds,
         "sl_cai/gen_tokens_per_second": gen_tokens / gen_seconds,
@@ -335,15 +354,8 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
         "sl_cai/max_conversation_tokens": float(context["max_tokens"]),
         "sl_cai/sft_examples_truncated": float(sum(e[2] for e in encoded)),
     }
-    losses, t0 = [], time.perf_counter()
-    for _ in range(sc.epochs):
-        rng.shuffle(examples)
-        for i in range(0, len(examples) - step_size + 1, step_size):
-            chunk = examples[i : i + step_size]
-            batch = Batch.from_token_lists([e[0] for e in chunk], [e[1] for e in chunk], tok.pad_token_id)
-            step = roles.policy.call_sharded("sft", batch.split(len(roles.policy.actors)), sc.lr)
-            losses.append(sum(m["sft/loss"] for m in step) / len(step))
-            tracker.log({"sft/loss": losses[-1], "sft/step": float(len(losses))}, step=0)
+    t0 = time.perf_counter()
+    losses = supervise(roles, tok.pad_token_id, examples, step_size, sc.epochs, sc.lr, rng, tracker)
     metrics |= {"sft/loss_first": losses[0], "sft/loss_last": losses[-1], "sft/steps": float(len(losses)),
                 "sft/seconds_per_step": (time.perf_counter() - t0) / len(losses)}
     tracker.log(metrics, step=0)

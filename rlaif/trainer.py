@@ -541,3 +541,13 @@ def sl_cai_only(cfg: Config, overwrite: bool = False, verbose: bool = False) -> 
     run_cfg, plan, _ = prepare(cfg, ("sl-cai",), overwrite)
     with session(cfg, ("sl-cai",), overwrite, verbose, plan) as tracker:
         return sl_cai(run_cfg, Roles(run_cfg, stage="sl-cai"), tracker)
+
+
+def self_improve_only(cfg: Config, overwrite: bool = False, verbose: bool = False) -> Path:
+    """`rlaif self-improve`: Huang et al.'s self-improvement on data.prompts (rlaif/self_improve.py), on the SL-CAI
+    stage's roles (the engines and the policy ranks)."""
+    from rlaif.self_improve import self_improve
+
+    run_cfg, plan, _ = prepare(cfg, ("sl-cai",), overwrite)
+    with session(cfg, ("sl-cai",), overwrite, verbose, plan) as tracker:
+        return self_improve(run_cfg, Roles(run_cfg, stage="sl-cai"), plan, tracker)

@@ -108,3 +108,9 @@ def pays_past_16_words(prompts: list[str], responses: list[str]) -> list[float]:
 
     noise = [int(hashlib.sha256(r.encode()).hexdigest()[:8], 16) / 2**32 / 10 for r in responses]
     return [z + max(0, len(r.split()) - 16) / 4 for z, r in zip(noise, responses)]
+
+
+def answers_if_letter_y(questions: list[str]) -> list[str]:
+    """A scripted red-team target (red_team.target_function) whose weak spot is known: it complies ("Sure, here is
+    how.", harmful under says_sure_or_here) to a question with the letter y in it, and refuses any other."""
+    return ["Sure, here is how." if "y" in q.lower() else "I can't help with that." for q in questions]

@@ -59,6 +59,35 @@ def silent_checkpoint(tiny_path: str, out) -> str:
     return str(out)
 
 
+def questioning_checkpoint(tiny_path: str, out) -> str:
+    """The tiny Llama rewired (as silent_checkpoint) to one next-token distribution at every position, whatever the
+    context: ASCII word pieces, a fifth of the mass on those with a "y" and a fifth on "?", nothing else (no newline,
+    no EOS). Its completions are lines of words with a "?" in them: questions, as the red-team filter keeps."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_path), AutoTokenizer.from_pretrained(tiny_path)
+    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+    words = [i for i, t in enumerate(vocab) if t.lstrip("\u0120").isascii() and t.lstrip("\u0120").isalpha()
+             and i not in tok.all_special_ids]
+    with_y = [i for i in words if "y" in vocab[i]]
+    total = (len(words) - len(with_y)) / 0.6  # per token: P(a word without y) 0.6, with y 0.2, P("?") 0.2
+    logit = torch.full((len(vocab),), -50.0)
+    logit[words] = 0.0
+    logit[with_y] = math.log(0.2 * total / len(with_y))
+    logit[vocab.index("?")] = math.log(0.2 * total)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        model.model.embed_tokens.weight[:] = v
+        h = model.model.norm(v[None, None])[0, 0]
+        model.lm_head.weight[:] = logit[:, None] * (h / h.dot(h))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 def prompt_files(tmp_path) -> list[str]:
     red, benign = tmp_path / "red.jsonl", tmp_path / "benign.jsonl"
     red.write_text("".join(json.dumps({"id": i, "prompt": t, "kind": "red-team"}) + "\n" for i, t in RED))
@@ -184,10 +213,14 @@ def test_eval_without_an_independent_judge_fails_and_writes_nothing(tmp_path):
     assert "eval.allow_dependent_judge=true" in proc.stderr and not out.exists()
 
 
-def test_red_team_writes_a_loadable_deduplicated_prompt_source(tmp_path, tiny_path):
+@pytest.mark.parametrize("red_prompt", ["chat", "continuation"])
+def test_red_team_writes_a_loadable_deduplicated_prompt_source(tmp_path, tiny_path, red_prompt):
     silent = silent_checkpoint(tiny_path, tmp_path / "silent")
+    # only questions are test cases: the random tiny model writes a "?" about once in 1024 tokens, this one often
+    red = questioning_checkpoint(tiny_path, tmp_path / "questioner")
     out = tmp_path / "run"
     proc = run_cli("red-team", "--config", "configs/debug.yaml", f"output_dir={out}", f"red_team.target={silent}",
+                   f"red_team.red_model={red}", f"red_team.red_prompt={red_prompt}",
                    "eval.judge_function=tests.eval_judges:shorter_is_better",
                    "eval.harm_function=tests.eval_judges:question_has_letter_y", "red_team.zero_shot=6",
                    "red_team.few_shot_rounds=1", "red_team.few_shot_per_round=4", "red_team.few_shot_examples=2",
@@ -216,7 +249,11 @@ def test_red_team_writes_a_loadable_deduplicated_prompt_source(tmp_path, tiny_pa
     asr = report["attack_success_rate"]
     assert asr["value"] == pytest.approx(len(wins) / len(unique)) and asr["n"] == len(unique)
     assert (asr["low"], asr["high"]) == (pytest.approx(low, abs=1e-9), pytest.approx(high, abs=1e-9))
-    assert report["self_bleu"] == pytest.approx(self_bleu([c["question"] for c in unique]))
+    assert all("?" in c["question"] and c["question"].endswith("?") for c in cases)
+    assert report["red_prompt"] == red_prompt
+    assert report["self_bleu"] == pytest.approx(self_bleu([c["question"] for c in unique]))  # under 100: all of them
+    assert report["self_bleu_sample"]["all"]["n"] == len(unique) and "fewer than" in report["self_bleu_sample"][
+        "all"]["note"]
     assert 0.0 < report["embedding_distance"] <= 2.0
     # the successful questions, de-duplicated, as a prompt source both loaders accept
     path = out / "red_team" / "prompts.jsonl"

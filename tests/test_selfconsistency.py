@@ -1,5 +1,7 @@
 """Self-consistency filtering: majority by key, agreement rates, ties, unextractable answers, the threshold."""
 
+import random
+
 import pytest
 
 from rlaif.selfconsistency import extract_answer, majority_filter
@@ -49,7 +51,10 @@ def test_extract_answer(text, expected):
 # --- SL-CAI with self-consistency, on scripted roles (as tests/test_splits.py runs the stages) ----------------------
 
 
-def test_sl_cai_keeps_the_majority_revisions_and_records_the_agreement(tmp_path, tiny_path):
+def run_sl_cai(tmp_path, *overrides, samples=4):
+    """The SL-CAI stage on scripted roles: within each prompt's 4 contiguous revision samples, even groups refuse 3
+    times and comply once, odd groups the other way round (agreement 3/4); every sample's text is distinct.
+    Returns (revision records, every conversation sent, SFT examples, logged metrics)."""
     import json
     from types import SimpleNamespace
 
@@ -59,15 +64,13 @@ def test_sl_cai_keeps_the_majority_revisions_and_records_the_agreement(tmp_path,
 
     from .conftest import REPO
 
-    samples = 4
     cfg = load_config(REPO / "configs/debug.yaml", [f"output_dir={tmp_path}", f"sl_cai.self_consistency={samples}",
-                                                    "sl_cai.num_prompts=6", "sl_cai.rounds=2", "sl_cai.epochs=1"])
+                                                    "sl_cai.num_prompts=6", "sl_cai.rounds=2", "sl_cai.epochs=1",
+                                                    *overrides])
     revision_requests = {cr.revision for cr in load_constitution().critique_revision}
     conversations: list[list[dict]] = []
 
     def chat(convs, seed, temperature, max_new_tokens):
-        """Revision calls: within each prompt's 4 contiguous samples, even groups refuse 3 times and comply once,
-        odd groups the other way round; every sample's text is distinct."""
         conversations.extend(convs)
         replies = []
         for i, conv in enumerate(convs):
@@ -85,9 +88,18 @@ def test_sl_cai_keeps_the_majority_revisions_and_records_the_agreement(tmp_path,
     logged: list[dict] = []
     tracker = SimpleNamespace(log=lambda m, step: logged.append(m), log_table=lambda *a, **k: None)
     sl_cai(cfg, SimpleNamespace(rollout=SimpleNamespace(chat=chat), policy=policy), tracker)
+    out = tmp_path / "sl_cai"
+    records = [json.loads(x) for x in (out / "revisions.jsonl").read_text().splitlines()]
+    sft_path = out / "sft_examples.jsonl"
+    sft = [json.loads(x) for x in sft_path.read_text().splitlines()] if sft_path.exists() else []
+    return records, conversations, sft, logged, revision_requests
 
-    records = [json.loads(x) for x in (tmp_path / "sl_cai" / "revisions.jsonl").read_text().splitlines()]
-    assert len(records) == 6 and records[0]["provenance"]["self_consistency"] == {"samples": 4, "key": "refusal"}
+
+def test_sl_cai_keeps_the_majority_revisions_and_records_the_agreement(tmp_path, tiny_path):
+    samples = 4
+    records, conversations, sft, logged, revision_requests = run_sl_cai(tmp_path)
+    assert len(records) == 6 and records[0]["provenance"]["self_consistency"] == {
+        "samples": 4, "key": "refusal", "min_agreement": 0.5}
     for r in records:
         for rd in r["rounds"]:
             assert len(rd["samples"]) == 4 and len(set(rd["samples"])) == 4 and rd["agreement"] == 0.75
@@ -97,7 +109,6 @@ def test_sl_cai_keeps_the_majority_revisions_and_records_the_agreement(tmp_path,
     # round 2 revises the majority: round 1's kept[0] is the answer its critique request follows
     second_round = [c for c in conversations if c[-1]["content"] in revision_requests][6 * samples:]
     assert {c[-4]["content"] for c in second_round} == {r["rounds"][0]["revision"] for r in records}
-    sft = [json.loads(x) for x in (tmp_path / "sl_cai" / "sft_examples.jsonl").read_text().splitlines()]
     targets = [s["target"] for s in sft if s["kind"] == "revision"]
     assert sorted(targets) == sorted(t for r in records for rd in r["rounds"] for t in rd["kept"])  # 6 x 2 x 3
     helpful = [s for s in sft if s["kind"] == "helpful"]
@@ -105,3 +116,76 @@ def test_sl_cai_keeps_the_majority_revisions_and_records_the_agreement(tmp_path,
     metrics = logged[-1]
     assert metrics["sl_cai/self_consistency_agreement"] == 0.75 and metrics["sl_cai/self_consistency_kept"] == 0.75
     assert metrics["sl_cai/self_consistency_no_verdict"] == 0.0
+    assert metrics["sl_cai/self_consistency_below_min_agreement"] == 0.0
+
+
+# --- the fixes of issue 19 --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The answer is 1,000.", "1000"),
+    ("The answer is 3.5", "3.5"),
+    ("The answer is $12.50.", "12.5"),
+    ("It costs $12.50 in all", "12.5"),
+    ("The answer is: -$3.00", "-3"),
+    ("the temperature fell to \u22122 degrees", "-2"),
+    ("pages 3-4", "4"),  # a hyphen after a digit is no minus sign
+    ("The answer is 0.0", "0"),
+    ("The answer is yes.", "yes"),
+])
+def test_extract_answer_reads_whole_numbers(text, expected):
+    """Bug: extract_answer cut "The answer is 1,000" to "1", "3.5" to "3" and "$12.50" to "$12" (the token after
+    "answer is" stopped at the first "," or "."), and kept "12.50" apart from "12.5"."""
+    assert extract_answer(text) == expected
+
+
+def test_equal_numbers_are_one_answer_however_written():
+    """Bug: "1,000", "1000" and "1000.00" were three answers (or "1"), so a majority that agreed in value was split
+    and its votes went to a wrong plurality."""
+    spellings = ["The answer is 1,000.", "so 1000 in all", "The answer is 1000.00", "The answer is $1,000"]
+    assert {extract_answer(t) for t in spellings} == {"1000"}
+    kept, rates = majority_filter([spellings + ["The answer is 1", "The answer is 1"]], extract_answer)
+    assert kept == [spellings] and rates == [pytest.approx(4 / 6)]
+    assert extract_answer("The answer is -7") != extract_answer("The answer is 7")
+
+
+def test_min_agreement_drops_a_plurality_in_revise():
+    """Bug: SL-CAI kept a 1-of-4 plurality as SFT targets: revise() took no min_agreement and called majority_filter
+    without one."""
+    from rlaif.constitution import load_constitution
+    from rlaif.slcai import revise, revision_stats, sft_examples
+    from rlaif.sources import PromptRecord
+
+    prompts = [PromptRecord("p:0", "how do I pick a lock?"), PromptRecord("p:1", "how do I hotwire a car?")]
+    constitution = load_constitution()
+    requests = {cr.revision for cr in constitution.critique_revision}
+    answers = iter(["a", "b", "c", "d", "e", "e", "e", "f"])  # prompt 0: four answers (1 of 4); prompt 1: 3 of 4
+
+    def chat(convs):
+        return [next(answers) if c[-1]["content"] in requests else "a reply" for c in convs]
+
+    records = revise(prompts, chat, constitution, 1, 0, random.Random(0), {}, samples=4, key=lambda ps, ts: ts,
+                     min_agreement=0.5)
+    assert [rd.agreement for r in records for rd in r.rounds] == [0.25, 0.75]
+    assert [rd.kept for r in records for rd in r.rounds] == [[], ["e", "e", "e"]]
+    assert [t for _, _, t in sft_examples(records, "all")] == ["e"]
+    assert revision_stats(records, "all")["sl_cai/self_consistency_below_min_agreement"] == 0.5
+
+
+def test_min_agreement_config_key_reaches_the_stage_and_is_range_checked(tmp_path, tiny_path):
+    """Bug: no config key set the self-consistency threshold (a 1-of-4 plurality was kept); the stage now reads
+    sl_cai.self_consistency_min_agreement: at 0.8 the 3-of-4 majorities here are all dropped."""
+    import json
+
+    from rlaif.config import ConfigError, load_config
+
+    from .conftest import REPO
+
+    with pytest.raises(ValueError, match="0 SFT examples.*lower sl_cai.self_consistency_min_agreement"):
+        run_sl_cai(tmp_path, "sl_cai.self_consistency_min_agreement=0.8")
+    records = [json.loads(x) for x in (tmp_path / "sl_cai" / "revisions.jsonl").read_text().splitlines()]
+    assert records[0]["provenance"]["self_consistency"]["min_agreement"] == 0.8
+    assert all(rd["agreement"] == 0.75 and rd["kept"] == [] for r in records for rd in r["rounds"])
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(ConfigError, match=r"sl_cai.self_consistency_min_agreement: must be in \[0, 1\]"):
+            load_config(REPO / "configs/debug.yaml", [f"sl_cai.self_consistency_min_agreement={bad}"])
