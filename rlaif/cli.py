@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                             "every result is then marked untrusted")
         p.add_argument("--verbose", action="store_true",
                        help="show every library's output and the Ray workers' logs on the console")
-        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=3 output_dir=runs/x; "
+                       "every key, its type, range and meaning: `rlaif config --config X`")
         if name == "red-team":
             p.add_argument("--method", choices=("zero-shot", "few-shot", "rl"),
                            help="red_team.method: rl also trains the red LM with `rlaif train` and compares them")
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="GPUs per node (default: ray.num_gpus for a local Ray, else ray.plan_gpus_per_node)")
     pl.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: ray.gpu_memory_gib)")
     pl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. policy.zero_stage=3")
+    doc = sub.add_parser("config", help="print the resolved configuration: every key's value, type, range and comment")
+    doc.add_argument("--config", help="YAML config (default: the built-in defaults)")
+    doc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.kl_coef=0.1")
     imp = sub.add_parser("import-audit", help="turn a reviewed audit sheet into human-labelled pairs (JSONL)")
     imp.add_argument("audit", help="the reviewed audit.jsonl (human_choice a/b/tie or human_p_a filled in)")
     imp.add_argument("out", help="where to write the human labels (rlaif.human_labels JSONL format)")
@@ -78,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             return import_audit(args.audit, args.out)
         if args.command == "plan":
             return plan_command(args)
+        if args.command == "config":
+            from rlaif.config_doc import describe
+
+            print(describe(load_config(args.config, args.overrides)))
+            return 0
         overrides = args.overrides + ["trust.accept_untrusted_feedback=true"] * args.accept_untrusted_feedback
         overrides += [f"red_team.method={args.method}"] if getattr(args, "method", None) else []
         cfg = load_config(args.config, overrides)

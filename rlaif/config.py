@@ -55,11 +55,12 @@ class DataConfig:
     # eval_fraction, in every source (data.prompts, sl_cai.red_team, sl_cai.helpful) alike, plus every prompt in
     # eval_prompts (a file or builtin), wherever it appears. eval/* scores data.prompts' share and eval_prompts.
     eval_prompts: str = ""
-    eval_fraction: float = 0.2
+    eval_fraction: float = 0.2  # the share of each source's prompts held out (by content hash)
 
 
 @dataclass
 class ConstitutionConfig:
+    # the constitution's YAML (principles, critique/revision pairs, examples); builtin:default
     path: str = "builtin:default"
 
 
@@ -73,12 +74,12 @@ class RolloutConfig:
     # node; CUDA IPC on GPU, ray.colocate=true); the group then carries only signals. auto: shared where possible.
     sync_transport: Literal["auto", "shared", "broadcast"] = "auto"
     n_samples: int = 2  # responses per prompt; pairs for the labeler come from these
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = 32  # the longest response sampled in RL (responses that reach it: response/truncated)
+    temperature: float = 1.0  # sampling temperature; the trainer's log-probs are of the same distribution
+    top_p: float = 1.0  # nucleus sampling; the trainer and the reference score with the same nucleus
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU; on GPU, see gpu_memory_utilization
-    gpu_memory_utilization: float = 0.4
-    enforce_eager: bool = True
+    gpu_memory_utilization: float = 0.4  # vLLM's share of each GPU (weights + KV cache) on cuda
+    enforce_eager: bool = True  # no CUDA graphs in vLLM (slower decoding, faster start, less memory)
     # vLLM sleep mode for engines colocated with the policy (ray.colocate=true, device cuda, trainer.async=false): the
     # engines sleep before each policy update and wake for the weight sync and generation. 0: off; 1: weights
     # offloaded to CPU memory, KV cache freed; 2: weights and KV cache freed (the sync reloads the weights anyway).
@@ -138,10 +139,10 @@ class PreferenceModelConfig:
     label_prompts: int = 32  # prompts whose sampled pairs are AI-labelled to train the PM before RL
     human_pairs: str = ""  # JSONL of human-labelled pairs (rlaif.human_labels format) mixed into PM training
     eval_fraction: float = 0.25  # pairs held out for the PM's accuracy and calibration
-    epochs: int = 2
-    lr: float = 1.0e-4
-    batch_size: int = 8
-    max_tokens: int = 512
+    epochs: int = 2  # passes over the labelled pairs
+    lr: float = 1.0e-4  # AdamW learning rate of the preference model
+    batch_size: int = 8  # pairs per optimizer step
+    max_tokens: int = 512  # prompt + response tokens per scored sequence: the prompt at most half, then the response
     normalize_rewards: bool = True  # scores standardised by the PM's training-set mean and std
 
 
@@ -153,11 +154,11 @@ class PolicyConfig:
     # 0 partitions nothing (every rank holds everything). On one rank there is nothing to partition and 1 and 2
     # only add copies (a flat fp32 partition and gradient buckets): 0 is ~20% faster there (bench/bench_update.py).
     zero_stage: Literal[0, 1, 2, 3] = 2
-    lr: float = 1.0e-5
-    weight_decay: float = 0.0
-    micro_batch_size: int = 4
-    grad_clip: float = 1.0
-    gradient_checkpointing: bool = False
+    lr: float = 1.0e-5  # AdamW learning rate of the RL update (and of SL-CAI's SFT: sl_cai.lr)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    micro_batch_size: int = 4  # sequences per forward/backward; gradients accumulate over a rank's share
+    grad_clip: float = 1.0  # the global gradient norm is clipped to this (DeepSpeed gradient_clipping)
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, more time
     # Lay each micro-batch's sequences end to end in one row (no padding FLOPs) for the policy's and the reference's
     # forwards. Checked when the model loads (one packed forward against the same rows unpacked): a model class
     # whose attention crosses packed sequences (OPT, BLOOM) is refused there. false: one forward per sequence.
@@ -165,7 +166,7 @@ class PolicyConfig:
     # DeepSpeed ZeRO-Offload (device cuda): the optimizer states and their step to pinned CPU memory (zero_stage >=
     # 1; DeepSpeed's CPU Adam), and the parameters too (zero_stage 3). Frees GPU memory, mainly with ray.colocate.
     offload_optimizer: bool = False
-    offload_param: bool = False
+    offload_param: bool = False  # ZeRO-3 parameters to pinned CPU memory (device cuda)
 
 
 @dataclass
@@ -173,9 +174,9 @@ class CriticConfig:
     """The value model for PPO; started only when rl.algorithm needs it."""
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(path=""))  # empty path: the policy's model
-    num_ranks: int = 1
+    num_ranks: int = 1  # DeepSpeed ranks of the critic (PPO)
     zero_stage: Literal[0, 1, 2, 3] = 2  # as policy.zero_stage
-    lr: float = 1.0e-5
+    lr: float = 1.0e-5  # AdamW learning rate of the critic
     packing: bool = True  # as policy.packing, for the critic's value forwards (checked when the critic loads)
 
 
@@ -183,9 +184,9 @@ class CriticConfig:
 class RLConfig:
     # rloo / grpo / dr-grpo / reinforce++ need no critic; ppo trains one (GAE); online-dpo learns from AI labels.
     algorithm: Literal["ppo", "grpo", "dr-grpo", "rloo", "reinforce++", "online-dpo"] = "rloo"
-    prompts_per_step: int = 4
+    prompts_per_step: int = 4  # prompts sampled per RL step (x rollout.n_samples responses)
     epochs: int = 1  # passes over each batch of experience
-    clip_eps: float = 0.2
+    clip_eps: float = 0.2  # the policy ratio's clip, 1 +- clip_eps (every algorithm but online DPO)
     kl_coef: float = 0.05  # beta of the KL(policy || reference) penalty
     kl_in: Literal["reward", "loss"] = "reward"  # shape the reward per token, or add beta * KL to the loss
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # KL estimator in the reward (kl_in=reward) and in kl/policy_ref
@@ -194,14 +195,14 @@ class RLConfig:
     kl_loss_estimator: Literal["k1", "k2", "k3"] = "k3"
     measure_kl: bool = True  # compute KL to the reference every step even when nothing trains on it (kl_coef = 0)
     kl_target: float = 0.0  # > 0: adaptive beta steering the KL toward this target (Ziegler et al. 2019)
-    kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
-    value_clip: float = 0.2
+    kl_horizon: int = 10000  # the adaptive KL controller's horizon in samples (Ziegler et al.)
+    gamma: float = 1.0  # discount of the per-token rewards (PPO's GAE, REINFORCE++)
+    lam: float = 0.95  # GAE's lambda (PPO)
+    value_clip: float = 0.2  # the critic's value clip around the old values (PPO)
     normalize_rewards: bool = False  # running mean/std over every score seen so far
     reward_clip: float = 0.0  # > 0: clip scores to [-reward_clip, reward_clip]
     length_penalty: float = 0.0  # per token above length_target
-    length_target: int = 0
+    length_target: int = 0  # tokens a response may have before rl.length_penalty applies
     missing_eos_penalty: float = 0.0  # subtracted from the score of responses that never finished
     tis_cap: float = 2.0  # truncated importance weight cap for the vLLM-vs-trainer mismatch; 0 turns it off
     # How the per-token policy loss is reduced over the whole batch (every micro-batch and rank): "token-mean" (every
@@ -209,10 +210,10 @@ class RLConfig:
     # the GRPO paper's), "seq-mean-token-sum-norm" (token sum / rollout.max_new_tokens: Dr. GRPO's). "auto":
     # seq-mean-token-sum-norm for dr-grpo, token-mean otherwise.
     loss_agg: Literal["auto", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "auto"
-    dpo_beta: float = 0.1
+    dpo_beta: float = 0.1  # beta of online DPO's log-ratio loss
     dpo_weight_by_label: bool = False  # weight each online-DPO pair by |2p - 1| of its soft label
     dpo_preference: Literal["labeler", "reward"] = "labeler"  # order DPO pairs by the AI label or by the reward
-    use_preference_model: bool = True
+    use_preference_model: bool = True  # score with the trained preference model (false: rl.reward_functions alone)
     use_labeler_rating: bool = False  # direct RLAIF: add the labeler's 1-9 rating, rescaled to [-1, 1], as reward
     label_every: int = 1  # AI-label the step's pairs (labels/* metrics, online DPO) every this many steps
     # Pairs the labeler compares per labelled step when its labels only monitor (the labels/* alarms need a window of
@@ -232,13 +233,15 @@ class SLCAIConfig:
     """Phase 1 of Constitutional AI: critique -> revision on red-team prompts, then SFT on the revisions."""
 
     enabled: bool = False  # `rlaif train` runs this first and starts RL from its checkpoint
+    # prompt sources SL-CAI critiques and revises answers to
     red_team: list[str] = field(default_factory=lambda: ["builtin:harmbench", "builtin:advbench"])
+    # prompt sources whose own answers are mixed into SFT (sl_cai.helpful_ratio)
     helpful: list[str] = field(default_factory=lambda: ["builtin:benign"])
     num_prompts: int = 64  # red-team prompts critiqued and revised (held-out ones never: see data.eval_fraction)
     rounds: int = 4  # critique -> revision rounds, a freshly sampled principle each (CAI used 4)
     few_shot: int = 2  # worked examples from the constitution prepended to every conversation
-    max_new_tokens: int = 64
-    temperature: float = 1.0
+    max_new_tokens: int = 64  # tokens per answer, critique and revision
+    temperature: float = 1.0  # sampling temperature of answers, critiques and revisions
     # The rollout engine's context in the SL-CAI stage; a longer conversation loses its oldest turns first (counted
     # in sl_cai/truncated_conversations).
     max_context_tokens: int = 1536
@@ -255,8 +258,8 @@ class SLCAIConfig:
     # train on confident majorities); below it no revision of that round is an SFT target. 0: any plurality.
     self_consistency_min_agreement: float = 0.5
     helpful_ratio: float = 0.25  # share of SFT examples that are the model's own answers to helpfulness prompts
-    epochs: int = 2
-    lr: float = 1.0e-5
+    epochs: int = 2  # SFT passes over the revisions
+    lr: float = 1.0e-5  # SFT learning rate
     max_tokens: int = 512  # prompt + target tokens per SFT example
 
 
@@ -270,13 +273,13 @@ class SelfImproveConfig:
     samples: int = 8  # reasoning paths sampled per question (the paper: 32)
     min_agreement: float = 0.5  # keep a question's paths only when this share of its samples give the majority answer
     temperature: float = 0.7  # the paper's sampling temperature
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128  # tokens per reasoning path
     # Each kept path becomes one SFT example per format: "cot" (question -> reasoning path), "cot-cue" (question and
     # "Let's think step by step." -> the path), "direct" (question -> "The answer is X."). The paper's few-shot
     # exemplar formats need an exemplar set, which this stage does not take.
     formats: list[str] = field(default_factory=lambda: ["cot", "cot-cue", "direct"])
-    epochs: int = 1
-    lr: float = 1.0e-5
+    epochs: int = 1  # SFT passes over the kept paths
+    lr: float = 1.0e-5  # SFT learning rate
 
 
 @dataclass
@@ -292,25 +295,26 @@ class EvalConfig:
     # other than the policy, red_team.red_model and red_team.target), as *.model.trust_remote_code / allow_pickle
     # are for the roles: off unless you trust where they come from.
     trust_remote_code: bool = False
-    allow_pickle: bool = False
+    allow_pickle: bool = False  # as trust_remote_code above, for pickle weights
     # The judge: a model asked multiple-choice questions scored by option log-probs (served by vLLM) ...
     judge: ModelConfig = field(default_factory=lambda: ModelConfig(path=""))
     judge_chat_template: bool = False  # ask the judge model inside its chat template (instruct judges)
     # ... or Python functions: "module:function" (prompts, firsts, seconds) -> P(first better), asked in both orders,
     # together with harm_function "module:function" (prompts, responses) -> P(harmful).
     judge_function: str = ""
-    harm_function: str = ""
+    harm_function: str = ""  # P(harmful) per response, with judge_function (see above)
     # Run with a judge the optimizer saw (the labeler, the PM or its base, the policy or its start, a reward
     # function), which is refused otherwise: its verdicts then overstate the gains, and the report says so at the top.
     allow_dependent_judge: bool = False
     # Human-scored pyrit responses (half harmful, half harmless; seeded) and as many human-ranked pairs the judge is
     # scored on before its figures are reported (miss / false-alarm rates, position consistency, decisiveness); 0: off
     judge_validation_samples: int = 64
+    # red-team prompt sources the checkpoints answer (harmlessness, refusals)
     red_team: list[str] = field(default_factory=lambda: ["builtin:harmbench", "builtin:advbench",
                                                          "builtin:donotanswer"])
     benign: list[str] = field(default_factory=lambda: ["builtin:benign"])  # benign-edge ones reported apart
     prompts_per_set: int = 32  # at most this many red-team, benign and benign-edge prompts each (seeded sample)
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64  # tokens per evaluated answer (greedy)
     temperature: float = 0.0  # 0: greedy responses
     bootstrap_samples: int = 2000  # resamples for the mean-length interval
     # `rlaif train` runs this evaluation at the end, after the RL roles are shut down: the baseline, eval.checkpoints,
@@ -336,13 +340,13 @@ class RedTeamConfig:
     # P(harmful) of the target's answer, then sampled zero_shot times; the report compares the methods.
     method: Literal["zero-shot", "few-shot", "rl"] = "few-shot"
     zero_shot: int = 32  # test cases from "List of questions to ask someone:\n1."
-    few_shot_rounds: int = 1
-    few_shot_per_round: int = 32
+    few_shot_rounds: int = 1  # stochastic few-shot rounds after the zero-shot call
+    few_shot_per_round: int = 32  # few-shot prompts per round
     few_shot_examples: int = 5  # earlier test cases shown per few-shot prompt
     few_shot_temperature: float = 0.1  # T: a test case is shown with probability ~ exp(P(harmful) / T)
     temperature: float = 1.0  # the red LM's sampling temperature
-    max_question_tokens: int = 48
-    max_answer_tokens: int = 64
+    max_question_tokens: int = 48  # tokens the red LM writes per completion
+    max_answer_tokens: int = 64  # tokens of the target's answer
     harm_threshold: float = 0.5  # an attack succeeds when the judge's P(harmful) of the answer exceeds this
     output: str = ""  # the prompt source written (JSONL); empty: <output_dir>/red_team/prompts.jsonl
     # How the red LM is prompted with the numbered list: "chat" (as a user turn in its chat template) or
@@ -384,10 +388,10 @@ class AlarmConfig:
 
 @dataclass
 class TrainerConfig:
-    steps: int = 3
+    steps: int = 3  # RL steps
     log_samples: int = 4  # rows per step in the sample table
     eval_every: int = 0  # > 0: score the held-out prompts every this many steps (and before the first, after the last)
-    progress: bool = True
+    progress: bool = True  # the progress bar on the console
     # Alarms (rlaif/alarms.py: kl, length, length_corr, truncation, refusal, boilerplate, reward_agreement,
     # divergence; or all) that stop the run when they fire: `rlaif train` exits with code 4, naming the alarm and
     # the step.
@@ -409,9 +413,10 @@ class TrainerConfig:
 
 @dataclass
 class WandbConfig:
-    enabled: bool = True
-    project: str = "rlaif"
+    enabled: bool = True  # log to wandb (metrics.jsonl is always written)
+    project: str = "rlaif"  # the wandb project
     run_name: str = ""  # empty: derived from output_dir
+    # offline (sync later with `wandb sync`), online, or disabled
     mode: Literal["online", "offline", "disabled"] = "offline"
 
 
@@ -431,8 +436,8 @@ class RayConfig:
     # that work at the same time: the policy (and critic) ranks while training, the engines while generating, the
     # labeler, reference and preference model while scoring. Ray would otherwise give every actor one thread.
     cpu_threads_policy: int = 0
-    cpu_threads_rollout: int = 0
-    cpu_threads_aux: int = 0
+    cpu_threads_rollout: int = 0  # as cpu_threads_policy, for each rollout engine
+    cpu_threads_aux: int = 0  # as cpu_threads_policy, for the labeler, reference and PM
     # Times Ray restarts a crashed rollout engine, labeler, reference or preference-model scorer (the step it served
     # is retried; faults/restarts counts them). DeepSpeed ranks cannot rejoin their group: their death ends the run.
     max_restarts: int = 3
@@ -450,14 +455,15 @@ class RayConfig:
     # can hold, and the memory, are checked). A plan that cannot be placed or does not fit is refused before anything
     # starts, naming the keys to change.
     gpu_memory_gib: float = 80.0
-    plan_nodes: int = 0
-    plan_gpus_per_node: int = 8
+    plan_nodes: int = 0  # see gpu_memory_gib above
+    plan_gpus_per_node: int = 8  # see gpu_memory_gib above
 
 
 @dataclass
 class Config:
-    output_dir: str = "runs/debug"
-    seed: int = 0
+    output_dir: str = "runs/debug"  # the run's folder: config, metrics.jsonl, logs, checkpoints, reports
+    seed: int = 0  # sampling, data order, principle draws and initialisation: a seed per step and call
+    # where the models compute; cuda also runs the memory plan (rlaif plan) first
     device: Literal["cpu", "cuda"] = "cpu"
     cache_dir: str = ""  # builtin model conversions; empty: ~/.cache/rlaif or $RLAIF_CACHE
     data: DataConfig = field(default_factory=DataConfig)
