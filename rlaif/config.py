@@ -416,6 +416,11 @@ class WandbConfig:
     enabled: bool = True  # log to wandb (metrics.jsonl is always written)
     project: str = "rlaif"  # the wandb project
     run_name: str = ""  # empty: derived from output_dir
+    entity: str = ""  # the wandb team or user the run goes to; empty: your default entity
+    group: str = ""  # runs of one experiment, shown together (wandb's group)
+    tags: list[str] = field(default_factory=list)  # added to the run's tags (rlaif adds untrusted-feedback itself)
+    job_type: str = ""  # e.g. train, eval, red-team; empty: the command's name
+    notes: str = ""  # a longer description of the run, shown on its wandb page
     # offline (sync later with `wandb sync`), online, or disabled
     mode: Literal["online", "offline", "disabled"] = "offline"
 

@@ -325,7 +325,7 @@ def eval_command(cfg: Config, overwrite: bool = False, verbose: bool = False) ->
     own_output_dir(out, replace, "eval")
     (out / "eval").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "eval" / "config.yaml")
-    tracker = Tracker(cfg, out)
+    tracker = Tracker(cfg, out, job_type="eval")
     try:
         return run_eval(cfg, tracker)
     finally:
@@ -436,7 +436,7 @@ def red_team_command(cfg: Config, overwrite: bool = False, verbose: bool = False
     # the RL red LM first: `rlaif train` runs its own Ray session (rlaif/red_rl.py)
     rl_model = train_red_lm(cfg, plan, red_spec, target_spec, out / "rl", verbose) if rc.method == "rl" else ""
     init_ray(cfg, (), verbose)
-    tracker = Tracker(cfg, Path(cfg.output_dir))
+    tracker = Tracker(cfg, Path(cfg.output_dir), job_type="red-team")
     try:
         cases, asked, validation, by_method = _attack(cfg, plan, red_spec, target_spec, rl_model)
         unique = unique_cases(cases)

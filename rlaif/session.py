@@ -285,7 +285,8 @@ def session(cfg: Config, stages: tuple[str, ...], overwrite: bool, verbose: bool
                 write_jsonl(out / "data" / f"{name}.jsonl", [r.to_dict() for r in records])
         log_to_dir(out / "logs")
         log.info("precision: %s; %s", precision(cfg), native_bf16(cfg.device)[1])
-        tracker = Tracker(cfg, out, resume.step if resume else None, resume.wandb_run_id if resume else None)
+        tracker = Tracker(cfg, out, resume.step if resume else None, resume.wandb_run_id if resume else None,
+                          job_type="+".join(stages))
         yield tracker
     finally:
         if tracker is not None:

@@ -35,8 +35,8 @@ class Tracker:
     """resume_step / resume_id: a run resumed from the checkpoint of that step continues its metrics.jsonl (rows of
     later steps, logged before the interruption, are dropped: the resumed run logs them again) and its wandb run."""
 
-    def __init__(self, cfg: Config, out_dir: Path, resume_step: int | None = None, resume_id: str | None = None
-                 ) -> None:
+    def __init__(self, cfg: Config, out_dir: Path, resume_step: int | None = None, resume_id: str | None = None,
+                 job_type: str = "") -> None:
         path = out_dir / "metrics.jsonl"
         if resume_step is not None and path.is_file():
             kept = []
@@ -51,14 +51,21 @@ class Tracker:
         self.warned: set[str] = set()
         self.run = None
         self.wandb_failed = False
-        if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
+        wc = cfg.wandb
+        if wc.enabled and wc.mode != "disabled":
             import wandb
 
             self.run = wandb.init(
-                project=cfg.wandb.project, name=cfg.wandb.run_name or out_dir.name, dir=str(out_dir),
-                mode=cfg.wandb.mode, config=to_dict(cfg), reinit="finish_previous",
-                id=resume_id, resume="allow" if resume_id else None,
+                project=wc.project, entity=wc.entity or None, group=wc.group or None, tags=list(wc.tags) or None,
+                job_type=wc.job_type or job_type or None, notes=wc.notes or None,
+                name=wc.run_name or out_dir.name, dir=str(out_dir), mode=wc.mode, config=to_dict(cfg),
+                reinit="finish_previous", id=resume_id, resume="allow" if resume_id else None,
             )
+            if wc.mode == "online":
+                log.info("wandb: %s", self.run.url)
+            else:  # the run's own folder: wandb sync uploads it later
+                log.info("wandb: offline run in %s; upload it with `wandb sync %s`", self.run.dir.rsplit("/", 1)[0],
+                         self.run.dir.rsplit("/", 1)[0])
         self.run_id: str | None = self.run.id if self.run is not None else None  # kept for resume if wandb fails
 
     def _wandb(self, what: str, call: Callable[[], Any]) -> None:

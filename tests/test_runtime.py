@@ -234,3 +234,41 @@ def test_an_actor_whose_constructor_raised_is_told_in_one_line_with_its_own_erro
     line = actor_death(RuntimeError(raw))
     assert "\n" not in line and "RolloutWorker" in line
     assert line.endswith("ImportError: cannot import name 'train_dtype' from 'actors.group'")
+
+
+WANDB_KEYS = """
+import logging, sys
+from pathlib import Path
+from rlaif.config import load_config
+from rlaif.tracking import Tracker
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+cfg = load_config(None, ["wandb.mode=offline", "wandb.group=sweep-3", "wandb.tags=[bf16, small]",
+                         "wandb.notes=a note", "wandb.entity=acme"])
+tracker = Tracker(cfg, Path(sys.argv[1]), job_type="sl-cai+rl")
+tracker.log({"a": 1.0}, step=1)
+tracker.finish()
+"""
+
+
+def test_wandb_keys_reach_the_run_and_the_console_says_where_it_is(tmp_path):
+    """wandb.entity/group/tags/notes and the job type (the command's stages unless wandb.job_type) on the wandb run;
+    the console says where the offline run is and how to upload it. Bugs caught: a key read but not passed to
+    wandb.init, the job type missing, the offline folder not named (a person cannot find what to sync)."""
+    from wandb.proto import wandb_internal_pb2
+
+    from .wandb_history import records
+
+    proc = subprocess.run([PY, "-c", WANDB_KEYS, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true"}, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    assert f"offline run in {run_file.parent}; upload it with `wandb sync {run_file.parent}`" in proc.stdout
+    runs = []
+    for raw in records(run_file):
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == "run":
+            runs.append(rec.run)
+    run = runs[0]
+    assert (run.run_group, run.job_type, run.notes, run.entity) == ("sweep-3", "sl-cai+rl", "a note", "acme")
+    assert set(run.tags) == {"bf16", "small"}
