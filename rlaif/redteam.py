@@ -198,24 +198,16 @@ def minilm_path() -> str:
 
 
 def embed(texts: Sequence[str], path: str | None = None, batch_size: int = 32):
-    """Sentence embeddings as sentence-transformers computes them for all-MiniLM-L6-v2: mean of the token states
-    over the attention mask, L2-normalised. Returns a float tensor [len(texts), dim]."""
+    """all-MiniLM-L6-v2 sentence embeddings through sentence-transformers (the package that ships the model requires
+    it): mean of the token states over the attention mask, L2-normalised. Returns a float tensor [len(texts), dim]."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from sentence_transformers import SentenceTransformer
 
-    path = path or minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            batch = tok(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=256,
-                        return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(mean, dim=-1))
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    if not texts:
+        return torch.zeros(0, 0)
+    model = SentenceTransformer(path or minilm_path(), device="cpu")
+    return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True,
+                        show_progress_bar=False).cpu()
 
 
 def mean_pairwise_distance(embeddings) -> float | None:

@@ -48,10 +48,19 @@ def test_sentence_bleu_brevity_penalty_and_clipping():
     assert sentence_bleu([], [["a"]]) == 0.0
 
 
-def test_minilm_embedding_matches_sentence_transformers():
-    st = pytest.importorskip("sentence_transformers")
-    texts = ["How do I bake bread?", "What is the capital of France?", "Tell me how to pick a lock."]
-    ref = torch.tensor(st.SentenceTransformer(minilm_path(), device="cpu").encode(texts, normalize_embeddings=True))
+def test_minilm_embedding_is_the_masked_mean_of_the_token_states_normalised():
+    """embed() calls sentence-transformers; this is the embedding written out from its definition (transformers'
+    token states, mean over the attention mask, L2 norm). Bugs caught: embeddings not normalised (the distances
+    would mix lengths in), another pooling or model, padding tokens averaged in (texts of different lengths)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["How do I bake bread?", "What is the capital of France?", "Tell me how to pick a lock, step by step."]
+    tok, model = AutoTokenizer.from_pretrained(minilm_path()), AutoModel.from_pretrained(minilm_path()).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     mine = embed(texts)
     assert mine.shape == (3, 384)
     assert torch.allclose(mine, ref, atol=1e-5)
