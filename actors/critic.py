@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
-from actors.group import join_group, use_cpu_threads, zero_engine
+from actors.group import join_group, set_lr, use_cpu_threads, zero_engine
 from rlaif.algorithms import loss_agg
 from rlaif.batch import Batch
 from rlaif.config import Config
 from rlaif.logprobs import check_packing, response_values
 from rlaif.losses import value_loss
 from rlaif.models import disable_dropout, load_scalar_model, resolve_model_path
+from rlaif.schedule import schedule
 
 
 class CriticWorker:
@@ -44,15 +45,18 @@ class CriticWorker:
         width = shard["response_ids"].shape[1]
         return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
-    def train(self, shard: Batch) -> dict[str, float]:
-        """Clipped value regression onto the GAE returns, rl.epochs passes; reduced like the policy loss, over the
-        whole batch (shard.meta["denom"])."""
+    def train(self, shard: Batch, step: int = 0) -> dict[str, float]:
+        """Clipped value regression onto the GAE returns, rl.epochs passes at critic.lr_scheduler's rate for RL step
+        `step`; reduced like the policy loss, over the whole batch (shard.meta["denom"])."""
         self.engine.train()
         size, t0, losses, clips = self.cfg.policy.micro_batch_size, time.perf_counter(), [], []
         agg = loss_agg(self.cfg.rl)
         micro = -(-len(shard) // size)
         denom = shard.meta["denom"] / (micro * self.world_size)
-        for _ in range(self.cfg.rl.epochs):
+        epochs = self.cfg.rl.epochs
+        lr_of = schedule(self.cfg.critic, self.cfg.trainer.steps * epochs)
+        for epoch in range(epochs):
+            lr = set_lr(self.engine, lr_of(step * epochs + epoch))
             for mb in shard.chunks(size):
                 values = response_values(self.engine.module, mb, self.cfg.critic.packing)
                 loss, clip_frac = value_loss(values, mb["values"], mb["returns"],
@@ -62,7 +66,7 @@ class CriticWorker:
                 losses.append(loss.item())
                 clips.append(clip_frac)
         return {"critic/value_loss": sum(losses) / len(losses), "critic/clip_frac": sum(clips) / len(clips),
-                "critic/seconds": time.perf_counter() - t0}
+                "critic/seconds": time.perf_counter() - t0, "critic/lr": lr}
 
 
     def save_checkpoint(self, folder: str) -> list[str]:

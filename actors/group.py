@@ -172,6 +172,13 @@ def deepspeed_config(stage: int, micro_batch: int, grad_accum: int, grad_clip: f
     }
 
 
+def set_lr(engine, lr: float) -> float:
+    """The learning rate of a ZeRO engine's next optimizer steps (every stage's optimizer reads its param groups')."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def policy_deepspeed_config(cfg) -> dict[str, Any]:
     """The DeepSpeed config the policy ranks train with (PolicyWorker.setup_distributed builds the same)."""
     pc = cfg.policy

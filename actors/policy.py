@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from actors.group import full_state_dict, join_group, use_cpu_threads, zero_engine
+from actors.group import full_state_dict, join_group, set_lr, use_cpu_threads, zero_engine
 from rlaif.algorithms import policy_loss
 from rlaif.batch import Batch
 from rlaif.config import Config
 from rlaif.logprobs import batch_logprobs, check_packing, response_logprobs
 from rlaif.losses import aggregate_loss
 from rlaif.models import disable_dropout, load_causal_lm, load_tokenizer, resolve_model_path, save_pretrained_atomic
+from rlaif.schedule import schedule
 
 
 def reduce_stats(stats: list[dict[str, float]]) -> dict[str, float]:
@@ -54,9 +55,10 @@ class PolicyWorker:
         return batch_logprobs(self.engine, shard, self.cfg.policy.micro_batch_size, shard.meta["temperature"],
                               shard.meta["top_p"], self.cfg.policy.packing)
 
-    def train(self, shard: Batch, kl_coef: float) -> dict[str, float]:
+    def train(self, shard: Batch, kl_coef: float, step: int = 0) -> dict[str, float]:
         """rl.epochs passes over this rank's shard; one optimizer step per pass (DeepSpeed accumulates the
-        micro-batches). The loss is a mean over the whole batch (all micro-batches and ranks): shard.meta["denom"]."""
+        micro-batches), at the learning rate of policy.lr_scheduler for RL step `step`. The loss is a mean over the
+        whole batch (all micro-batches and ranks): shard.meta["denom"]."""
         self.engine.train()
         size, t0 = self.cfg.policy.micro_batch_size, time.perf_counter()
         micro = -(-len(shard) // size)
@@ -65,14 +67,16 @@ class PolicyWorker:
                              f"but DeepSpeed accumulates {self.grad_accum}")
         denom = shard.meta["denom"] / (micro * self.world_size)
         temperature, top_p = shard.meta["temperature"], shard.meta["top_p"]
-        stats = []
-        for _ in range(self.cfg.rl.epochs):
+        stats, epochs = [], self.cfg.rl.epochs
+        lr_of = schedule(self.cfg.policy, self.cfg.trainer.steps * epochs)
+        for epoch in range(epochs):
+            lr = set_lr(self.engine, lr_of(step * epochs + epoch))
             for mb in shard.chunks(size):
                 logp = response_logprobs(self.engine, mb, temperature, top_p, self.cfg.policy.packing)
                 loss, info = policy_loss(self.cfg.rl, logp, mb, kl_coef, denom, self.cfg.rollout.max_new_tokens)
                 self.engine.backward(loss)
                 self.engine.step()
-                stats.append({"loss": loss.item(), **info})  # their mean over micro-batches and ranks: the batch loss
+                stats.append({"loss": loss.item(), "lr": lr, **info})  # mean over micro-batches, ranks: the batch's
         out = reduce_stats(stats)
         out["train_tokens"] = float(shard.token_count() * self.cfg.rl.epochs)
         out["train_seconds"] = time.perf_counter() - t0
@@ -83,8 +87,7 @@ class PolicyWorker:
 
         The loss is the token mean over the whole batch (every micro-batch of every rank), as the RL losses are: a
         mean of per-micro-batch means would weigh the tokens of short micro-batches more."""
-        for group in self.engine.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.engine, lr)
         self.engine.train()
         size, losses = self.cfg.policy.micro_batch_size, []
         micro = -(-len(shard) // size)

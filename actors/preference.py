@@ -9,11 +9,12 @@ import time
 
 import torch
 
-from actors.group import join_group, use_cpu_threads, zero_engine
+from actors.group import join_group, set_lr, use_cpu_threads, zero_engine
 from rlaif.config import Config
 from rlaif.data import fit_chat, pad_sequences
 from rlaif.losses import preference_loss
 from rlaif.models import last_token_scores, load_scalar_model, load_tokenizer, resolve_model_path
+from rlaif.schedule import schedule
 
 
 class PreferenceModelWorker:
@@ -57,9 +58,12 @@ class PreferenceModelWorker:
         n, losses, t0 = len(pairs["p_first"]), [], time.perf_counter()
         order, rng = list(range(n)), random.Random(self.cfg.seed)
         self.engine.train()
+        lr_of, steps = schedule(pc, pc.epochs * -(-n // pc.batch_size)), 0  # preference_model.lr_scheduler
         for _ in range(pc.epochs):
             rng.shuffle(order)
             for i in range(0, n, pc.batch_size):
+                lr = set_lr(self.engine, lr_of(steps))
+                steps += 1
                 idx = order[i : i + pc.batch_size]
                 prompts = [pairs["prompt"][j] for j in idx]
                 scores = self._scores(prompts * 2, [pairs["first"][j] for j in idx] + [pairs["second"][j] for j in idx])
@@ -69,7 +73,8 @@ class PreferenceModelWorker:
                 self.engine.step()
                 losses.append(loss.item())
         self.engine.eval()
-        return {"pm/loss_first": losses[0], "pm/loss_last": losses[-1], "pm/seconds": time.perf_counter() - t0}
+        return {"pm/loss_first": losses[0], "pm/loss_last": losses[-1], "pm/seconds": time.perf_counter() - t0,
+                "pm/lr_last": lr}
 
     @torch.no_grad()
     def score(self, batch: dict[str, list], normalize: bool = True) -> list[float]:

@@ -141,6 +141,11 @@ class PreferenceModelConfig:
     eval_fraction: float = 0.25  # pairs held out for the PM's accuracy and calibration
     epochs: int = 2  # passes over the labelled pairs
     lr: float = 1.0e-4  # AdamW learning rate of the preference model
+    # The learning rate over the preference model's optimizer steps: constant, linear or cosine (to 0), after a linear
+    # warm-up from 0 over warmup_steps, or warmup_ratio of all steps (rlaif/schedule.py: transformers' shapes)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # steps of linear warm-up from 0; 0: none (or warmup_ratio)
+    warmup_ratio: float = 0.0  # warm-up as a share of all steps, rounded up; not with warmup_steps
     batch_size: int = 8  # pairs per optimizer step
     max_tokens: int = 512  # prompt + response tokens per scored sequence: the prompt at most half, then the response
     normalize_rewards: bool = True  # scores standardised by the PM's training-set mean and std
@@ -154,7 +159,12 @@ class PolicyConfig:
     # 0 partitions nothing (every rank holds everything). On one rank there is nothing to partition and 1 and 2
     # only add copies (a flat fp32 partition and gradient buckets): 0 is ~20% faster there (bench/bench_update.py).
     zero_stage: Literal[0, 1, 2, 3] = 2
-    lr: float = 1.0e-5  # AdamW learning rate of the RL update (and of SL-CAI's SFT: sl_cai.lr)
+    lr: float = 1.0e-5  # AdamW learning rate of the RL update (SFT: sl_cai.lr, self_improve.lr)
+    # The learning rate over RL steps x rl.epochs (optimizer steps): constant, linear or cosine (to 0), after a linear
+    # warm-up from 0 over warmup_steps, or warmup_ratio of all steps (rlaif/schedule.py: transformers' shapes)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # steps of linear warm-up from 0; 0: none (or warmup_ratio)
+    warmup_ratio: float = 0.0  # warm-up as a share of all steps, rounded up; not with warmup_steps
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     micro_batch_size: int = 4  # sequences per forward/backward; gradients accumulate over a rank's share
     grad_clip: float = 1.0  # the global gradient norm is clipped to this (DeepSpeed gradient_clipping)
@@ -177,6 +187,11 @@ class CriticConfig:
     num_ranks: int = 1  # DeepSpeed ranks of the critic (PPO)
     zero_stage: Literal[0, 1, 2, 3] = 2  # as policy.zero_stage
     lr: float = 1.0e-5  # AdamW learning rate of the critic
+    # The learning rate over RL steps x rl.epochs (optimizer steps): constant, linear or cosine (to 0), after a linear
+    # warm-up from 0 over warmup_steps, or warmup_ratio of all steps (rlaif/schedule.py: transformers' shapes)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # steps of linear warm-up from 0; 0: none (or warmup_ratio)
+    warmup_ratio: float = 0.0  # warm-up as a share of all steps, rounded up; not with warmup_steps
     packing: bool = True  # as policy.packing, for the critic's value forwards (checked when the critic loads)
 
 
@@ -260,6 +275,11 @@ class SLCAIConfig:
     helpful_ratio: float = 0.25  # share of SFT examples that are the model's own answers to helpfulness prompts
     epochs: int = 2  # SFT passes over the revisions
     lr: float = 1.0e-5  # SFT learning rate
+    # The learning rate over SFT's optimizer steps: constant, linear or cosine (to 0), after a linear
+    # warm-up from 0 over warmup_steps, or warmup_ratio of all steps (rlaif/schedule.py: transformers' shapes)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # steps of linear warm-up from 0; 0: none (or warmup_ratio)
+    warmup_ratio: float = 0.0  # warm-up as a share of all steps, rounded up; not with warmup_steps
     max_tokens: int = 512  # prompt + target tokens per SFT example
 
 
@@ -280,6 +300,10 @@ class SelfImproveConfig:
     formats: list[str] = field(default_factory=lambda: ["cot", "cot-cue", "direct"])
     epochs: int = 1  # SFT passes over the kept paths
     lr: float = 1.0e-5  # SFT learning rate
+    # The learning rate over SFT's optimizer steps: as sl_cai.lr_scheduler, warmup_steps and warmup_ratio
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # steps of linear warm-up from 0; 0: none (or warmup_ratio)
+    warmup_ratio: float = 0.0  # warm-up as a share of all steps, rounded up; not with warmup_steps
 
 
 @dataclass
@@ -722,12 +746,22 @@ RANGES: dict[str, str] = {
     "sl_cai.max_context_tokens": "[1, inf)",
     "sl_cai.helpful_ratio": "[0, 1)",
     "sl_cai.epochs": "[1, inf)",
+    "policy.warmup_steps": "[0, inf)",
+    "policy.warmup_ratio": "[0, 1)",
+    "critic.warmup_steps": "[0, inf)",
+    "critic.warmup_ratio": "[0, 1)",
+    "preference_model.warmup_steps": "[0, inf)",
+    "preference_model.warmup_ratio": "[0, 1)",
+    "sl_cai.warmup_steps": "[0, inf)",
+    "sl_cai.warmup_ratio": "[0, 1)",
     "self_improve.num_prompts": "[1, inf)",
     "self_improve.samples": "[2, inf)",
     "self_improve.min_agreement": "[0, 1]",
     "self_improve.temperature": "(0, inf)",
     "self_improve.max_new_tokens": "[1, inf)",
     "self_improve.epochs": "[1, inf)",
+    "self_improve.warmup_steps": "[0, inf)",
+    "self_improve.warmup_ratio": "[0, 1)",
     "self_improve.lr": "(0, inf)",
     "sl_cai.lr": "(0, inf)",
     "sl_cai.max_tokens": "[2, inf)",
@@ -812,6 +846,9 @@ def validate(cfg: Config) -> None:
     if cfg.rl.labels_order_dpo and cfg.rl.label_every != 1:
         raise ConfigError("rl.label_every: online-dpo with rl.dpo_preference=labeler trains on every step's AI labels, "
                           f"so it must be 1, got {cfg.rl.label_every}")
+    for sec in ("policy", "critic", "preference_model", "sl_cai", "self_improve"):
+        if getattr(cfg, sec).warmup_steps and getattr(cfg, sec).warmup_ratio:
+            raise ConfigError(f"{sec}.warmup_steps and {sec}.warmup_ratio are both set; give one of them")
     bad = [f for f in cfg.self_improve.formats if f not in SELF_IMPROVE_FORMATS]
     if bad or not cfg.self_improve.formats:
         raise ConfigError(f"self_improve.formats: got {cfg.self_improve.formats}; allowed: a non-empty list of "

@@ -95,7 +95,7 @@ def self_improve(cfg: Config, roles, plan: PromptPlan, tracker: Tracker) -> Path
         raise ValueError(f"self-improvement kept {sum(len(r.kept) for r in records)} paths of {len(confident)} "
                          f"questions ({len(encoded)} SFT examples), fewer than one optimizer step of {step_size}: "
                          "raise self_improve.num_prompts or self_improve.samples, or lower self_improve.min_agreement")
-    losses = supervise(roles, tok.pad_token_id, [(e[0], e[1]) for e in encoded], step_size, si.epochs, si.lr, rng,
+    losses = supervise(roles, tok.pad_token_id, [(e[0], e[1]) for e in encoded], step_size, si.epochs, si, rng,
                        tracker)
     paths = sum(len(r.paths) for r in records)
     metrics = {"self_improve/questions": float(len(records)), "self_improve/confident": float(len(confident)),

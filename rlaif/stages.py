@@ -261,19 +261,22 @@ def _pm_eval(roles, rows: list[tuple], prefix: str) -> tuple[dict[str, float], l
 
 
 def supervise(roles, pad_id: int, examples: list[tuple[list[int], list[int]]], step_size: int, epochs: int,
-              lr: float, rng: random.Random, tracker: Tracker) -> list[float]:
+              section, rng: random.Random, tracker: Tracker) -> list[float]:
     """Supervised fine-tuning of the policy ranks on (prompt ids, target ids) examples, the loss on the target only:
     `epochs` shuffled passes in optimizer steps of step_size (an epoch's remainder that does not fill one is
-    skipped). Returns each step's loss (also logged as sft/loss)."""
-    losses = []
+    skipped), at the learning rate of `section` (its lr and schedule). Returns each step's loss (logged as
+    sft/loss, with sft/lr)."""
+    from rlaif.schedule import schedule
+
+    losses, lr_of = [], schedule(section, epochs * (len(examples) // step_size))
     for _ in range(epochs):
         rng.shuffle(examples)
         for i in range(0, len(examples) - step_size + 1, step_size):
-            chunk = examples[i : i + step_size]
+            chunk, lr = examples[i : i + step_size], lr_of(len(losses))
             batch = Batch.from_token_lists([e[0] for e in chunk], [e[1] for e in chunk], pad_id)
             step = roles.policy.call_sharded("sft", batch.split(len(roles.policy.actors)), lr)
             losses.append(sum(m["sft/loss"] for m in step) / len(step))
-            tracker.log({"sft/loss": losses[-1], "sft/step": float(len(losses))}, step=0)
+            tracker.log({"sft/loss": losses[-1], "sft/lr": lr, "sft/step": float(len(losses))}, step=0)
     return losses
 
 
@@ -355,7 +358,7 @@ def sl_cai(cfg: Config, roles, tracker: Tracker) -> Path:
         "sl_cai/sft_examples_truncated": float(sum(e[2] for e in encoded)),
     }
     t0 = time.perf_counter()
-    losses = supervise(roles, tok.pad_token_id, examples, step_size, sc.epochs, sc.lr, rng, tracker)
+    losses = supervise(roles, tok.pad_token_id, examples, step_size, sc.epochs, sc, rng, tracker)
     metrics |= {"sft/loss_first": losses[0], "sft/loss_last": losses[-1], "sft/steps": float(len(losses)),
                 "sft/seconds_per_step": (time.perf_counter() - t0) / len(losses)}
     tracker.log(metrics, step=0)

@@ -194,8 +194,8 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     batch.meta["denom"] = batch_denominator(rl, batch)
 
     t = time.perf_counter()
-    policy_refs = sharded(roles.policy, "train", batch, state.kl.value)
-    critic_refs = sharded(roles.critic, "train", batch) if roles.critic else []
+    policy_refs = sharded(roles.policy, "train", batch, state.kl.value, step)  # step: the lr schedule's
+    critic_refs = sharded(roles.critic, "train", batch, step) if roles.critic else []
     train_metrics = reduce_stats(roles.get(policy_refs, "policy.train"))
     critic_metrics = reduce_stats(roles.get(critic_refs, "critic.train")) if critic_refs else {}
     timings["time/train"] = time.perf_counter() - t

@@ -59,8 +59,11 @@ def dotted(node: ast.AST) -> str | None:
 def annotation_paths(ann: ast.AST | None) -> frozenset[str]:
     if ann is None:
         return frozenset()
-    name = ann.value if isinstance(ann, ast.Constant) and isinstance(ann.value, str) else dotted(ann)
-    return BY_CLASS.get((name or "").split(".")[-1], frozenset())
+    if isinstance(ann, ast.Constant) and isinstance(ann.value, str):  # a string annotation: its expression
+        ann = ast.parse(ann.value, mode="eval").body
+    if isinstance(ann, ast.BinOp) and isinstance(ann.op, ast.BitOr):  # A | B: either section
+        return annotation_paths(ann.left) | annotation_paths(ann.right)
+    return BY_CLASS.get((dotted(ann) or "").split(".")[-1], frozenset())
 
 
 class Scanner:

@@ -25,7 +25,8 @@ from .conftest import REPO
 pytestmark = pytest.mark.e2e
 STEPS = 6
 ARGS = ["train", "--config", "configs/debug.yaml", f"trainer.steps={STEPS}", "trainer.save_every=1",
-        "trainer.keep_last=2", "trainer.progress=false"]
+        "trainer.keep_last=2", "trainer.progress=false",
+        "policy.lr_scheduler=cosine", "policy.warmup_steps=2"]  # a resumed run must go on along the schedule
 ENV = {**os.environ, "WANDB_MODE": "offline"}
 
 
@@ -104,6 +105,13 @@ def test_a_killed_run_resumes_exactly(reference, tmp_path):
     for step in ref:
         assert comparable(resumed[step]) == comparable(ref[step]), f"step {step} differs after the resume"
     assert tables(out) == tables(reference)
+    # the learning rate at every step is the schedule's (warm-up 0, 0.5, then the half cosine), the resumed run's too
+    from rlaif.schedule import lr_at
+
+    base = 1e-4  # configs/debug.yaml's policy.lr
+    assert [resumed[s]["policy/lr"] for s in range(1, STEPS + 1)] == \
+        pytest.approx([lr_at(s, STEPS, base, "cosine", 2) for s in range(STEPS)])
+    assert resumed[2]["policy/lr"] == pytest.approx(base / 2) and resumed[STEPS]["policy/lr"] < base / 4
     runs = {p.name.split("-")[-1] for p in (out / "wandb").glob("offline-run-*")}
     assert len(runs) == 1, f"the resumed run is not the same wandb run: {runs}"
     from safetensors.torch import load_file
