@@ -23,8 +23,9 @@ SECONDS = ["Use a tension wrench and a pick.", "The sea is wet.", "Any odd numbe
 def worker(tmp_path, *overrides):
     # One in-process vLLM engine per process (vLLM keeps global parallel state): only the fixture below uses the
     # vLLM backend; the label logic is the same on both backends and test 1 pins the two together.
+    # float32: the two backends agree to 1e-4 only there (bf16's kernels round differently)
     cfg = load_config(REPO / "configs/debug.yaml", [f"output_dir={tmp_path}", "labeler.backend=transformers",
-                                                    *overrides])
+                                                    "labeler.model.dtype=float32", *overrides])
     return LabelerWorker(cfg)
 
 

@@ -15,6 +15,7 @@ from rlaif.self_improve import COT_CUE, select_paths, sft_pairs
 from rlaif.selfconsistency import extract_answer
 
 from .conftest import REPO
+from .scripted_models import fixed_distribution_checkpoint
 
 
 def paths(*answers: str | None) -> list[str]:
@@ -65,29 +66,19 @@ def test_formats_are_checked_by_the_config():
 
 
 def numeric_checkpoint(tiny_path: str, out) -> str:
-    """The tiny Llama rewired to one next-token distribution at every position, whatever the context (as
-    tests/test_eval_e2e.py's questioning_checkpoint): word pieces 0.6, a bare space 0.2, "3" 0.15, "7" 0.05. Its
-    reasoning paths are words with numbers among them, mostly 3s: answers extract_answer reads, with a majority."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The tiny Llama rewired to one next-token distribution at every position, whatever the context
+    (tests/scripted_models.py): word pieces 0.6, a bare space 0.2, "3" 0.15, "7" 0.05. Its reasoning paths are words
+    with numbers among them, mostly 3s: answers extract_answer reads, with a majority."""
 
-    model, tok = AutoModelForCausalLM.from_pretrained(tiny_path), AutoTokenizer.from_pretrained(tiny_path)
-    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
-    words = [i for i, t in enumerate(vocab) if t.startswith("\u0120") and t[1:].isascii() and t[1:].isalpha()]
-    logit = torch.full((len(vocab),), -50.0)
-    logit[words] = math.log(0.6 / len(words))
-    for token, p in (("\u0120", 0.2), ("3", 0.15), ("7", 0.05)):
-        logit[vocab.index(token)] = math.log(p)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
-        model.model.embed_tokens.weight[:] = v
-        h = model.model.norm(v[None, None])[0, 0]
-        model.lm_head.weight[:] = logit[:, None] * (h / h.dot(h))
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    def logits(tok, vocab):
+        words = [i for i, t in enumerate(vocab) if t.startswith("\u0120") and t[1:].isascii() and t[1:].isalpha()]
+        logit = torch.full((len(vocab),), -50.0)
+        logit[words] = math.log(0.6 / len(words))
+        for token, p in (("\u0120", 0.2), ("3", 0.15), ("7", 0.05)):
+            logit[vocab.index(token)] = math.log(p)
+        return logit
+
+    return fixed_distribution_checkpoint(tiny_path, out, logits)
 
 
 @pytest.mark.e2e

@@ -56,13 +56,13 @@ def test_zero3_export_is_the_unsharded_model_and_no_rank_gathers_all_of_it(zero3
     """Bugs caught: a gather of every parameter at once on every rank (the old GatheredParameters(all,
     modifier_rank=None): rank 1's largest gather is then the whole model); an export written from partitions
     (empty or 1/2-sized tensors) or from a gathered buffer reused by the next layer (wrong values)."""
-    _, policy = zero3_policy
+    cfg, policy = zero3_policy
     ray.get([a.__ray_call__.remote(record_gathers) for a in policy.actors])
     paths = policy.call("save", str(tmp_path / "export"), {"README.md": "test export\n"})
     assert paths[0] and paths[1] is None  # rank 0 writes, the others only take part in the gathers
     saved = load_file(f"{paths[0]}/model.safetensors")
 
-    unsharded = load_causal_lm(tiny_path).state_dict()
+    unsharded = load_causal_lm(tiny_path, cfg.policy.model.dtype).state_dict()  # bf16 where the CPU has it
     for name, tensor in unsharded.items():
         if name in saved:
             assert torch.equal(saved[name], tensor), name
