@@ -81,7 +81,7 @@ def rl_config(cfg: Config, red_spec: str, folder: Path) -> Config:
         "data.eval_prompts=", "data.eval_fraction=0.0", "rl.use_preference_model=false",
         "rl.use_labeler_rating=false", f"rl.reward_functions=[{REWARD}]",
         "labeler.function=rlaif.judges:prefer_shorter", "labeler.human_eval=", "labeler.audit_samples=0",
-        "sl_cai.enabled=false", "eval.enabled=false", "eval.every=0",
+        "sl_cai.enabled=false", "eval.enabled=false", "eval.every=0", "rl.reward_model=", "rl.reward_model_revision=",
         "trainer.eval_every=0", "trainer.resume=", "alarms.divergence_window=0"])
 
 

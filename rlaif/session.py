@@ -252,6 +252,10 @@ def prepare(cfg: Config, stages: tuple[str, ...], overwrite: bool = False, resum
             check_resources(role_plan(cfg, stage), cfg.ray.num_cpus, cfg.ray.num_gpus, cfg.ray.num_gpus,
                             f"ray.num_cpus = {cfg.ray.num_cpus}, ray.num_gpus = {cfg.ray.num_gpus}")
     run_cfg = resolve_models(cfg)
+    if cfg.rl.reward_model and "rl" in stages:  # checked and fetched now, like every role's model
+        from rlaif.reward_model import resolve
+
+        run_cfg = resolve(run_cfg)
     if cfg.device == "cuda":  # the memory and placement plan (rlaif plan): refuse what cannot fit, before Ray starts
         from rlaif.plan import check, report
 

@@ -9,7 +9,8 @@ before RL the run checks its AI feedback against held-out human labels (labeler.
   labeler whose interval reaches down to chance has shown nothing);
 * position consistency: both presentation orders of a pair prefer the same response (trust.min_position_consistency,
   0.5: a labeler below a coin answers by slot, (A) or (B), not by the responses);
-* the preference model's accuracy on the held-out human pairs (trust.min_pm_human_accuracy, 0.5), after it trains.
+* the preference model's accuracy on the held-out human pairs (trust.min_pm_human_accuracy, 0.5), after it trains;
+  or, with a pretrained reward model in its place (rl.reward_model), that model's accuracy, against the same bar.
 
 A check passes when the interval's lower end reaches the bar; it fails when even the upper end is below; between the
 two it is undecided: too few human labels to tell, which is a finding of its own and does not pass. A check with
@@ -40,7 +41,8 @@ CARD, RECORD = "README.md", "trust.json"  # written beside the weights of every 
 
 NAMES = {"agreement": "agreement with held-out human labels",
          "position_consistency": "position consistency",
-         "pm_human_accuracy": "preference model accuracy on held-out human pairs"}
+         "pm_human_accuracy": "preference model accuracy on held-out human pairs",
+         "rm_human_accuracy": "reward model (rl.reward_model) accuracy on held-out human pairs"}
 # What a failing check means, in plain words for the person reading the console.
 MEANING = {
     "agreement": "the labeler prefers the response people preferred no more often than the bar allows; its labels "
@@ -49,12 +51,14 @@ MEANING = {
                             "(A) or (B), not by what the responses say",
     "pm_human_accuracy": "the preference model ranks the held-out human pairs no better than the bar: RL against it "
                          "would optimise its errors",
+    "rm_human_accuracy": "the pretrained reward model ranks the held-out human pairs no better than the bar: RL "
+                         "against it would optimise its disagreements with the people who labelled them",
 }
 
 
 @dataclass
 class Check:
-    name: str  # agreement | position_consistency | pm_human_accuracy
+    name: str  # agreement | position_consistency | pm_human_accuracy | rm_human_accuracy
     key: str  # the config key of its bar
     bar: float  # 0: off
     value: float | None
@@ -125,7 +129,7 @@ def feedback_trains(cfg: Config) -> str:
     """What the AI feedback trains in this run, in words; "" when it trains nothing (the gate then stops nothing)."""
     rl = cfg.rl
     parts = []
-    if rl.use_preference_model:
+    if rl.use_preference_model and not rl.reward_model:  # a pretrained reward model learns nothing from them
         parts.append("the preference model the policy is trained against")
     if rl.use_labeler_rating:
         parts.append("the policy's reward (the labeler's direct rating)")
