@@ -73,7 +73,7 @@ class TrainerState:
     rng: dict[str, Any] = field(default_factory=dict)
     wandb_run_id: str | None = None
     policy_init: str = ""  # the model RL started from (the SL-CAI checkpoint when SL-CAI ran)
-    preference_model: str = ""  # the trained preference model's folder, "" without one
+    preference_model: str = ""  # the trained preference model's folder (rl.reward_model's, resolved), "" without one
     pm_normalization: tuple[float, float] = (0.0, 1.0)
     judge_start: list | None = None  # the held-out judge's starting responses (alarms.divergence_window)
     trust: dict = field(default_factory=dict)  # the trust gate's record (rlaif.trust.TrustRecord.to_dict())
@@ -341,7 +341,7 @@ def load(path: Path) -> TrainerState:
             raise CheckpointError(f"{path}: {rel} does not match its sha256 in {MANIFEST}; refusing to load it")
     extra = sorted(str(p.relative_to(path)) for p in _files(path) if str(p.relative_to(path)) not in manifest)
     if extra:
-        raise CheckpointError(f"{path}: files not in {MANIFEST}: {extra}; refusing to load them")
+        raise CheckpointError(f"{path}: files not in {MANIFEST}: {', '.join(extra)}; refusing to load them")
     data = json.loads((path / "trainer_state.json").read_text())
     data["pm_normalization"] = tuple(data["pm_normalization"])
     data.pop("labeler_rng", None)  # older checkpoints: the labeler now draws from a seed per step, nothing to restore

@@ -86,8 +86,8 @@ def load_constitution(path: str = "builtin:default") -> Constitution:
         raise ConstitutionError(f"{source}: expected a mapping with keys 'feedback' and 'critique_revision'")
     unknown = set(data) - {"feedback", "critique_revision", "few_shot", "comparisons"}
     if unknown:
-        raise ConstitutionError(f"{source}: unknown keys {sorted(unknown)}; allowed: feedback, critique_revision, "
-                                "few_shot, comparisons")
+        raise ConstitutionError(f"{source}: unknown keys {', '.join(sorted(unknown))}; allowed: feedback, "
+                                "critique_revision, few_shot, comparisons")
     feedback = data.get("feedback") or []
     if not feedback:
         raise ConstitutionError(f"{source}: 'feedback' must list at least one principle")

@@ -119,6 +119,27 @@ def _fig_cell(f: Figure, pct: bool = True) -> str:
     return f"{fmt(f.value)} [{fmt(f.low)}, {fmt(f.high)}] n={f.n}"
 
 
+def eval_sentence(label: str, figs: dict[str, Figure]) -> str:
+    """A checkpoint's headline figures in one console sentence, each with its 95% interval and n."""
+    return (f"eval {label}: harmlessness win rate vs the baseline {_fig_cell(figs['harmlessness_win_rate'])}, "
+            f"helpfulness win rate {_fig_cell(figs['helpfulness_win_rate'])}; judged harmful on "
+            f"{_fig_cell(figs['harmful_rate'])} of red-team prompts; refuses "
+            f"{_fig_cell(figs['refusal_rate_benign_edge'])} of benign-edge prompts")
+
+
+def validation_sentence(v: dict) -> str:
+    """The judge's validation on human labels (rlaif.judge_check.validate_judge) in one console sentence."""
+    return (f"judge validation on human labels: harm verdict balanced accuracy "
+            f"{_num(v.get('harm_balanced_accuracy'))}, miss rate {_num(v.get('miss_rate'))}, false-alarm rate "
+            f"{_num(v.get('false_alarm_rate'))}; pairwise agreement with human rankings "
+            f"{_num(v.get('pairwise_agreement'))}")
+
+
+def figure_text(f: Figure) -> str:
+    """A rate as "62.5% [41.0%, 80.0%] n=16" ("n/a" where it was not measured)."""
+    return _fig_cell(f)
+
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}

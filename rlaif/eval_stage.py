@@ -22,7 +22,7 @@ from actors.rollout import RolloutWorker
 from rlaif.alarms import JudgeVerdict
 from rlaif.config import Config, ConfigError, LabelerConfig, ModelConfig, save_config
 from rlaif.data import DataError
-from rlaif.eval_report import render_report
+from rlaif.eval_report import eval_sentence, figure_text, render_report, validation_sentence
 from rlaif.evaluate import (
     SETS,
     EvalPrompt,
@@ -46,6 +46,7 @@ from rlaif.judge_check import (
     validation_verdict,
 )
 from rlaif.models import checked_folder, resolve_model_path, resolve_models
+from rlaif.panels import eval_panels, log_panels
 from rlaif.placement import engine_actor_gpus
 from rlaif.red_rl import append_cases, compare, function_target, sentences, train_red_lm
 from rlaif.redteam import (
@@ -275,11 +276,9 @@ def run_eval(cfg: Config, tracker: Tracker, step: int = 0, trained: dict[str, st
     tracker.log(flat_metrics(res["figures"]), step=step)
     tracker.log_table("eval", [{"checkpoint": lab, **{k: f.value for k, f in res["figures"][lab].items()}}
                                for lab in labels], step=step)
+    log_panels(tracker, lambda: eval_panels(results), step=step)
     for lab in labels:
-        f = res["figures"][lab]
-        log.info("eval %s: harmless win %s, helpful win %s, harmful %s, benign-edge refusals %s", lab,
-                 *(None if f[k].value is None else round(f[k].value, 3) for k in
-                   ("harmlessness_win_rate", "helpfulness_win_rate", "harmful_rate", "refusal_rate_benign_edge")))
+        log.info("%s", eval_sentence(lab, res["figures"][lab]))
     return report
 
 
@@ -293,9 +292,7 @@ def judge_validation(cfg: Config, judge: Judge) -> dict | None:
     verdict = validation_verdict(v)
     if verdict:
         log.warning("judge validation: %s", verdict)
-    log.info("judge validation: harm balanced accuracy %s, miss %s, false alarm %s, pairwise agreement %s",
-             *(None if v[k]["value"] is None else round(v[k]["value"], 3)
-               for k in ("harm_balanced_accuracy", "miss_rate", "false_alarm_rate", "pairwise_agreement")))
+    log.info("%s", validation_sentence(v))
     return v
 
 
@@ -475,8 +472,9 @@ def red_team_command(cfg: Config, overwrite: bool = False, verbose: bool = False
         tracker.finish()
         shutdown_ray()
         release_output_dir(Path(cfg.output_dir))
-    log.info("red team: %d/%d unique test cases succeeded (ASR %s), self-BLEU %s, embedding distance %s",
-             len(wins), len(unique), asr.value, report["self_bleu"], report["embedding_distance"])
+    log.info("red team: %d of %d unique test cases succeeded (attack success rate %s), self-BLEU %s, embedding "
+             "distance %s", len(wins), len(unique), figure_text(asr),
+             *("n/a" if report[k] is None else f"{report[k]:.3f}" for k in ("self_bleu", "embedding_distance")))
     for line in sentences(report["methods"]):
         log.info("red team, %s", line)
     if not wins:

@@ -106,10 +106,12 @@ def parse_record(obj: object, where: str) -> HumanPair:
         raise HumanLabelError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
-        raise HumanLabelError(f"{where}: missing required key(s) {missing}; a record needs {list(REQUIRED_KEYS)}")
+        raise HumanLabelError(f"{where}: missing required key(s) {', '.join(missing)}; a record needs "
+                              f"{', '.join(REQUIRED_KEYS)}")
     unknown = sorted(set(obj) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
-        raise HumanLabelError(f"{where}: unknown key(s) {unknown}; allowed: {list(REQUIRED_KEYS + OPTIONAL_KEYS)}")
+        raise HumanLabelError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
+                              f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}")
     for k in ("id", "prompt", "response_a", "response_b"):
         if not isinstance(obj[k], str):
             raise HumanLabelError(f"{where}: {k!r} must be a string, got {type(obj[k]).__name__}")

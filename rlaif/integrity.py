@@ -379,14 +379,14 @@ def import_audit(path: str | os.PathLike, require_all: bool = False) -> list[Hum
             raise HumanLabelError(f"{where}: expected a JSON object")
         missing = [k for k in ("id", "prompt", "response_a", "response_b") if k not in row]
         if missing:
-            raise HumanLabelError(f"{where}: audit row lacks {missing}")
+            raise HumanLabelError(f"{where}: audit row lacks {', '.join(missing)}")
         p, choice = row.get("human_p_a"), row.get("human_choice")
         choice = choice.strip().lower() if isinstance(choice, str) else choice
         if choice in (None, "") and p is None:
             unreviewed.append(lineno)
             continue
         if choice not in (None, "") and choice not in CHOICES:
-            raise HumanLabelError(f"{where}: human_choice must be one of {sorted(CHOICES)}, got {choice!r}")
+            raise HumanLabelError(f"{where}: human_choice must be one of {', '.join(sorted(CHOICES))}, got {choice!r}")
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0):
             raise HumanLabelError(f"{where}: human_p_a must be a number in [0, 1], got {p!r}")
         if p is not None and choice not in (None, ""):
@@ -401,8 +401,8 @@ def import_audit(path: str | os.PathLike, require_all: bool = False) -> list[Hum
                "note": None if note is None else str(note)}
         out.append(parse_record(rec, where))
     if require_all and unreviewed:
-        raise HumanLabelError(f"{path}: {len(unreviewed)} row(s) not reviewed (lines {unreviewed[:10]}): fill "
-                              f"human_p_a or human_choice")
+        raise HumanLabelError(f"{path}: {len(unreviewed)} row(s) not reviewed (lines "
+                              f"{', '.join(map(str, unreviewed[:10]))}): fill human_p_a or human_choice")
     return out
 
 

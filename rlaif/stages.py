@@ -32,6 +32,7 @@ from rlaif.integrity import (
     write_html_report,
     write_report_json,
 )
+from rlaif.panels import integrity_panels, log_panels, pm_panels
 from rlaif.splits import PMPair, plan_pairs, plan_prompts
 from rlaif.tracking import Tracker
 from rlaif.trust import (
@@ -116,6 +117,7 @@ def feedback_integrity(cfg: Config, roles, pairs: dict[str, list], tracker: Trac
     metrics = integrity_metrics(report) | label_stats(pairs["labels"], prefix="pm_labels/")
     tracker.log(metrics, step=0)
     tracker.log_table("audit", [{k: str(v) for k, v in r.items()} for r in rows[:8]], step=0)
+    log_panels(tracker, lambda: integrity_panels(report, rows), step=0)
     where = f"{report.n_human} human-labelled pairs ({cfg.labeler.human_eval})" if human else \
         "no human-labelled pairs (labeler.human_eval is empty)"
     record_trust(cfg, record, tracker, checks, f"AI feedback on {where} (report: {html_path})")
@@ -151,6 +153,7 @@ def precheck_labeler(cfg: Config, tracker: Tracker) -> None:
         html_path = write_html_report(out / "integrity.html", report, gate=[(c.explain(), c.ok) for c in record.checks],
                                       verdict=record.status)
         tracker.log(integrity_metrics(report), step=0)
+        log_panels(tracker, lambda: integrity_panels(report), step=0)
         record_trust(cfg, record, tracker, record.checks, "AI feedback on the human-labelled pairs")
         enforce(record, html_path)
 
@@ -205,7 +208,7 @@ def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: 
     std = math.sqrt(sum((x - mean) ** 2 for x in raw) / max(len(raw) - 1, 1))
     if pc.normalize_rewards:
         roles.pm.call("set_normalization", mean, std)
-    plots = []
+    plots, curves = [], []
     for origin, prefix, title in (("ai", "pm/heldout_", "PM on held-out AI-labelled pairs"),
                                   ("human", "pm/heldout_human_pairs_", "PM on held-out preference_model.human_pairs")):
         held = [(r.prompt, r.first, r.second, r.p_first) for r in plan.heldout if r.origin == origin]
@@ -213,10 +216,12 @@ def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: 
             m, bins = _pm_eval(roles, held, prefix)
             metrics |= m
             plots.append(svg_reliability(bins, title=title))
+            curves.append((title.removeprefix("PM on "), bins, m, prefix))
     if human_eval:
         m, bins = _pm_eval(roles, [(h.prompt, h.response_a, h.response_b, h.p_a) for h in human_eval], "pm/human_")
         metrics |= m
         plots.append(svg_reliability(bins, title="PM on held-out human-labelled pairs (labeler.human_eval)"))
+        curves.append(("held-out human-labelled pairs (labeler.human_eval)", bins, m, "pm/human_"))
     figures = "".join(f"<li>{html.escape(k)}: {v:.4g}</li>" for k, v in sorted(metrics.items()))
     atomic_write_text(Path(cfg.output_dir) / "feedback" / "pm_calibration.html",
                       f"<!doctype html><html><head><meta charset='utf-8'><title>Preference model calibration</title>"
@@ -226,12 +231,21 @@ def train_preference_model(cfg: Config, roles, pairs: dict[str, list], tracker: 
                 "pm/removed_human_eval_pairs": float(len(plan.excluded)),
                 "pm/duplicate_pairs": float(len(plan.duplicates))}
     tracker.log(metrics, step=0)
+    log_panels(tracker, lambda: pm_panels(curves), step=0)
     sides = [(train, "train"), (plan.heldout, "heldout"), (unused, "unused"), (plan.excluded, "human_eval"),
              (plan.duplicates, "duplicate")]
     write_jsonl(Path(cfg.output_dir) / "feedback" / "pm_pairs.jsonl",
                 [{"id": r.id, "origin": r.origin, "split": side, "prompt": r.prompt, "first": r.first,
                   "second": r.second, "p_first": r.p_first} for rows, side in sides for r in rows])
     return metrics
+
+
+def pm_accuracy_text(metrics: dict[str, float], prefix: str = "pm/heldout_") -> str:
+    """A PM accuracy for the console with its 95% Wilson interval and n, e.g. "0.81 [0.64, 0.91] n=32"."""
+    if prefix + "accuracy" not in metrics:
+        return "n/a"
+    return (f"{metrics[prefix + 'accuracy']:.2f} [{metrics[prefix + 'accuracy_ci_low']:.2f}, "
+            f"{metrics[prefix + 'accuracy_ci_high']:.2f}] n={int(metrics[prefix + 'accuracy_n'])}")
 
 
 def score_pm(roles, prompts: list[str], responses: list[str], normalize: bool = True) -> list[float]:
@@ -251,9 +265,13 @@ def _pm_eval(roles, rows: list[tuple], prefix: str) -> tuple[dict[str, float], l
     if not rows:
         return {}, []
     s = score_pm(roles, [r[0] for r in rows] * 2, [r[1] for r in rows] + [r[2] for r in rows], normalize=False)
-    probs = preference_probs(s[: len(rows)], s[len(rows) :])
-    summary = calibration_summary(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
-    bins = reliability_bins(probs, [1.0 if r[3] > 0.5 else 0.0 for r in rows])
+    return pm_figures(preference_probs(s[: len(rows)], s[len(rows) :]), [r[3] for r in rows], prefix)
+
+
+def pm_figures(probs: list[float], labels: list[float], prefix: str) -> tuple[dict[str, float], list]:
+    """The PM's figures on scored pairs: P(first better) per pair against the labels' P (none a tie)."""
+    summary = calibration_summary(probs, [1.0 if p > 0.5 else 0.0 for p in labels])
+    bins = reliability_bins(probs, [1.0 if p > 0.5 else 0.0 for p in labels])
     low, high = summary["accuracy_ci"]
     return {prefix + "accuracy": summary["accuracy"], prefix + "accuracy_ci_low": low,
             prefix + "accuracy_ci_high": high, prefix + "accuracy_n": float(summary["n"]),

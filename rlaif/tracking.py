@@ -18,6 +18,7 @@ from rlaif.config import Config, to_dict
 from rlaif.human_labels import atomic_write_text
 
 log = logging.getLogger("rlaif")
+PLOTS = ("table", "line", "bar", "scatter")  # the kinds of Tracker.log_plot
 
 
 def json_safe(value: Any) -> Any:
@@ -107,6 +108,36 @@ class Tracker:
             columns = list(rows[0])
             table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
             self._wandb(f"table {name} at step {step}", lambda: self.run.log({name: table}, step=step))
+
+    @property
+    def panels(self) -> bool:
+        """Is wandb on, so that report panels (rlaif.panels) are worth building?"""
+        return self.run is not None
+
+    def log_plot(self, name: str, rows: list[dict[str, Any]], kind: str = "table", x: str = "", y: str = "",
+                 title: str = "", step: int = 0, stroke: str | None = None) -> None:
+        """A report figure as a wandb panel: `rows` as a wandb.Table under `name` (kind "table"), or a chart over
+        them (kind "line", with one line per value of the `stroke` column; "bar", x the label column and y the value;
+        "scatter"), whose table wandb keeps as `<name>_table`. wandb only: the figures' record is the report's HTML
+        and JSON; with wandb off this does nothing."""
+        if kind not in PLOTS:
+            raise ValueError(f"log_plot: kind {kind!r} is not one of {', '.join(PLOTS)}")
+        if self.run is None or not rows:
+            return
+        import wandb
+
+        columns = list(dict.fromkeys(c for r in rows for c in r))
+        table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows],
+                            allow_mixed_types=True)
+        if kind == "line":
+            panel = wandb.plot.line(table, x, y, stroke=stroke, title=title)
+        elif kind == "bar":
+            panel = wandb.plot.bar(table, x, y, title=title)
+        elif kind == "scatter":
+            panel = wandb.plot.scatter(table, x, y, title=title)
+        else:
+            panel = table
+        self._wandb(f"panel {name} at step {step}", lambda: self.run.log({name: panel}, step=step))
 
     def alert(self, title: str, text: str) -> None:
         """A wandb alert, when wandb is on: sent at once online; offline, recorded in the run file for `wandb sync`."""

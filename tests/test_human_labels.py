@@ -43,7 +43,7 @@ def test_write_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"id": "x", "prompt": "p", "response_a": "a", "response_b": "b"}', "missing required key(s) ['p_a']"),
+    ('{"id": "x", "prompt": "p", "response_a": "a", "response_b": "b"}', "missing required key(s) p_a;"),
     ('{"id": "x", "prompt": "p", "response_a": "a", "response_b": "b", "p_a": 1.5}', "'p_a' must be a number"),
     ('{"id": "x", "prompt": "p", "response_a": "a", "response_b": "b", "p_a": true}', "'p_a' must be a number"),
     ('{"id": "x", "prompt": "p", "response_a": "a", "response_b": "b", "p_a": 1, "sorce": "s"}', "unknown key"),

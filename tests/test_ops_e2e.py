@@ -5,6 +5,7 @@ process of the run left once the command returns (after success, a failure and C
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,9 @@ REV = "c3" * 20
 # the PM and trust line, two checkpoints, the progress bar, saved, done, UNTRUSTED); 7 before the trust gate; 161
 # before the quiet console
 CONSOLE_LINES_MAX = 18
+# What a Python repr looks like on a console line: a dict or list of strings or tuples, a Path, an object's default
+# repr, a bare None. The console reports in sentences; dicts go to metrics.jsonl, wandb and the logs.
+REPR = re.compile(r"\{'|\{\"|': |\['|\[\(|\(\(|PosixPath\(|<[\w.]+ object at 0x|\bNone\b(?! of)|\w+\(\w+=")
 
 
 def env_with_marker(marker: str, **extra: str) -> dict[str, str]:
@@ -113,6 +117,9 @@ def test_hub_ids_for_every_role_quiet_console_and_worker_logs(tmp_path, tiny_pat
     console = [line for line in console if line.strip()]
     assert len(console) <= CONSOLE_LINES_MAX, "\n".join(console)
     assert all(line.startswith(("rlaif: ", "RL:")) for line in console), "\n".join(console)
+    assert not [line for line in console if REPR.search(line)], "\n".join(console)  # sentences, not reprs
+    pm = next(line for line in console if "preference model trained on" in line)
+    assert re.search(r"held-out AI pairs accuracy \d\.\d\d \[\d\.\d\d, \d\.\d\d\] n=\d+", pm), pm  # with its interval
     assert proc.stderr.split("\n")[0] == "rlaif: Ray: local on 127.0.0.1, 8 CPUs, 0 GPUs"
     done, untrusted = proc.stdout.splitlines()  # the debug labeler's feedback is untrusted, and the run says so
     assert done == f"rlaif: done; policy checkpoint at {out / 'checkpoint'}"
@@ -133,6 +140,13 @@ def test_hub_ids_for_every_role_quiet_console_and_worker_logs(tmp_path, tiny_pat
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert {saved[s]["model"]["path"] for s in ("policy", "labeler", "preference_model", "critic")} == {"acme/tiny"}
     assert (out / "checkpoint" / "model.safetensors").is_file()
+
+    # The integrity and PM figures as wandb panels beside the HTML reports (their rows: tests/test_panels.py).
+    from .wandb_history import charts, logged_tables
+
+    (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    assert {"integrity/agreement", "integrity/reliability", "pm/reliability", "pm/accuracy"} <= set(charts(run_file))
+    assert {"integrity/audit", "integrity/reliability_table", "pm/accuracy_table"} <= set(logged_tables(run_file))
 
 
 @pytest.mark.e2e

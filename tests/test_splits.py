@@ -133,6 +133,8 @@ def get(refs, what: str = ""):
 
 
 class Tracker:
+    panels = False  # wandb off: no report panels
+
     def __init__(self) -> None:
         self.rows: list[dict] = []
 

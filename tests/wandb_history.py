@@ -45,3 +45,37 @@ def history(path: Path) -> list[dict]:
         if rec.WhichOneof("record_type") == "history":
             rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
     return rows
+
+
+def logged_tables(path: Path) -> dict[str, dict]:
+    """Every wandb.Table the run logged (a chart's under `<key>_table`), by key: {"columns": [...], "data": [[...]]},
+    read from the table file the history row names (in the run folder's files/)."""
+    from wandb.proto import wandb_internal_pb2
+
+    paths: dict[str, str] = {}
+    for raw in records(path):
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == "history":
+            items = {tuple(i.nested_key) or (i.key,): json.loads(i.value_json) for i in rec.history.item}
+            for key, value in items.items():
+                if len(key) == 2 and key[1] == "path" and items.get((key[0], "_type")) == "table-file":
+                    paths[key[0]] = value
+    return {key: json.loads((path.parent / "files" / rel).read_text()) for key, rel in paths.items()}
+
+
+def charts(path: Path) -> dict[str, dict]:
+    """The chart panels the run declared (wandb.plot.*), by key: their panel config (the chart kind's spec id in
+    panelDefId, the columns in fieldSettings, the title in stringSettings)."""
+    from wandb.proto import wandb_internal_pb2
+
+    out = {}
+    for raw in records(path):
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == "config":
+            for item in rec.config.update:
+                key = list(item.nested_key)
+                if key[:2] == ["_wandb", "visualize"]:
+                    out[key[2]] = json.loads(item.value_json)["panel_config"]
+    return out
