@@ -12,6 +12,7 @@ from rlaif.algorithms import loss_agg
 from rlaif.batch import Batch
 from rlaif.config import Config
 from rlaif.logprobs import check_packing, response_values
+from rlaif.lora import apply_lora, is_lora
 from rlaif.losses import value_loss
 from rlaif.models import disable_dropout, load_scalar_model, resolve_model_path
 from rlaif.schedule import schedule
@@ -29,6 +30,8 @@ class CriticWorker:
         torch.manual_seed(self.cfg.seed + 17)
         model = load_scalar_model(self.path, cc.model.dtype, cc.model.trust_remote_code, cc.model.attn_implementation)
         disable_dropout(model)
+        if cc.lora.rank:  # adapters on the LM, the value head whole (critic.lora)
+            apply_lora(model, cc.lora, "critic.lora")
         self.world_size, self.rank = world_size, rank
         per_rank = self.cfg.rl.prompts_per_step * self.cfg.rollout.n_samples // world_size
         self.engine = zero_engine(model, cc.lr, cc.zero_stage, mb, per_rank // mb, self.cfg.policy.grad_clip,
@@ -72,10 +75,12 @@ class CriticWorker:
     def save_checkpoint(self, folder: str) -> list[str]:
         """Every rank writes its own ZeRO shards (weights and optimizer states); returns the files it sees there, so
         the driver can check that it sees them too (output_dir on storage every node shares)."""
-        self.engine.save_checkpoint(folder, tag="critic", save_latest=False)
+        self.engine.save_checkpoint(folder, tag="critic", save_latest=False,
+                                    exclude_frozen_parameters=is_lora(self.engine.module))  # LoRA: adapters, head
         return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
 
     def load_checkpoint(self, folder: str) -> None:
-        path, _ = self.engine.load_checkpoint(folder, tag="critic", load_optimizer_states=True)
+        path, _ = self.engine.load_checkpoint(folder, tag="critic", load_optimizer_states=True,
+                                              load_module_strict=not is_lora(self.engine.module))
         if path is None:
             raise FileNotFoundError(f"critic rank {self.rank}: no DeepSpeed checkpoint in {folder}")

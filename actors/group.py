@@ -196,12 +196,13 @@ def zero_engine(model, lr: float, stage: int, micro_batch: int, grad_accum: int,
     import torch
 
     config = deepspeed_config(stage, micro_batch, grad_accum, grad_clip, dtype, offload_optimizer, offload_param)
+    trained = [p for p in model.parameters() if p.requires_grad]  # with LoRA the adapters (and a scalar head)
     if offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        optimizer = DeepSpeedCPUAdam(model.parameters(), lr=lr, weight_decay=weight_decay, adamw_mode=True)
+        optimizer = DeepSpeedCPUAdam(trained, lr=lr, weight_decay=weight_decay, adamw_mode=True)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine
 

@@ -13,6 +13,7 @@ from rlaif.algorithms import policy_loss
 from rlaif.batch import Batch
 from rlaif.config import Config
 from rlaif.logprobs import batch_logprobs, check_packing, response_logprobs
+from rlaif.lora import adapters_off, apply_lora, is_lora, merged_state_dict, save_adapter, sync_items
 from rlaif.losses import aggregate_loss
 from rlaif.models import disable_dropout, load_causal_lm, load_tokenizer, resolve_model_path, save_pretrained_atomic
 from rlaif.schedule import schedule
@@ -40,6 +41,8 @@ class PolicyWorker:
         disable_dropout(model)  # train-mode dropout would make the first PPO ratio differ from 1
         if pc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if pc.lora.rank:  # adapters only train; the reference is this model with them off (ref_logprobs)
+            apply_lora(model, pc.lora, "policy.lora")
         self.tokenizer = load_tokenizer(self.path, pc.model.trust_remote_code)
         per_rank = self.cfg.rl.prompts_per_step * self.cfg.rollout.n_samples // world_size
         self.grad_accum = per_rank // pc.micro_batch_size
@@ -54,6 +57,14 @@ class PolicyWorker:
         self.engine.eval()
         return batch_logprobs(self.engine, shard, self.cfg.policy.micro_batch_size, shard.meta["temperature"],
                               shard.meta["top_p"], self.cfg.policy.packing)
+
+    def ref_logprobs(self, shard: Batch) -> torch.Tensor:
+        """[B, R] the reference's log-probs with LoRA (policy.lora): this model with its adapters off, which is the
+        model RL started from whatever the adapters have learnt (see actors/reference.py for the sampling settings)."""
+        self.engine.eval()
+        with adapters_off(self.engine.module):
+            return batch_logprobs(self.engine, shard, self.cfg.policy.micro_batch_size, shard.meta["temperature"],
+                                  shard.meta["top_p"], self.cfg.policy.packing)
 
     def train(self, shard: Batch, kl_coef: float, step: int = 0) -> dict[str, float]:
         """rl.epochs passes over this rank's shard; one optimizer step per pass (DeepSpeed accumulates the
@@ -120,9 +131,8 @@ class PolicyWorker:
         that its engines map; returns the buffer's handle for them."""
         from actors.weight_sync import Param, plan_buckets, share_buffer
 
-        module = self.engine.module
-        self.sync_params = [(n, p) for n, p in module.named_parameters()]
-        shapes = [Param(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.sync_params]
+        self.sync_items = sync_items(self.engine.module)  # with LoRA: the merged weights, not the adapters
+        shapes = [Param(n, tuple(getattr(ps[0], "ds_shape", ps[0].shape)), ps[0].dtype) for n, ps, _ in self.sync_items]
         self.sync_buckets = plan_buckets(shapes, self.cfg.rollout.sync_bucket_mb << 20)
         self.sync_group = self.sync_shared = self.sync_handle = None
         if not shared:
@@ -150,26 +160,35 @@ class PolicyWorker:
         from actors.weight_sync import send_buckets
 
         t0 = time.perf_counter()
-        sent = send_buckets(self.sync_group, self.sync_params, self.sync_buckets, self.cfg.policy.zero_stage == 3,
+        sent = send_buckets(self.sync_group, self.sync_items, self.sync_buckets, self.cfg.policy.zero_stage == 3,
                             self.engine.device, self.sync_shared)
         return {"bytes": float(sent), "seconds": time.perf_counter() - t0}
 
     def save_checkpoint(self, folder: str) -> list[str]:
         """Every rank writes its own ZeRO shards (weights and optimizer states); returns the files it sees there, so
-        the driver can check that it sees them too (output_dir on storage every node shares)."""
-        self.engine.save_checkpoint(folder, tag="policy", save_latest=False)
+        the driver can check that it sees them too (output_dir on storage every node shares). With LoRA only the
+        adapters are saved (the frozen base is the model the run loads anyway)."""
+        self.engine.save_checkpoint(folder, tag="policy", save_latest=False,
+                                    exclude_frozen_parameters=is_lora(self.engine.module))
         return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
 
     def load_checkpoint(self, folder: str) -> None:
         path, _ = self.engine.load_checkpoint(folder, tag="policy", load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+                                              load_lr_scheduler_states=True,
+                                              load_module_strict=not is_lora(self.engine.module))
         if path is None:
             raise FileNotFoundError(f"policy rank {self.rank}: no DeepSpeed checkpoint in {folder}")
 
     def save(self, out_dir: str, card: dict[str, str]) -> str | None:
         """The policy as a Hugging Face folder with its model card (rlaif.trust.model_card: every export has one).
-        Every rank must call it (ZeRO-3 gathers layer by layer to rank 0, which writes)."""
+        With LoRA the folder holds the merged model and, in adapter/, the adapter alone (peft's format). Every rank
+        must call it (ZeRO-3 gathers layer by layer to rank 0, which writes)."""
         state = full_state_dict(self.engine, self.cfg.policy.zero_stage == 3, self.rank)
         if self.rank != 0:
             return None
-        return str(save_pretrained_atomic(self.engine.module, self.tokenizer, out_dir, card, state_dict=state))
+        module, also = self.engine.module, None
+        if is_lora(module):
+            adapter = state
+            state = merged_state_dict(adapter, module)
+            also = lambda tmp: save_adapter(module, adapter, tmp / "adapter", self.path)  # noqa: E731
+        return str(save_pretrained_atomic(module, self.tokenizer, out_dir, card, state_dict=state, also=also))

@@ -12,8 +12,10 @@ import torch
 from actors.group import join_group, set_lr, use_cpu_threads, zero_engine
 from rlaif.config import Config
 from rlaif.data import fit_chat, pad_sequences
+from rlaif.lora import apply_lora
 from rlaif.losses import preference_loss
-from rlaif.models import last_token_scores, load_scalar_model, load_tokenizer, resolve_model_path
+from rlaif.models import load_scalar_model, load_tokenizer, resolve_model_path
+from rlaif.reward_model import load_reward_model, scalar_scores
 from rlaif.schedule import schedule
 
 
@@ -29,6 +31,8 @@ class PreferenceModelWorker:
         pc = self.cfg.preference_model
         torch.manual_seed(self.cfg.seed)
         model = load_scalar_model(self.path, pc.model.dtype, pc.model.trust_remote_code, pc.model.attn_implementation)
+        if pc.lora.rank:  # adapters on the LM, the score head whole (preference_model.lora); saved merged
+            apply_lora(model, pc.lora, "preference_model.lora")
         self.tokenizer = load_tokenizer(self.path, pc.model.trust_remote_code)
         self.engine = zero_engine(model, pc.lr, pc.zero_stage, pc.batch_size, 1, 1.0, pc.model.dtype)
         self.engine.eval()
@@ -49,7 +53,7 @@ class PreferenceModelWorker:
         ids, attn, _ = pad_sequences([e[0] for e in enc], [e[1] for e in enc], self.tokenizer.pad_token_id)
         model = self.scoring_model
         device = next(model.parameters()).device
-        return last_token_scores(model, ids.to(device), attn.to(device))
+        return scalar_scores(model, ids.to(device), attn.to(device))  # last_token_scores for the PM
 
     def train(self, pairs: dict[str, list]) -> dict[str, float]:
         """pairs: prompt, first, second (texts), p_first. Soft-target Bradley-Terry. Every rank gets the same
@@ -92,24 +96,28 @@ class PreferenceModelWorker:
     def save(self, out_dir: str, card: dict[str, str]) -> str | None:
         """Every rank must call it (ZeRO-3 gathers layer by layer to rank 0, which writes)."""
         from actors.group import full_state_dict
+        from rlaif.lora import is_lora, merged_state_dict
         from rlaif.models import save_pretrained_atomic
 
         state = full_state_dict(self.engine, self.cfg.preference_model.zero_stage == 3, int(os.environ["RANK"]))
         if state is None:
             return None
+        if is_lora(self.engine.module):  # the scorer loads a plain model: the adapters merged into it
+            state = merged_state_dict(state, self.engine.module)
         return str(save_pretrained_atomic(self.engine.module, self.tokenizer, out_dir, card, state_dict=state))
 
 
 class PreferenceScorer(PreferenceModelWorker):
     """The trained preference model scoring responses during RL: plain torch, no DeepSpeed group, everything set up
     in the constructor, so Ray can restart it after a crash (it reloads the saved model) and a resumed run starts
-    it from the checkpoint's copy."""
+    it from the checkpoint's copy. With rl.reward_model, `path` is that pretrained model, loaded as its config
+    says (rlaif.reward_model), and scored in its own tokenizer's chat template."""
 
     def __init__(self, cfg: Config, path: str, mean: float, std: float) -> None:
         use_cpu_threads(cfg, "aux")
         self.cfg, self.path = cfg, path
         mc = cfg.preference_model.model
-        self.scoring_model = load_scalar_model(path, mc.dtype, mc.trust_remote_code,
-                                               mc.attn_implementation).to(cfg.device).eval()
+        load = load_reward_model if cfg.rl.reward_model else load_scalar_model
+        self.scoring_model = load(path, mc.dtype, mc.trust_remote_code, mc.attn_implementation).to(cfg.device).eval()
         self.tokenizer = load_tokenizer(path, mc.trust_remote_code)
         self.set_normalization(mean, std)

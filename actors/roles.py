@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 import ray
+import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -28,6 +29,7 @@ from actors.preference import PreferenceModelWorker, PreferenceScorer
 from actors.reference import ReferenceWorker
 from actors.rollout import RolloutEngines, rollout_placement
 from actors.weight_sync import SyncFailed, WeightSync
+from rlaif.algorithms import needs_reference
 from rlaif.batch import Batch
 from rlaif.checkpoint import RoleDied
 from rlaif.config import Config, ConfigError
@@ -125,6 +127,16 @@ class Call:
                 self.ref = getattr(self.role.actor, self.method).remote(*self.args, **self.kwargs)
 
 
+class Sharded:
+    """A call in flight on every rank of a group, each on its shard; result() is the shards' results concatenated."""
+
+    def __init__(self, group: ActorGroup, method: str, batch: Batch) -> None:
+        self.group, self.method, self.refs = group, method, sharded(group, method, batch)
+
+    def result(self, timeout: float, what: str) -> torch.Tensor:
+        return torch.cat(self.group._get(self.refs, self.method))
+
+
 class PreferenceScorers:
     """The trained preference model serving RL, data parallel: `actors` like an ActorGroup's, each restartable."""
 
@@ -210,7 +222,7 @@ class Roles:
     def get(self, refs: Any, what: str) -> Any:
         """ray.get bounded by trainer.timeout_s; Calls on restartable roles are retried after a restart; a dead
         DeepSpeed rank raises RoleDied."""
-        if isinstance(refs, Call):
+        if isinstance(refs, (Call, Sharded)):
             return refs.result(self.timeout, what)
         if isinstance(refs, list) and any(isinstance(r, Call) for r in refs):
             return [self.get(r, what) for r in refs]
@@ -228,6 +240,15 @@ class Roles:
                 except Exception:  # noqa: S110  (each is the same death, already being reported)
                     pass
             raise RoleDied(f"{what}: an actor died ({actor_death(exc)})") from exc
+
+    def reference_logprobs(self, shared: Any, batch: Batch) -> Call | Sharded | None:
+        """The reference's log-probs of `batch` (`shared`: its object ref), in flight, or None when nothing reads
+        them: the reference actor's, or with LoRA (policy.lora) the policy ranks' own with their adapters off."""
+        if self.reference is not None:
+            return self.reference.logprobs.remote(shared)
+        if self.policy is not None and self.cfg.policy.lora.rank and needs_reference(self.cfg.rl):
+            return Sharded(self.policy, "ref_logprobs", batch)
+        return None
 
     def restarted(self, role: str, exc: Exception) -> None:
         self.faults[role.split(".")[0]] += 1

@@ -205,7 +205,8 @@ def sweep_stale_buffers(folder: str = SHM_DIR) -> list[str]:
         except OSError:  # gone already, or another user's
             pass
     if removed:
-        log.info("weight sync: removed %d stale shared buffer(s) of dead processes: %s", len(removed), removed)
+        log.info("weight sync: removed %d stale shared buffer(s) of dead processes: %s", len(removed),
+                 ", ".join(removed))
     return removed
 
 
@@ -260,29 +261,32 @@ def map_buffer(handle: dict) -> tuple[torch.Tensor, torch.device]:
     return torch.from_file(handle["path"], shared=True, size=handle["nbytes"], dtype=torch.uint8), torch.device("cpu")
 
 
-def send_buckets(group: BroadcastGroup | None, named: list[tuple[str, torch.nn.Parameter]],
+def send_buckets(group: BroadcastGroup | None, items: list[tuple[str, list[torch.nn.Parameter], Callable]],
                  buckets: list[list[Param]], zero3: bool, device: torch.device,
                  shared: torch.Tensor | None = None) -> int:
     """Policy side; every rank calls it (ZeRO-3 gathers each bucket collectively), the ranks with a group send:
-    broadcast through the group, or written into the `shared` buffer that the group's receivers map. Returns the
-    bytes sent."""
+    broadcast through the group, or written into the `shared` buffer that the group's receivers map. `items`:
+    (name, parameters, make) as rlaif.lora.sync_items gives them (a plain parameter is itself; a LoRA layer's weight
+    is made from W, A and B). Returns the bytes sent."""
     import deepspeed
 
-    by_name, sent, failure = dict(named), 0, None
+    by_name, sent, failure = {name: (params, make) for name, params, make in items}, 0, None
     for i, bucket in enumerate(buckets):
-        params = [by_name[p.name] for p in bucket]
+        parts = [by_name[p.name] for p in bucket]
+        params = [q for ps, _ in parts for q in ps]
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3):
             if group is None or failure is not None:
                 continue  # after a failed send rank 0 still takes part in every gather: the other ranks wait on it
             what = f"bucket {i + 1}/{len(buckets)}"
+            tensors = [make([q.detach() for q in ps]).reshape(-1).to(bucket[0].dtype) for ps, make in parts]
             try:
                 if shared is None:
-                    flat = torch.cat([t.detach().reshape(-1).to(bucket[0].dtype) for t in params]).to(device)
+                    flat = torch.cat(tensors).to(device)
                     group.broadcast(flat, what)
                 else:  # flatten straight into the mapped buffer; the group says when it is ready and when read
                     nbytes = sum(_numel(p.shape) for p in bucket) * bucket[0].dtype.itemsize
                     flat = shared[:nbytes].view(bucket[0].dtype)
-                    torch.cat([t.detach().reshape(-1).to(bucket[0].dtype) for t in params], out=flat)
+                    torch.cat(tensors, out=flat)
                     if flat.is_cuda:
                         torch.cuda.current_stream().synchronize()
                     group.broadcast(torch.tensor([i], dtype=torch.int64), what)

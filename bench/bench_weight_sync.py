@@ -41,22 +41,28 @@ os.environ.setdefault("WANDB_MODE", "offline")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def made(item) -> object:
+    """One weight as send_buckets makes it (a LoRA layer's merged from W, A and B)."""
+    params, make = item
+    return make([q.detach() for q in params])
+
+
 def flatten_only(worker) -> float:
     """On policy rank 0: the per-bucket flatten of send_buckets, nothing sent."""
     import torch
 
-    by_name, t0 = dict(worker.sync_params), time.perf_counter()
+    by_name, t0 = {n: (ps, make) for n, ps, make in worker.sync_items}, time.perf_counter()
     for bucket in worker.sync_buckets:
-        torch.cat([by_name[p.name].detach().reshape(-1).to(bucket[0].dtype) for p in bucket])
+        torch.cat([made(by_name[p.name]).reshape(-1).to(bucket[0].dtype) for p in bucket])
     return time.perf_counter() - t0
 
 
 def broadcast_send(worker) -> float:
     import torch
 
-    by_name, t0 = dict(worker.sync_params), time.perf_counter()
+    by_name, t0 = {n: (ps, make) for n, ps, make in worker.sync_items}, time.perf_counter()
     for i, bucket in enumerate(worker.sync_buckets):
-        flat = torch.cat([by_name[p.name].detach().reshape(-1).to(bucket[0].dtype) for p in bucket])
+        flat = torch.cat([made(by_name[p.name]).reshape(-1).to(bucket[0].dtype) for p in bucket])
         worker.sync_group.broadcast(flat, f"bench bucket {i}")
     return time.perf_counter() - t0
 

@@ -45,9 +45,25 @@ class ModelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft's LoRA) on a trained model's linear layers: only the adapters (and a scalar head) train;
+    the base weights stay frozen and are never copied. rank 0: full fine-tuning."""
+
+    rank: int = 0  # r of each adapter (the update B @ A has this rank); 0: LoRA off, every weight trains
+    alpha: float = 16.0  # the update is scaled by alpha / rank (peft's lora_alpha)
+    # dropout on each adapter's input while training; the policy's must be 0 (dropout would make the first PPO ratio
+    # differ from 1, as disable_dropout explains); the critic's and the preference model's may use it
+    dropout: float = 0.0
+    # the linear layers that get adapters, by the last part of their name (q_proj, v_proj, ...), or "all-linear":
+    # every linear layer but the output heads; add lm_head by name (refused where it is tied to the embeddings)
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
 class DataConfig:
-    # RL prompts: a .jsonl/.csv/.parquet/.txt file or a builtin ("builtin:debug", "builtin:benign", ...); the record
-    # format is in rlaif/sources.py.
+    # RL prompts: a .jsonl/.csv/.parquet/.txt file, a builtin ("builtin:debug", "builtin:benign", ...) or a Hub dataset
+    # "hf:ORG/NAME?config=C&split=S&column=COL&limit=N" (rlaif/hub_sources.py; offline from HF_HUB_CACHE /
+    # HF_DATASETS_CACHE under HF_HUB_OFFLINE=1); the record format is in rlaif/sources.py.
     prompts: str = "builtin:debug"
     max_prompt_tokens: int = 128  # longer prompts lose the start of their text (counted in data/prompts_truncated)
     seed: int = 0  # of the held-out split
@@ -125,7 +141,7 @@ class TrustConfig:
 
     min_agreement: float = 0.55  # order-averaged AI labels vs the human labels (chance is 0.5)
     min_position_consistency: float = 0.5  # both presentation orders prefer the same response (a coin: 0.5)
-    min_pm_human_accuracy: float = 0.5  # the trained preference model on the held-out human pairs
+    min_pm_human_accuracy: float = 0.5  # the trained preference model (or rl.reward_model) on held-out human pairs
     # Train anyway on feedback that did not pass (--accept-untrusted-feedback): every checkpoint's model card and
     # trust.json, the wandb summary and tags, the eval report and the last console line say the run is untrusted.
     accept_untrusted_feedback: bool = False
@@ -149,6 +165,7 @@ class PreferenceModelConfig:
     batch_size: int = 8  # pairs per optimizer step
     max_tokens: int = 512  # prompt + response tokens per scored sequence: the prompt at most half, then the response
     normalize_rewards: bool = True  # scores standardised by the PM's training-set mean and std
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # adapters on the PM's LM (its score head trains whole)
 
 
 @dataclass
@@ -177,6 +194,11 @@ class PolicyConfig:
     # 1; DeepSpeed's CPU Adam), and the parameters too (zero_stage 3). Frees GPU memory, mainly with ray.colocate.
     offload_optimizer: bool = False
     offload_param: bool = False  # ZeRO-3 parameters to pinned CPU memory (device cuda)
+    # LoRA (lora.rank > 0): the policy trains adapters only; the reference is the same model with its adapters off
+    # (no reference actor, no second copy of the weights); vLLM receives the merged weights W + alpha/r * B @ A after
+    # every update; checkpoints keep the adapters and their optimizer state; exports hold the merged model and the
+    # adapter alone (adapter/, peft's format)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass
@@ -193,6 +215,7 @@ class CriticConfig:
     warmup_steps: int = 0  # steps of linear warm-up from 0; 0: none (or warmup_ratio)
     warmup_ratio: float = 0.0  # warm-up as a share of all steps, rounded up; not with warmup_steps
     packing: bool = True  # as policy.packing, for the critic's value forwards (checked when the critic loads)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # adapters on the critic's LM (its value head trains whole)
 
 
 @dataclass
@@ -229,6 +252,14 @@ class RLConfig:
     dpo_weight_by_label: bool = False  # weight each online-DPO pair by |2p - 1| of its soft label
     dpo_preference: Literal["labeler", "reward"] = "labeler"  # order DPO pairs by the AI label or by the reward
     use_preference_model: bool = True  # score with the trained preference model (false: rl.reward_functions alone)
+    # A pretrained reward model scoring in the trained preference model's place (no PM trains): a local folder or a Hub
+    # id, resolved like *.model.path (rlaif.models.resolve_model_path), an AutoModelForSequenceClassification with
+    # one label, scored in its own tokenizer's chat template by the PM's scorers, under preference_model.num_ranks,
+    # batch_size, max_tokens, normalize_rewards (mean and std of its scores on the sampled responses) and
+    # model.dtype / trust_remote_code / allow_pickle / attn_implementation. Its accuracy on labeler.human_eval's pairs
+    # is gated by trust.min_pm_human_accuracy (rlaif/reward_model.py). Needs rl.use_preference_model=true.
+    reward_model: str = ""
+    reward_model_revision: str = ""  # rl.reward_model as a Hub id only: the branch, tag or commit; empty: main
     use_labeler_rating: bool = False  # direct RLAIF: add the labeler's 1-9 rating, rescaled to [-1, 1], as reward
     label_every: int = 1  # AI-label the step's pairs (labels/* metrics, online DPO) every this many steps
     # Pairs the labeler compares per labelled step when its labels only monitor (the labels/* alarms need a window of
@@ -784,6 +815,8 @@ RANGES: dict[str, str] = {
     "ray.gpu_memory_gib": "(0, inf)",
     "ray.plan_nodes": "[0, inf)",
     "ray.plan_gpus_per_node": "[1, inf)",
+    **{f"{m}.lora.{k}": v for m in ("policy", "critic", "preference_model")
+       for k, v in (("rank", "[0, inf)"), ("alpha", "(0, inf)"), ("dropout", "[0, 1)"))},
 }
 
 
@@ -827,6 +860,9 @@ def validate(cfg: Config) -> None:
             f"rl.prompts_per_step * rollout.n_samples = {batch} must split evenly over critic.num_ranks "
             f"= {cfg.critic.num_ranks} ranks into micro-batches of policy.micro_batch_size"
         )
+    from rlaif.reward_model import validate_reward_model  # rl.reward_model's cross-field checks
+
+    validate_reward_model(cfg)
     labeler_dpo = cfg.rl.labels_order_dpo
     if not (cfg.rl.use_preference_model or cfg.rl.reward_functions or cfg.rl.use_labeler_rating or labeler_dpo):
         raise ConfigError(
@@ -928,6 +964,14 @@ def _validate_gpu_placement(cfg: Config) -> None:
         if cfg.trainer.async_:
             raise ConfigError("rollout.sleep_level: engines cannot sleep while trainer.async=true generates the next "
                               "step during the update; set one of them off (sleep_level 0 or async false)")
+    if pc.lora.rank and pc.lora.dropout:
+        raise ConfigError(f"policy.lora.dropout: the policy trains without dropout (it would make the first PPO ratio "
+                          f"differ from 1 and add noise the algorithms do not account for): must be 0, got "
+                          f"{pc.lora.dropout:g}")
+    for sect in ("policy", "critic", "preference_model"):
+        if not getattr(cfg, sect).lora.target_modules:
+            raise ConfigError(f"{sect}.lora.target_modules: name at least one linear layer (q_proj, v_proj, ...) or "
+                              "'all-linear'")
     for key in ("offload_optimizer", "offload_param"):
         if getattr(pc, key) and not cuda:
             raise ConfigError(f"policy.{key}: ZeRO-Offload moves training state from the GPU to CPU memory; on device "

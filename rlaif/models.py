@@ -290,8 +290,8 @@ def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return values[torch.arange(values.size(0)), last]
 
 
-def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, card: dict[str, str], state_dict: dict | None = None
-                           ) -> Path:
+def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, card: dict[str, str], state_dict: dict | None = None,
+                           also=None) -> Path:
     """Hugging Face folder (safetensors + tokenizer + `card`: {file name: text}, the model card and trust record of
     rlaif.trust), written beside the target and renamed into place: a model never appears without its card."""
     out = Path(out_dir)
@@ -302,6 +302,8 @@ def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, card: dict[str
         tokenizer.save_pretrained(tmp)
         for name, text in card.items():  # after save_pretrained, whose own README.md (if any) the card replaces
             (tmp / name).write_text(text, encoding="utf-8")
+        if also is not None:  # more files that must land with the model (a LoRA adapter): also(folder being written)
+            also(tmp)
         if out.exists():
             old = out.with_name(out.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

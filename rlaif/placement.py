@@ -28,7 +28,7 @@ def role_plan(cfg: Config, stage: str) -> dict[str, tuple[int, float]]:
     plan = {"rollout": (cfg.rollout.num_engines, r.gpus_per_rollout)}
     if stage != "sl-cai":
         plan["labeler"] = (1, r.gpus_per_aux)
-    if rl and needs_reference(cfg.rl):
+    if rl and needs_reference(cfg.rl) and not cfg.policy.lora.rank:  # LoRA: the policy with its adapters off
         plan["reference"] = (1, r.gpus_per_aux)
     if rl and cfg.rl.use_preference_model:
         plan["preference_model"] = (cfg.preference_model.num_ranks, r.gpus_per_aux)

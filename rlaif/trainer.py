@@ -56,6 +56,7 @@ from rlaif.session import StopSignal, prepare, session
 from rlaif.stages import (
     feedback_integrity,
     label_stats,
+    pm_accuracy_text,
     precheck_labeler,
     record_trust,
     sample_and_label,
@@ -174,7 +175,7 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     k = len(pair_prompts) if labels_train or not rl.label_pairs else min(rl.label_pairs, len(pair_prompts))
     label_ref = roles.labeler.compare.remote(pair_prompts[:k], texts[0:2 * k:2], texts[1:2 * k:2],
                                              labeler_seed(cfg, step, "compare")) if step % rl.label_every == 0 else None
-    ref_ref = roles.reference.logprobs.remote(shared) if roles.reference else None
+    ref_ref = roles.reference_logprobs(shared, batch)
     old_refs = sharded(roles.policy, "logprobs", batch) if needs_old_logprobs(rl) else []
     value_refs = sharded(roles.critic, "values", batch) if roles.critic else []
     raw, reward_parts = reward(cfg, roles, state, batch, labeler_seed(cfg, step, "rate"))  # blocks on the PM
@@ -287,7 +288,12 @@ def preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: T
                      ) -> tuple[str, tuple, TrustRecord]:
     """RL-CAI's feedback phase: AI labels on the policy's own samples, measured against human labels (the trust gate
     may stop the run here), then the preference model fit on them, checked on the held-out human pairs (the gate
-    again, before RL) and saved with its card. Returns its folder, normalisation, and the gate's record."""
+    again, before RL) and saved with its card. Returns its folder, normalisation, and the gate's record. With
+    rl.reward_model, that pretrained model in the PM's place, checked by the same gate (rlaif/reward_model.py)."""
+    if cfg.rl.reward_model:
+        from rlaif.reward_model import reward_model_stage
+
+        return reward_model_stage(cfg, roles, loader, tracker)
     log.info("AI feedback -> preference model on %d pairs", cfg.preference_model.label_prompts)
     pairs = sample_and_label(cfg, roles, loader)
     record = feedback_integrity(cfg, roles, pairs, tracker, feedback_trains(cfg))
@@ -299,8 +305,8 @@ def preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: T
     record = decide(record.checks + [check], cfg.trust, record.trains)
     if record.status != FAILED:
         log.info("preference model trained on %d pairs: held-out AI pairs accuracy %s, ECE %s; %s; trust gate: %s",
-                 int(pm["pm/train_pairs"]),
-                 *(f"{pm[k]:.3f}" if k in pm else "n/a" for k in ("pm/heldout_accuracy", "pm/heldout_ece")),
+                 int(pm["pm/train_pairs"]), pm_accuracy_text(pm),
+                 f"{pm['pm/heldout_ece']:.3f}" if "pm/heldout_ece" in pm else "n/a",
                  brief([check]), record.status.upper())
     record_trust(cfg, record, tracker, [check], None, before)
     enforce(record, Path(cfg.output_dir) / "feedback" / "pm_calibration.html")  # before RL, before the PM is kept

@@ -93,6 +93,11 @@ def in_threads(sender, receiver, timeout_s: float):
     return results
 
 
+def as_items(named: list) -> list:
+    """Plain parameters as the weight sync's items (each sent as it is)."""
+    return [(n, [p], lambda ts: ts[0]) for n, p in named]
+
+
 def test_weights_stream_in_buckets_over_gloo_and_arrive_exact():
     """Bugs caught: a bucket's flat buffer cut at the wrong offsets (names get their neighbours' values), a dtype
     changed on the way, bytes miscounted."""
@@ -103,7 +108,7 @@ def test_weights_stream_in_buckets_over_gloo_and_arrive_exact():
     buckets = plan_buckets(params, 64)
     assert len(buckets) == 3
     cpu = torch.device("cpu")
-    got = in_threads(lambda g: send_buckets(g, named, buckets, zero3=False, device=cpu),
+    got = in_threads(lambda g: send_buckets(g, as_items(named), buckets, zero3=False, device=cpu),
                      lambda g: [(n, t.clone()) for n, t in receive_buckets(g, buckets, cpu)], timeout_s=30)
     assert got[0] == sum(t.numel() * t.element_size() for _, t in named)
     assert [n for n, _ in got[1]] == [n for n, _ in named]
@@ -126,7 +131,8 @@ def test_weights_handed_over_through_one_shared_buffer_arrive_exact():
     mapped, device = map_buffer(handle)
     os.unlink(handle["path"])  # as the policy does once its receivers joined: the mappings keep the memory
     assert device.type == "cpu" and mapped.numel() == nbytes == 64  # w1 and b1: 16 float32
-    got = in_threads(lambda g: send_buckets(g, named, buckets, zero3=False, device=torch.device("cpu"), shared=buf),
+    got = in_threads(lambda g: send_buckets(g, as_items(named), buckets, zero3=False, device=torch.device("cpu"),
+                                            shared=buf),
                      lambda g: list(receive_shared(g, mapped, buckets)), timeout_s=30)
     assert got[0] == sum(t.numel() * t.element_size() for _, t in named), got
     assert [n for n, _ in got[1]] == [n for n, _ in named]

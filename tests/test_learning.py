@@ -34,6 +34,10 @@ RUNS = {
     "kl-in-loss": ["rl.algorithm=grpo", "rl.kl_in=loss", "rl.kl_coef=1.0", "rl.kl_target=0.5", "rl.kl_horizon=200"],
     # one step off-policy generation, in bf16 (policy, reference and vLLM)
     "async-bf16": ["rl.algorithm=grpo", "trainer.async=true", "policy.model.dtype=bfloat16"],
+    # LoRA adapters under ZeRO-3 (policy.lora): vLLM gets the merged weights, the reference is the adapters off
+    # (the tiny model is random: its vowel preference sits in the LM head, so that is adapted too)
+    "lora": ["rl.algorithm=grpo", "policy.lora.rank=16", "policy.lora.alpha=32", "policy.lr=5e-3",
+             "policy.zero_stage=3", "policy.lora.target_modules=[all-linear,lm_head]"],
 }
 _cache: dict[str, list[dict]] = {}
 
@@ -59,7 +63,7 @@ def steps_of(rows: list[dict], key: str) -> list[float]:
     return [r[key] for r in rows if key in r and "time/step" in r]
 
 
-@pytest.mark.parametrize("name", ["rloo", "grpo", "dr-grpo", "reinforce++", "ppo", "online-dpo", "async-bf16"])
+@pytest.mark.parametrize("name", ["rloo", "grpo", "dr-grpo", "reinforce++", "ppo", "online-dpo", "async-bf16", "lora"])
 def test_algorithm_raises_held_out_reward(tmp_path_factory, name):
     rows = run(tmp_path_factory, name)
     start, end = eval_reward(rows, 0), eval_reward(rows, STEPS)
@@ -76,6 +80,15 @@ def test_algorithm_raises_held_out_reward(tmp_path_factory, name):
         staleness = steps_of(rows, "rollout/staleness")
         assert staleness[0] == 0 and set(staleness[1:]) == {1.0}  # trained on samples one update old
         assert max(steps_of(rows, "policy/tis_mean_abs_log_ratio")[1:]) > 0  # the lag is measured and corrected
+    if name == "lora":
+        # The reference is the policy with its adapters off: the same model at step 1 (B starts at 0), and the KL
+        # grows as the adapters learn (adapters never switched off: 0 throughout; left off: the policy never moves).
+        # vLLM samples from the merged weights: its log-probs match the trainer's on every step (a sync that sent the
+        # base weights, or the adapters unmerged, would leave them as far apart as the KL).
+        kl = steps_of(rows, "kl/policy_ref")
+        assert abs(kl[0]) < 2e-3 and max(kl[-3:]) > 20 * max(abs(kl[0]), 1e-3), kl
+        gaps = steps_of(rows, "logprob/vllm_vs_trainer_abs_diff")
+        assert max(gaps) < 0.02 < max(kl[-3:]), (gaps, kl)
 
 
 def test_kl_in_the_loss_keeps_the_policy_near_the_reference(tmp_path_factory):
