@@ -2,6 +2,7 @@
 
     python bench/bench_vs_trl.py [--steps 4] [--rounds 2] [--quick]      # the four cells (issue 18 item 5)
     python bench/bench_vs_trl.py --variants same,async --trl trl,trl_1t   # any rlaif variants against any TRL ones
+    python bench/bench_vs_trl.py --variants defaults,lora                 # full fine-tuning and LoRA, each vs TRL's
 
 The workload, the same on both sides: SmolLM2-135M-Instruct, the 32 chat questions of bench/peer_prompts.txt,
 16 prompts x 2 samples = 32 completions per step, <= 64 new tokens at temperature 1, GRPO, the reward
@@ -38,6 +39,17 @@ monitoring labels took), weight_sync. TRL phases come from its own profiling con
 (transformers.generate), inputs (_prepare_inputs: generation, reward, advantages), loss_fwd (compute_loss), and
 backward+optim (the step's remainder). The machine is shared: run it when it is quiet and read the spread.
 
+LoRA: the rlaif variant "lora" is the "defaults" cell plus policy.lora.rank=16, policy.lora.alpha=32 (every linear
+layer, rlaif's default target_modules "all-linear") and policy.lr=1e-5; the TRL sides "trl_lora", "trl_lora_bf16",
+"trl_lora_1t", "trl_lora_bf16_1t" are their namesakes plus GRPOTrainer(peft_config=LoraConfig(r=16, lora_alpha=32,
+target_modules="all-linear", task_type="CAUSAL_LM")) and learning_rate=1e-5 -- the lr raised tenfold on both sides, as
+LoRA usually needs (the step's cost does not depend on it). Each rlaif side is compared only with its kind of TRL
+side: full fine-tuning with the TRL sides without LoRA, "lora" with the TRL LoRA sides; without --trl, the TRL sides
+are the default ones ("trl,trl_1t" with --variants) plus their LoRA twins when a LoRA variant runs, so
+`--variants defaults,lora` prints two ratios: rlaif defaults / the faster TRL, rlaif lora / the faster TRL LoRA side.
+(The name "default" is the old name of "same", not "defaults": `--variants default,lora` pairs the same-work side
+with TRL, and lora with TRL LoRA.)
+
 --quick swaps in the tiny builtin Llama (as policy and labeler), 4 prompts x 2 samples, 16 new tokens, 2 steps,
 1 round: a smoke test.
 """
@@ -69,6 +81,10 @@ DEFAULTS_UNSET = (
     "policy.model.dtype",  # float32; default: rlaif's ("auto": bf16 where the processor supports it)
 )
 
+# LoRA on both sides: rank, alpha, every linear layer; the learning rate raised from the workload's 1e-6 (full
+# fine-tuning) to 1e-5 on both sides, as LoRA usually needs.
+LORA = {"rank": 16, "alpha": 32, "lr": 1e-5}
+
 # rlaif configurations: `overrides` on top of bench/peer.yaml, `unset` keys removed from it first, `env` added to the
 # run's environment. "same" is peer.yaml as it is (the same work as TRL); "defaults" is rlaif's defaults.
 VARIANTS: dict[str, dict] = {
@@ -82,6 +98,9 @@ VARIANTS: dict[str, dict] = {
     "ranks2": {"overrides": ["policy.num_ranks=2"]},
     "omp2": {"overrides": [], "env": {"OMP_NUM_THREADS": "2"}},  # every actor's torch on 2 threads, not Ray's 1
     "async_omp2": {"overrides": ["trainer.async=true"], "env": {"OMP_NUM_THREADS": "2"}},
+    # the defaults cell with LoRA (its keys, --defaults-set too), compared with the TRL LoRA sides (TRL_VARIANTS)
+    "lora": {"overrides": [f"policy.lora.rank={LORA['rank']}", f"policy.lora.alpha={LORA['alpha']}",
+                           f"policy.lr={LORA['lr']}"], "unset": DEFAULTS_UNSET, "base": "defaults", "lora": True},
 }
 ALIASES = {"default": "same"}  # the name "same" had before the four cells
 # TRL runs in one process whose torch uses every core by default ("trl"); on a loaded machine two OpenMP threads that
@@ -93,9 +112,30 @@ TRL_VARIANTS: dict[str, dict] = {
     "trl_1t": {"bf16": False, "env": {"OMP_NUM_THREADS": "1"}},
     "trl_bf16_1t": {"bf16": True, "env": {"OMP_NUM_THREADS": "1"}},
 }
+
+def lora_twin(trl: str) -> str:
+    """A TRL side's LoRA twin: "trl" -> "trl_lora", "trl_bf16_1t" -> "trl_lora_bf16_1t"."""
+    return "trl_lora" + trl[len("trl"):]
+
+
+# Each TRL side's LoRA twin: the same plus GRPOTrainer(peft_config=LoraConfig(...LORA)) and learning_rate LORA["lr"]
+TRL_VARIANTS.update({lora_twin(name): {**spec, "lora": True} for name, spec in list(TRL_VARIANTS.items())})
 CELLS = (["defaults", "same"], ["trl", "trl_bf16"])  # issue 18 item 5: rlaif's two sides, TRL's two
 LABELS = {"defaults": "rlaif defaults", "same": "rlaif same work", "trl": "TRL fp32", "trl_bf16": "TRL bf16",
-          "trl_1t": "TRL fp32 1 thread", "trl_bf16_1t": "TRL bf16 1 thread"}
+          "trl_1t": "TRL fp32 1 thread", "trl_bf16_1t": "TRL bf16 1 thread", "lora": "rlaif defaults LoRA"}
+LABELS.update({lora_twin(t): LABELS[t].replace("TRL", "TRL LoRA", 1)
+               for t in ("trl", "trl_bf16", "trl_1t", "trl_bf16_1t")})
+
+
+def is_lora(side: str) -> bool:
+    """Whether an rlaif or TRL side trains LoRA adapters (then it is compared only with sides that do too)."""
+    spec = TRL_VARIANTS.get(side) or VARIANTS.get(ALIASES.get(side, side), {})
+    return bool(spec.get("lora"))
+
+
+def paired(variant: str, trls: list[str]) -> list[str]:
+    """The TRL sides an rlaif side is compared with: those that train as it does (LoRA or every weight)."""
+    return [t for t in trls if is_lora(t) == is_lora(variant)]
 GOAL = 3.0  # issue 18: rlaif with its own defaults >= 3x TRL's faster setting
 
 
@@ -166,6 +206,8 @@ def run_trl(name: str, steps: int, wl: dict, out: Path, quick: bool) -> dict:
         cmd.append("--quick")
     if TRL_VARIANTS[name]["bf16"]:
         cmd.append("--trl-bf16")
+    if TRL_VARIANTS[name].get("lora"):
+        cmd.append("--trl-lora")
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **TRL_VARIANTS[name]["env"]}
     wall = run_logged(cmd, env, out / "log.txt", name)
     res = json.loads((out / "trl.json").read_text())
@@ -174,8 +216,9 @@ def run_trl(name: str, steps: int, wl: dict, out: Path, quick: bool) -> dict:
             "phases": res["phases"], "steps_measured": len(res["step_s"]), "wall_s": wall}
 
 
-def trl_worker(out: Path, steps: int, quick: bool, bf16: bool) -> None:
-    """One TRL GRPOTrainer run in this process; writes the step times and the profiling split to out/trl.json."""
+def trl_worker(out: Path, steps: int, quick: bool, bf16: bool, lora: bool = False) -> None:
+    """One TRL GRPOTrainer run in this process; writes the step times and the profiling split to out/trl.json.
+    `lora`: peft's LoRA (LORA: rank, alpha, every linear layer) through GRPOTrainer's peft_config, at LORA's lr."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
@@ -210,13 +253,21 @@ def trl_worker(out: Path, steps: int, quick: bool, bf16: bool) -> None:
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     texts = [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()]
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": t}]} for t in texts])
+    peft = {}
+    if lora:
+        from peft import LoraConfig
+
+        peft = {"peft_config": LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], target_modules="all-linear",
+                                          task_type="CAUSAL_LM")}
     args = GRPOConfig(
         output_dir=str(out), use_cpu=True, bf16=bf16, per_device_train_batch_size=wl["prompts_per_step"] * wl["n"],
         num_generations=wl["n"], max_completion_length=wl["max_new_tokens"], max_steps=steps, logging_steps=1,
         save_strategy="no", report_to="none", seed=0, disable_tqdm=True,
+        **({"learning_rate": LORA["lr"]} if lora else {}),
     )
     trainer = GRPOTrainer(model=model, reward_funcs=length_reward, args=args, train_dataset=data,
-                          processing_class=tokenizer, callbacks=[StepEnds()])
+                          processing_class=tokenizer, callbacks=[StepEnds()], **peft)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     t_start = time.perf_counter()
     trainer.train()
     step_s = [b - a for a, b in zip(ends, ends[1:])]  # steps after the first
@@ -232,7 +283,7 @@ def trl_worker(out: Path, steps: int, quick: bool, bf16: bool) -> None:
     (out / "trl.json").write_text(json.dumps({
         "step_s": step_s, "phases": phases, "threads": torch.get_num_threads(), "bf16": args.bf16,
         "gradient_checkpointing": args.gradient_checkpointing, "loss_type": args.loss_type, "beta": args.beta,
-        "learning_rate": args.learning_rate, "profiling": timings,
+        "learning_rate": args.learning_rate, "lora": lora, "trainable_params": trainable, "profiling": timings,
     }))
 
 
@@ -244,13 +295,19 @@ def describe(r: dict) -> str:
 
 def sides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
     """The rlaif and TRL sides to run: the four cells unless --variants or --trl pick others (then the one not given
-    keeps its old default: "same", and "trl,trl_1t")."""
+    keeps its old default: "same", and "trl,trl_1t" plus their LoRA twins when a LoRA variant runs). Every rlaif
+    side needs a TRL side of its kind (LoRA or not) to be compared with, unless --trl is empty."""
     if args.cells and (args.variants is not None or args.trl is not None):
         parser.error("--cells runs the four cells; pick sides with --variants/--trl instead")
     if args.variants is None and args.trl is None:
         return list(CELLS[0]), list(CELLS[1])
     variants = list(dict.fromkeys(ALIASES.get(v, v) for v in (args.variants or "same").split(",") if v))
-    trls = list(dict.fromkeys(t for t in (args.trl if args.trl is not None else "trl,trl_1t").split(",") if t))
+    if args.trl is not None:
+        trls = list(dict.fromkeys(t for t in args.trl.split(",") if t))
+    else:
+        default = ["trl", "trl_1t"]
+        kinds = {is_lora(v) for v in variants}
+        trls = [*(default if False in kinds else []), *([lora_twin(t) for t in default] if True in kinds else [])]
     for v in variants:
         if v not in VARIANTS:
             parser.error(f"--variants: unknown variant {v!r}; known: {', '.join([*VARIANTS, *ALIASES])}")
@@ -259,35 +316,57 @@ def sides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             parser.error(f"--trl: unknown variant {t!r}; known: {', '.join(TRL_VARIANTS)}")
     if not variants:
         parser.error("--variants: at least one rlaif variant")
+    for v in variants:
+        if trls and not paired(v, trls):
+            kind = "a TRL LoRA side (" + ", ".join(t for t in TRL_VARIANTS if is_lora(t)) + ")" if is_lora(v) \
+                else "a TRL side without LoRA (" + ", ".join(t for t in TRL_VARIANTS if not is_lora(t)) + ")"
+            parser.error(f"--variants {v}: nothing to compare it with; --trl needs {kind}")
     return variants, trls
 
 
 def side_overrides(args: argparse.Namespace, variants: list[str]) -> dict[str, list[str]]:
-    """Each rlaif side's extra overrides: --defaults-set for "defaults", --same-set for every other."""
-    return {v: list(args.defaults_set if v == "defaults" else args.same_set) for v in variants}
+    """Each rlaif side's extra overrides: --defaults-set for "defaults" and the variants built on it ("lora"),
+    --same-set for every other."""
+    def on_defaults(v: str) -> bool:
+        return v == "defaults" or VARIANTS[ALIASES.get(v, v)].get("base") == "defaults"
+
+    return {v: list(args.defaults_set if on_defaults(v) else args.same_set) for v in variants}
 
 
 def ratio_table(results: list[dict[str, dict]], variants: list[str], trls: list[str]) -> list[str]:
-    """Lines: each rlaif side's completions/s over each TRL side's in the same round, and over the faster TRL side of
-    each round (median over rounds, each round's ratio in brackets); then the issue's goal if "defaults" ran."""
+    """Lines: each rlaif side's completions/s over each TRL side's of its kind (LoRA or not; "-" against the other
+    kind) in the same round, and over the faster TRL side of its kind of each round (median over rounds, each round's
+    ratio in brackets); the faster TRL side per round (of each kind that ran); with LoRA sides, one line per rlaif side
+    with its ratio to the faster TRL side of its kind; then the issue's goal if "defaults" ran."""
     def label(side: str) -> str:
         return f"{LABELS.get(side, side)} [{side}]" if side in LABELS else side
 
     def cell(ratios: list[float]) -> str:
         return f"{statistics.median(ratios):5.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})"
 
-    faster = [max(trls, key=lambda t: r[t]["cps"]) for r in results]
-    cols = [*(f"vs {label(t)}" for t in trls), "vs the faster TRL"]
+    kinds = [k for k in (False, True) if any(is_lora(t) == k for t in trls)]
+    faster = {k: [max((t for t in trls if is_lora(t) == k), key=lambda t: r[t]["cps"]) for r in results]
+              for k in kinds}
+
+    def vs_faster(v: str) -> list[float]:
+        return [r[v]["cps"] / r[f]["cps"] for r, f in zip(results, faster[is_lora(v)])]
+
+    cols = [*(f"vs {label(t)}" for t in trls), "vs the faster TRL" + (" of its kind" if len(kinds) > 1 else "")]
     width = max(len(label(v)) for v in variants) + 2
+    rows = {v: [cell([r[v]["cps"] / r[t]["cps"] for r in results]) if is_lora(t) == is_lora(v) else "-"
+                for t in trls] + [cell(vs_faster(v))] for v in variants}
+    widths = [max(26, len(c), *(len(row[i]) for row in rows.values())) for i, c in enumerate(cols)]
     lines = ["rlaif completions/s / TRL completions/s in the same round, median over rounds (each round's):",
-             (" " * width + "  ".join(f"{c:<26}" for c in cols)).rstrip()]
+             (" " * width + "  ".join(f"{c:<{w}}" for c, w in zip(cols, widths))).rstrip()]
     for v in variants:
-        ratios = [[r[v]["cps"] / r[t]["cps"] for r in results] for t in trls]
-        ratios.append([r[v]["cps"] / r[f]["cps"] for r, f in zip(results, faster)])
-        lines.append((f"{label(v):<{width}}" + "  ".join(f"{cell(x):<26}" for x in ratios)).rstrip())
-    lines.append(f"the faster TRL side per round: {', '.join(faster)}")
+        lines.append((f"{label(v):<{width}}" + "  ".join(f"{c:<{w}}" for c, w in zip(rows[v], widths))).rstrip())
+    for k in kinds:
+        lines.append(f"the faster TRL{' LoRA' if k else ''} side per round: {', '.join(faster[k])}")
+    if True in kinds:  # the pairs, one line each: what the issue asks for (rlaif / TRL, full and LoRA)
+        for v in variants:
+            lines.append(f"{label(v)} / the faster TRL{' LoRA' if is_lora(v) else ''} side: {cell(vs_faster(v))}")
     if "defaults" in variants:
-        got = statistics.median(r["defaults"]["cps"] / r[f]["cps"] for r, f in zip(results, faster))
+        got = statistics.median(vs_faster("defaults"))
         lines.append(f"goal (issue 18): rlaif defaults >= {GOAL:g}x TRL's faster setting: {got:.2f}x -- "
                      + ("met" if got >= GOAL else f"NOT met (needs {GOAL / got:.1f}x more)"))
     return lines
@@ -302,15 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", default=None, help="comma-separated rlaif sides, from "
                         f"{', '.join(VARIANTS)} (default: same, or the four cells if --trl is not given either)")
     parser.add_argument("--trl", default=None, help=f"comma-separated TRL sides, from {', '.join(TRL_VARIANTS)} "
-                        "(default: trl,trl_1t, or the four cells); empty: rlaif only (no ratio)")
+                        "(default: trl,trl_1t and, with a LoRA variant, trl_lora,trl_lora_1t; or the four cells); "
+                        "empty: rlaif only (no ratio)")
     parser.add_argument("--same-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an override for the 'same' side (and every variant but 'defaults'); repeatable")
+                        help="an override for the 'same' side (and every variant but 'defaults' and 'lora'); "
+                        "repeatable")
     parser.add_argument("--defaults-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an override for the 'defaults' side; repeatable")
+                        help="an override for the 'defaults' side (and 'lora', built on it); repeatable")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="", help="folder for the runs (default: a temporary one)")
     parser.add_argument("--trl-worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--trl-bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-lora", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -318,7 +400,7 @@ def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
     if args.trl_worker:
-        trl_worker(Path(args.trl_worker), args.steps, args.quick, args.trl_bf16)
+        trl_worker(Path(args.trl_worker), args.steps, args.quick, args.trl_bf16, args.trl_lora)
         return
     if args.quick:
         args.steps, args.rounds = 2, 1

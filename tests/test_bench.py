@@ -144,6 +144,83 @@ def test_goal_is_measured_against_the_faster_trl_side_of_each_round():
     assert lines[2].startswith("rlaif defaults [defaults]") and "2.75x (3.00, 2.50)" in lines[2]  # vs TRL fp32
 
 
+def test_lora_variants_pair_with_their_trl_kind():
+    """`--variants default,lora` runs the same-work side ("default" is its old name) against TRL's default sides and
+    rlaif's LoRA side against their LoRA twins; --trl picks sides by hand, and a LoRA side with no TRL LoRA side to be
+    compared with (or a full side with only LoRA ones) is refused. Catches a LoRA ratio taken against full
+    fine-tuning TRL (or the reverse): the LoRA step is cheaper, so such a ratio would flatter or wrong either side."""
+    bench = _bench_vs_trl()
+    parser = bench.build_parser()
+
+    def sides(*argv):
+        return bench.sides_from_args(parser.parse_args(list(argv)), parser)
+
+    assert sides("--variants", "default,lora") == (["same", "lora"], ["trl", "trl_1t", "trl_lora", "trl_lora_1t"])
+    assert sides("--variants", "defaults,lora") == (["defaults", "lora"],
+                                                     ["trl", "trl_1t", "trl_lora", "trl_lora_1t"])
+    assert sides("--variants", "lora") == (["lora"], ["trl_lora", "trl_lora_1t"])
+    assert sides("--variants", "defaults,lora", "--trl", "trl_bf16,trl_lora_bf16") == \
+        (["defaults", "lora"], ["trl_bf16", "trl_lora_bf16"])
+    assert sides("--variants", "lora", "--trl", "") == (["lora"], [])  # rlaif only
+    for argv in (["--variants", "lora", "--trl", "trl"], ["--variants", "defaults", "--trl", "trl_lora"]):
+        with pytest.raises(SystemExit):
+            sides(*argv)
+    for t in ("trl", "trl_bf16", "trl_1t", "trl_bf16_1t"):  # each TRL side's twin: the same but LoRA
+        twin = bench.TRL_VARIANTS[bench.lora_twin(t)]
+        assert twin == {**bench.TRL_VARIANTS[t], "lora": True} and not bench.TRL_VARIANTS[t].get("lora")
+    assert bench.paired("lora", ["trl", "trl_lora", "trl_lora_1t"]) == ["trl_lora", "trl_lora_1t"]
+    assert bench.paired("default", ["trl", "trl_lora"]) == ["trl"]
+
+
+def test_lora_cell_is_the_defaults_cell_with_lora(tmp_path):
+    """The "lora" side is the defaults side plus LoRA (rank 16, alpha 32, rlaif's default target modules) and the
+    tenfold lr the TRL LoRA sides get too; nothing else differs, and --defaults-set reaches it. Catches a LoRA cell
+    that drifts from the defaults cell (then the two ratios would not isolate what LoRA changes) or an lr that differs
+    from TRL's."""
+    bench = _bench_vs_trl()
+    args = bench.build_parser().parse_args(["--variants", "defaults,lora", "--defaults-set", "rl.kl_coef=0.05",
+                                            "--same-set", "rollout.temperature=0.5"])
+    extra = bench.side_overrides(args, ["defaults", "lora"])
+    assert extra["lora"] == extra["defaults"] == ["rl.kl_coef=0.05"]
+    dflt, _ = _cell_config(tmp_path, "defaults")
+    lora, _ = _cell_config(tmp_path, "lora")
+    assert lora.policy.lora.rank == bench.LORA["rank"] == 16 and lora.policy.lora.alpha == bench.LORA["alpha"] == 32
+    assert lora.policy.lr == bench.LORA["lr"] == 1e-5 and dflt.policy.lr == 1e-6 and dflt.policy.lora.rank == 0
+    a, b = _leaves(dflt), _leaves(lora)
+    assert {k for k in a if a[k] != b[k]} - {"output_dir"} == {"policy.lora.rank", "policy.lora.alpha", "policy.lr"}
+
+
+def test_lora_ratios_are_taken_against_the_trl_lora_sides_only():
+    """With LoRA sides, each rlaif side's row has ratios only against TRL sides of its kind ("-" against the rest),
+    its "faster" ratio is against the faster side of its kind in each round, and one line per rlaif side gives that
+    ratio (rlaif defaults / the faster TRL; rlaif lora / the faster TRL LoRA); the goal line stays last and is still
+    the defaults side against the faster full fine-tuning TRL side. Catches a LoRA row divided by a faster full-model
+    TRL side or the reverse."""
+    import re
+
+    bench = _bench_vs_trl()
+
+    def r(cps: float) -> dict:
+        return {"cps": cps}
+
+    results = [{"defaults": r(3.0), "lora": r(4.0), "trl": r(1.0), "trl_1t": r(1.5), "trl_lora": r(2.0),
+                "trl_lora_1t": r(1.0)},
+               {"defaults": r(5.0), "lora": r(6.0), "trl": r(2.0), "trl_1t": r(1.0), "trl_lora": r(2.0),
+                "trl_lora_1t": r(3.0)}]
+    trls = ["trl", "trl_1t", "trl_lora", "trl_lora_1t"]
+    lines = bench.ratio_table(results, ["defaults", "lora"], trls)
+    defaults_row, lora_row = lines[2], lines[3]
+    assert defaults_row.startswith("rlaif defaults [defaults]") and lora_row.startswith("rlaif defaults LoRA [lora]")
+    cells = {row: re.split(r"\s{2,}", row.strip())[1:] for row in (defaults_row, lora_row)}
+    assert cells[defaults_row] == ["2.75x (3.00, 2.50)", "3.50x (2.00, 5.00)", "-", "-", "2.25x (2.00, 2.50)"]
+    assert cells[lora_row] == ["-", "-", "2.50x (2.00, 3.00)", "3.00x (4.00, 2.00)", "2.00x (2.00, 2.00)"]
+    assert "the faster TRL side per round: trl_1t, trl" in lines
+    assert "the faster TRL LoRA side per round: trl_lora, trl_lora_1t" in lines
+    assert "rlaif defaults [defaults] / the faster TRL side:  2.25x (2.00, 2.50)" in lines
+    assert "rlaif defaults LoRA [lora] / the faster TRL LoRA side:  2.00x (2.00, 2.00)" in lines
+    assert lines[-1].startswith("goal (issue 18)") and "2.25x" in lines[-1]
+
+
 # -- bench/bench_mfu.py's FLOP counts against torch's FlopCounterMode ----------------------------------------------
 
 def _tiny_llama(tied: bool = True):
