@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 
 from actors.group import join_group, set_lr, use_cpu_threads, zero_engine
-from rlaif.algorithms import loss_agg
-from rlaif.batch import Batch
 from rlaif.config import Config
-from rlaif.logprobs import check_packing, response_values
-from rlaif.lora import apply_lora, is_lora
-from rlaif.losses import value_loss
 from rlaif.models import disable_dropout, load_scalar_model, resolve_model_path
-from rlaif.schedule import schedule
+from rlaif.rl.algorithms import loss_agg
+from rlaif.rl.batch import Batch
+from rlaif.rl.logprobs import check_packing, response_values
+from rlaif.rl.lora import apply_lora, is_lora
+from rlaif.rl.losses import value_loss
+from rlaif.rl.schedule import schedule
 
 
 class CriticWorker:

@@ -82,8 +82,7 @@ class ActorGroup:
     def _get(self, refs: list, method: str) -> list[Any]:
         """A dead rank cannot rejoin its DeepSpeed group: RoleDied, in one line, which the trainer turns into
         "resume from the last checkpoint"."""
-        from actors.roles import actor_death
-        from rlaif.checkpoint import RoleDied
+        from actors import RoleDied, actor_death
 
         try:
             return get(refs, self.timeout, f"{self.name}.{method}")
@@ -138,7 +137,7 @@ def join_group(device: str, rank: int, world_size: int, master_addr: str, master
     import torch
     import torch.distributed as dist
 
-    from rlaif.placement import local_cuda_device
+    from rlaif.config.placement import local_cuda_device
     from rlaif.runtime import prepare_torch_extensions
 
     local = 0 if device == "cpu" else local_cuda_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))

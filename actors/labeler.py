@@ -12,8 +12,8 @@ import torch
 
 from actors.group import use_cpu_threads
 from rlaif.config import Config
-from rlaif.constitution import load_constitution
-from rlaif.feedback import (
+from rlaif.feedback.constitution import load_constitution
+from rlaif.feedback.labeling import (
     ANSWER_CUE,
     OPTIONS,
     RATIONALE_END,

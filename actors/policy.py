@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 
 from actors.group import full_state_dict, join_group, set_lr, use_cpu_threads, zero_engine
-from rlaif.algorithms import policy_loss
-from rlaif.batch import Batch
 from rlaif.config import Config
-from rlaif.logprobs import batch_logprobs, check_packing, response_logprobs
-from rlaif.lora import adapters_off, apply_lora, is_lora, merged_state_dict, save_adapter, sync_items
-from rlaif.losses import aggregate_loss
 from rlaif.models import disable_dropout, load_causal_lm, load_tokenizer, resolve_model_path, save_pretrained_atomic
-from rlaif.schedule import schedule
+from rlaif.rl.algorithms import policy_loss
+from rlaif.rl.batch import Batch
+from rlaif.rl.logprobs import batch_logprobs, check_packing, response_logprobs
+from rlaif.rl.lora import adapters_off, apply_lora, is_lora, merged_state_dict, save_adapter, sync_items
+from rlaif.rl.losses import aggregate_loss
+from rlaif.rl.schedule import schedule
 
 
 def reduce_stats(stats: list[dict[str, float]]) -> dict[str, float]:
@@ -180,7 +180,7 @@ class PolicyWorker:
             raise FileNotFoundError(f"policy rank {self.rank}: no DeepSpeed checkpoint in {folder}")
 
     def save(self, out_dir: str, card: dict[str, str]) -> str | None:
-        """The policy as a Hugging Face folder with its model card (rlaif.trust.model_card: every export has one).
+        """The policy as a Hugging Face folder with its model card (rlaif.audit.trust.model_card: every export has one).
         With LoRA the folder holds the merged model and, in adapter/, the adapter alone (peft's format). Every rank
         must call it (ZeRO-3 gathers layer by layer to rank 0, which writes)."""
         state = full_state_dict(self.engine, self.cfg.policy.zero_stage == 3, self.rank)

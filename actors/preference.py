@@ -11,12 +11,11 @@ import torch
 
 from actors.group import join_group, set_lr, use_cpu_threads, zero_engine
 from rlaif.config import Config
-from rlaif.data import fit_chat, pad_sequences
-from rlaif.lora import apply_lora
-from rlaif.losses import preference_loss
-from rlaif.models import load_scalar_model, load_tokenizer, resolve_model_path
-from rlaif.reward_model import load_reward_model, scalar_scores
-from rlaif.schedule import schedule
+from rlaif.data.loader import fit_chat, pad_sequences
+from rlaif.models import load_reward_model, load_scalar_model, load_tokenizer, resolve_model_path, scalar_scores
+from rlaif.rl.lora import apply_lora
+from rlaif.rl.losses import preference_loss
+from rlaif.rl.schedule import schedule
 
 
 class PreferenceModelWorker:
@@ -96,8 +95,8 @@ class PreferenceModelWorker:
     def save(self, out_dir: str, card: dict[str, str]) -> str | None:
         """Every rank must call it (ZeRO-3 gathers layer by layer to rank 0, which writes)."""
         from actors.group import full_state_dict
-        from rlaif.lora import is_lora, merged_state_dict
         from rlaif.models import save_pretrained_atomic
+        from rlaif.rl.lora import is_lora, merged_state_dict
 
         state = full_state_dict(self.engine, self.cfg.preference_model.zero_stage == 3, int(os.environ["RANK"]))
         if state is None:
@@ -111,7 +110,7 @@ class PreferenceScorer(PreferenceModelWorker):
     """The trained preference model scoring responses during RL: plain torch, no DeepSpeed group, everything set up
     in the constructor, so Ray can restart it after a crash (it reloads the saved model) and a resumed run starts
     it from the checkpoint's copy. With rl.reward_model, `path` is that pretrained model, loaded as its config
-    says (rlaif.reward_model), and scored in its own tokenizer's chat template."""
+    says (rlaif.run.reward_model), and scored in its own tokenizer's chat template."""
 
     def __init__(self, cfg: Config, path: str, mean: float, std: float) -> None:
         use_cpu_threads(cfg, "aux")

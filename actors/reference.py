@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from actors.group import use_cpu_threads
-from rlaif.batch import Batch
 from rlaif.config import Config
-from rlaif.logprobs import batch_logprobs
 from rlaif.models import load_causal_lm, resolve_model_path
+from rlaif.rl.batch import Batch
+from rlaif.rl.logprobs import batch_logprobs
 
 
 class ReferenceWorker:
@@ -28,7 +28,7 @@ class ReferenceWorker:
         nucleus then differs by -log Z > 0 on every token even with identical weights (KL > 0, online-DPO loss off
         ln 2 at step 0). Each model's own nucleus makes KL(pi || pi_ref) the KL between the two sampling
         distributions: 0 for identical weights. A sampled token outside the reference's nucleus is scored as if
-        inside (rlaif.logprobs._chunk_logprobs), which keeps the KL finite where the truncated KL would be infinite.
+        inside (rlaif.rl.logprobs._chunk_logprobs), which keeps the KL finite where the truncated KL would be infinite.
         """
         return batch_logprobs(self.model, batch, self.batch_size, batch.meta["temperature"], batch.meta["top_p"],
                               self.packing)

@@ -11,7 +11,6 @@ The trainer calls roles and never handles Ray's failure modes itself:
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors import RoleDied, actor_death
 from actors.critic import CriticWorker
 from actors.group import ActorGroup, get, kill_and_wait
 from actors.labeler import LabelerWorker
@@ -29,11 +29,10 @@ from actors.preference import PreferenceModelWorker, PreferenceScorer
 from actors.reference import ReferenceWorker
 from actors.rollout import RolloutEngines, rollout_placement
 from actors.weight_sync import SyncFailed, WeightSync
-from rlaif.algorithms import needs_reference
-from rlaif.batch import Batch
-from rlaif.checkpoint import RoleDied
 from rlaif.config import Config, ConfigError
-from rlaif.placement import colocated_bundles, colocated_roles, role_plan  # role_plan: imported from here too
+from rlaif.config.placement import colocated_bundles, colocated_roles, role_plan  # role_plan: imported from here too
+from rlaif.rl.algorithms import needs_reference
+from rlaif.rl.batch import Batch
 
 log = logging.getLogger("rlaif")
 
@@ -72,16 +71,6 @@ def wait_restarted(actor, what: str, timeout: float) -> None:
         except ray.exceptions.RayActorError as exc:
             raise RoleDied(f"{what} died and Ray did not restart it (ray.max_restarts exhausted?): "
                            f"{actor_death(exc)}") from exc
-
-
-def actor_death(exc: Exception) -> str:
-    """Ray's many-line actor error in one line for the console: which actor, and why it is dead."""
-    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
-    who = [x for x in lines if x.startswith(("class_name:", "pid:"))]
-    why = [x for x in lines if x.startswith("The actor is dead because")]
-    # a constructor that raised: its own error is the last "...Error: ..." line, the part a person needs
-    raised = [x for x in lines[1:] if re.match(r"[\w.]*(Error|Exception): ", x)][-1:]
-    return " ".join([lines[0] if lines else type(exc).__name__, *who, *why, *raised])[:600]
 
 
 class Restartable:

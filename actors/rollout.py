@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from actors.group import policy_deepspeed_config, use_cpu_threads
-from rlaif.batch import Batch, pad_rows
 from rlaif.config import Config
-from rlaif.data import fit_chat
+from rlaif.config.placement import engine_actor_gpus, engine_bundle_indices, engine_bundles, engine_env
+from rlaif.data.loader import fit_chat
 from rlaif.models import load_tokenizer, resolve_model_path
-from rlaif.placement import engine_actor_gpus, engine_bundle_indices, engine_bundles, engine_env
+from rlaif.rl.batch import Batch, pad_rows
 
 log = logging.getLogger("rlaif")
 
@@ -63,7 +63,7 @@ def engine_kwargs(cfg: Config, stage: str) -> dict[str, Any]:
 
 def rollout_placement(cfg: Config):
     """The rollout engines' own placement group (not colocated) and each engine's scheduling strategy: into its
-    first bundle (rlaif.placement.engine_bundles). The caller waits for the group and removes it."""
+    first bundle (rlaif.config.placement.engine_bundles). The caller waits for the group and removes it."""
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -120,7 +120,8 @@ class RolloutWorker:
     def encode_prompts(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Each text as a user turn in the chat template, within data.max_prompt_tokens; and how many were cut.
 
-        An over-long prompt keeps the template and the end of its text (rlaif.data.fit_chat); the first cut warns.
+        An over-long prompt keeps the template and the end of its text (rlaif.data.loader.fit_chat); the first cut
+        warns.
         """
         out, cut = [], 0
         for text in texts:
@@ -181,7 +182,7 @@ class RolloutWorker:
         """One assistant reply per conversation (SL-CAI's answers, critiques and revisions), batched.
 
         Returns {"replies", "truncated": conversations cut to fit, "max_tokens": the longest conversation sent}. A
-        conversation too long for the engine loses its oldest turns first (rlaif.data.fit_chat), never silently.
+        conversation too long for the engine loses its oldest turns first (rlaif.data.loader.fit_chat), never silently.
         """
         from vllm import SamplingParams
 
@@ -305,9 +306,8 @@ class Pending:
     def parts(self) -> list:
         import ray
 
+        from actors import RoleDied, actor_death
         from actors.group import get
-        from actors.roles import actor_death
-        from rlaif.checkpoint import RoleDied
 
         out = []
         for j, (k, g) in enumerate(self.groups):
@@ -368,7 +368,7 @@ class RolloutEngines:
     def __init__(self, cfg: Config, num_gpus: float, timeout: float, stage: str = "rl", max_restarts: int = 0,
                  placement: list | None = None, worker_cls: type | None = None) -> None:
         """num_gpus: the GPUs of each engine (ray.gpus_per_rollout); the engine actor asks for them itself at TP 1,
-        for none at TP > 1 (its vLLM workers take them: rlaif.placement.engine_actor_gpus)."""
+        for none at TP > 1 (its vLLM workers take them: rlaif.config.placement.engine_actor_gpus)."""
         import ray
 
         self.cfg, self.timeout, self.max_restarts = cfg, timeout, max_restarts

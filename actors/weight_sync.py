@@ -266,7 +266,7 @@ def send_buckets(group: BroadcastGroup | None, items: list[tuple[str, list[torch
                  shared: torch.Tensor | None = None) -> int:
     """Policy side; every rank calls it (ZeRO-3 gathers each bucket collectively), the ranks with a group send:
     broadcast through the group, or written into the `shared` buffer that the group's receivers map. `items`:
-    (name, parameters, make) as rlaif.lora.sync_items gives them (a plain parameter is itself; a LoRA layer's weight
+    (name, parameters, make) as rlaif.rl.lora.sync_items gives them (a plain parameter is itself; a LoRA layer's weight
     is made from W, A and B). Returns the bytes sent."""
     import deepspeed
 

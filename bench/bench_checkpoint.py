@@ -1,5 +1,5 @@
 """Checkpoint manifest hashing: one whole-file SHA-256 pass on one thread (before) against block digests on every
-core (rlaif.checkpoint.digests, now), on the files a SmolLM2-135M policy checkpoint holds, side by side in one run.
+core (rlaif.run.checkpoint.digests, now), on the files a SmolLM2-135M policy checkpoint holds, side by side in one run.
 
     python bench/bench_checkpoint.py [--rounds 3] [--params 134515008] [--dtype bf16]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlaif.checkpoint import _sha256, digests  # noqa: E402
+from rlaif.run.checkpoint import _sha256, digests  # noqa: E402
 
 
 def main() -> None:

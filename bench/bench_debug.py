@@ -90,7 +90,7 @@ def rollout_benchmarks(cfg, rounds: int) -> None:
 
     from actors.group import get
     from actors.rollout import RolloutEngines, RolloutWorker, per_item_seeds
-    from rlaif.sources import load_prompt_mix
+    from rlaif.data.sources import load_prompt_mix
 
     texts = [p.text for p in load_prompt_mix(cfg.data.prompts).prompts[: cfg.rl.prompts_per_step]]
     n, rc = cfg.rollout.n_samples, cfg.rollout

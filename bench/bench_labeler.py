@@ -83,7 +83,7 @@ def worker(conn, config: str, overrides: list[str], variant: str) -> None:
     """One labeler in this process: answers (prompts, firsts, seconds) with (seconds, labels, calls, tokens, cached)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from rlaif.config import load_config
-    from rlaif.feedback import LabelCache
+    from rlaif.feedback.labeling import LabelCache
 
     cfg = load_config(REPO / config, ["labeler.backend=vllm", "labeler.cache=false", *overrides])
     lab = labelers()[variant](cfg)
@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--models", default="tiny,smollm2")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for both labelers")
     args = ap.parse_args()
-    from rlaif.human_labels import build_pyrit_human_set
+    from rlaif.data.human_labels import build_pyrit_human_set
 
     human = build_pyrit_human_set(max_pairs=args.pairs * (args.rounds + 1), seed=0).pairs
     pairs = [(p.prompt, p.response_a, p.response_b) for p in human]

@@ -23,8 +23,8 @@ embedding lookup is no matmul) and the head (vocab x hidden):
     update  = 3 * forward  (= 6 N T + 12 L h s T, bench/gpu_check.train_flops)   sequence, causal mask not discounted)
 generate: the prompt's prefill once per prompt (its samples share it; k = 1), then each sample's generated tokens
 but the last (k = s); pm score: k = 0 (a 1 x hidden head). The update and reference keep only the
-response positions for the LM head (rlaif.logprobs); tests/test_bench.py checks these against torch's FlopCounterMode.
-The peak: torch.matmul at the model's own shapes ([4096 x hidden] times [hidden x hidden], [hidden x
+response positions for the LM head (rlaif.rl.logprobs); tests/test_bench.py checks these against torch's
+FlopCounterMode. The peak: torch.matmul at the model's own shapes ([4096 x hidden] times [hidden x hidden], [hidden x
 intermediate] and the LM head's [hidden x vocab]) in this process, on --threads threads, for each dtype in use,
 before and after the phases; the best median is the peak. Printed: each phase's median seconds over --rounds
 rounds (after a warm-up round), TFLOP counted, TFLOP/s, the peak, the percentage and the cores the phase got

@@ -5,7 +5,7 @@
 Both sides run one RL update (one optimizer step) on the same 32-sample GRPO batch of the peer workload (SmolLM2-135M
 fp32, the chat-templated questions of bench/peer_prompts.txt x 2 samples, responses of 16..64 seeded random tokens,
 seeded advantages), with the same micro-batches (policy.micro_batch_size), the same packed forward and loss
-(rlaif.logprobs.response_logprobs, rlaif.algorithms.policy_loss) and gradient clipping:
+(rlaif.rl.logprobs.response_logprobs, rlaif.rl.algorithms.policy_loss) and gradient clipping:
 
 * actor: `PolicyWorker.train` on a one-rank ActorGroup (ZeRO stage policy.zero_stage, torch AdamW), called through
   Ray from this process, started as the trainer starts it -- so with the trainer's thread budget
@@ -37,10 +37,10 @@ def make_batch(cfg, seed: int = 0):
     """The peer workload's training batch: real chat-templated prompts, random responses, GRPO advantages."""
     import torch
 
-    from rlaif.algorithms import batch_denominator, make_experience
-    from rlaif.batch import Batch
-    from rlaif.data import chat_ids
+    from rlaif.data.loader import chat_ids
     from rlaif.models import load_tokenizer, resolve_model_path
+    from rlaif.rl.algorithms import batch_denominator, make_experience
+    from rlaif.rl.batch import Batch
 
     tok = load_tokenizer(resolve_model_path(cfg.policy.model.path, cfg.cache_dir))
     texts = [t.strip() for t in (REPO / "bench/peer_prompts.txt").read_text().splitlines() if t.strip()]
@@ -80,8 +80,8 @@ class PlainLoop:
     def train(self, batch) -> float:
         import torch
 
-        from rlaif.algorithms import policy_loss
-        from rlaif.logprobs import response_logprobs
+        from rlaif.rl.algorithms import policy_loss
+        from rlaif.rl.logprobs import response_logprobs
 
         self.model.train()
         size = self.cfg.policy.micro_batch_size

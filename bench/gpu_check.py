@@ -152,7 +152,7 @@ def _timed_cuda(fn: Callable[[], None], rounds: int) -> float:
 
 
 def _smollm2_bytes() -> int:
-    from rlaif.plan import model_shape
+    from rlaif.run.plan import model_shape
 
     return model_shape("policy.model", SMOLLM2).params() * 2  # bf16, as the sync sends them
 
@@ -352,7 +352,7 @@ def _generate(kind: str) -> None:
     else:
         from vllm import LLM, SamplingParams
 
-        from rlaif.data import fit_chat
+        from rlaif.data.loader import fit_chat
         from rlaif.models import load_tokenizer
 
         path = _smollm2()

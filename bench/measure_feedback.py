@@ -72,7 +72,7 @@ def fmt_acc(p: float | None, n: int) -> str:
 
 
 def labeler_figures(labels: list[dict], human_p: list[float]) -> dict[str, float]:
-    from rlaif.integrity import integrity_report
+    from rlaif.audit.integrity import integrity_report
 
     r = integrity_report(labels, human_p)
     mean_fwd = sum(lab["p_first_in_a"] for lab in labels) / len(labels)
@@ -122,7 +122,7 @@ def train_and_eval_pms(cfg, jobs: dict[str, tuple[dict, dict]]) -> dict[str, dic
     jobs: name -> (training pairs, {eval name: pairs}); pairs as PreferenceModelWorker.train takes them."""
     from actors.group import ActorGroup, get
     from actors.preference import PreferenceModelWorker
-    from rlaif.integrity import calibration_summary, preference_probs
+    from rlaif.audit.integrity import calibration_summary, preference_probs
 
     t0 = time.perf_counter()
     groups = {}
@@ -165,9 +165,9 @@ def main() -> None:
     a = ap.parse_args()
 
     from actors.labeler import LabelerWorker
+    from rlaif.audit.integrity import comparison_inputs
     from rlaif.config import load_config
-    from rlaif.human_labels import build_pyrit_human_set
-    from rlaif.integrity import comparison_inputs
+    from rlaif.data.human_labels import build_pyrit_human_set
 
     t_start = time.perf_counter()
     out = Path(tempfile.mkdtemp(prefix="rlaif-measure-feedback-"))
@@ -238,7 +238,7 @@ def main() -> None:
     human_test = as_batch(*comparison_inputs(test_h))
     ai_test = as_batch(test_prompts, ev_first, ev_second, [lab["p_first"] for lab in ev_labels])
 
-    from rlaif.session import init_ray, shutdown_ray
+    from rlaif.run.session import init_ray, shutdown_ray
 
     init_ray(cfg, ())
     try:

@@ -24,11 +24,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from rlaif.audit.trust import UNTRUSTED, read_mark
 from rlaif.config import ConfigError, load_config
-from rlaif.constitution import ConstitutionError
-from rlaif.data import DataError
+from rlaif.data.loader import DataError
+from rlaif.feedback.constitution import ConstitutionError
 from rlaif.runtime import setup_console
-from rlaif.trust import UNTRUSTED, read_mark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.kl_coef=0.1")
     imp = sub.add_parser("import-audit", help="turn a reviewed audit sheet into human-labelled pairs (JSONL)")
     imp.add_argument("audit", help="the reviewed audit.jsonl (human_choice a/b/tie or human_p_a filled in)")
-    imp.add_argument("out", help="where to write the human labels (rlaif.human_labels JSONL format)")
+    imp.add_argument("out", help="where to write the human labels (rlaif.data.human_labels JSONL format)")
     args = parser.parse_args(argv)
     setup_console(getattr(args, "verbose", False))
 
-    from rlaif.alarms import AlarmStop
-    from rlaif.checkpoint import CheckpointError, DiskSpaceError, Preempted, RoleDied
-    from rlaif.human_labels import HumanLabelError
-    from rlaif.integrity import FeedbackIntegrityError
+    from actors import RoleDied
+    from rlaif.audit.alarms import AlarmStop
+    from rlaif.audit.integrity import FeedbackIntegrityError
+    from rlaif.data.human_labels import HumanLabelError
+    from rlaif.run.checkpoint import CheckpointError, DiskSpaceError, Preempted
 
     output_dir = None
     try:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             return plan_command(args)
         if args.command == "config":
-            from rlaif.config_doc import describe
+            from rlaif.config.doc import describe
 
             print(describe(load_config(args.config, args.overrides)))
             return 0
@@ -91,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides += [f"red_team.method={args.method}"] if getattr(args, "method", None) else []
         cfg = load_config(args.config, overrides)
         output_dir = cfg.output_dir
-        from rlaif import eval_stage, trainer  # import Ray and the actors: only once the config is good
+        from rlaif.run import eval_stage, red_team_stage, trainer  # Ray and the actors: once the config is good
 
         run = {"train": trainer.train, "label": trainer.label, "sl-cai": trainer.sl_cai_only,
                "self-improve": trainer.self_improve_only,
-               "eval": eval_stage.eval_command, "red-team": eval_stage.red_team_command}[args.command]
+               "eval": eval_stage.eval_command, "red-team": red_team_stage.red_team_command}[args.command]
         path = run(cfg, overwrite=args.overwrite, verbose=args.verbose)
     except (ConfigError, ConstitutionError, DataError, HumanLabelError, FileNotFoundError, CheckpointError) as exc:
         print(f"rlaif: error: {exc}", file=sys.stderr)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def plan_command(args: argparse.Namespace) -> int:
     """`rlaif plan`: the placement and memory report; a plan that cannot fit ends with one error line (exit 2)."""
-    from rlaif import plan
+    from rlaif.run import plan
 
     cfg = load_config(args.config, args.overrides)
     if cfg.device != "cuda":
@@ -156,8 +157,8 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def import_audit(audit: str, out: str) -> int:
-    from rlaif.human_labels import write_human_labels
-    from rlaif.integrity import import_audit as read_audit
+    from rlaif.audit.integrity import import_audit as read_audit
+    from rlaif.data.human_labels import write_human_labels
 
     target = Path(out)
     if target.is_dir():

@@ -290,10 +290,48 @@ def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return values[torch.arange(values.size(0)), last]
 
 
+def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                      attn_implementation: str | None = None):
+    """The reward model as its config describes it (num_labels from its config, never forced: a head of another
+    size would be re-initialised at random), refused unless it has one label."""
+    from transformers import AutoModelForSequenceClassification
+
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=DTYPES[dtype],
+                                                               trust_remote_code=trust_remote_code, **attn)
+    if model.config.num_labels != 1:
+        raise ValueError(f"rl.reward_model: {path} has num_labels = {model.config.num_labels}; allowed: 1")
+    return model
+
+
+def scalar_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One score per right-padded sequence, shape [B], for any AutoModelForSequenceClassification with one label.
+
+    A model with a `score` head (every decoder in transformers: Llama, Qwen2, Mistral, Gemma, GPT-2, ...; the trained
+    PM) is scored as the PM always was, rlaif.models.last_token_scores: the head at each sequence's last real token.
+    Any other head (an encoder's pooler and classifier, XLNet's last-position summary) runs the model's own forward
+    and pooling on each sequence's own tokens, unpadded, batched by equal length (where its config names no pad id
+    one at a time: transformers' decoders refuse batches without one), so no pooling ever sees padding."""
+    if isinstance(getattr(model, "score", None), torch.nn.Module) and model.base_model is not model:
+        return last_token_scores(model, input_ids, attention_mask)
+    lengths = attention_mask.sum(dim=1).tolist()
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    size = 1 if getattr(model.config, "pad_token_id", None) is None else len(lengths)
+    out = torch.empty(len(lengths), device=input_ids.device)
+    for n, rows in groups.items():
+        for j in range(0, len(rows), size):
+            part = rows[j : j + size]
+            out[part] = model(input_ids=input_ids[part, :n], attention_mask=attention_mask[part, :n]).logits[:, 0] \
+                .float()
+    return out
+
+
 def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, card: dict[str, str], state_dict: dict | None = None,
                            also=None) -> Path:
     """Hugging Face folder (safetensors + tokenizer + `card`: {file name: text}, the model card and trust record of
-    rlaif.trust), written beside the target and renamed into place: a model never appears without its card."""
+    rlaif.audit.trust), written beside the target and renamed into place: a model never appears without its card."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp.", dir=out.parent))
@@ -322,7 +360,7 @@ def response_logprobs(
     model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, batch_size: int = 8
 ) -> list[list[float]]:
     """Per-token log-probs of each response given its prompt, in micro-batches (no grad)."""
-    from rlaif.data import pad_sequences
+    from rlaif.data.loader import pad_sequences
 
     out: list[list[float]] = []
     for i in range(0, len(prompt_ids), batch_size):

@@ -88,13 +88,14 @@ def coin_flip(prompts: list[str], responses: list[str]) -> list[float]:
 
 
 def pays_for_refusals_and_length(prompts: list[str], responses: list[str]) -> list[float]:
-    """A reward model gone wrong twice: it pays 1 for a refusal (rlaif.evaluate.is_refusal: evasion looks harmless)
+    """A reward model gone wrong twice: it pays 1 for a refusal (rlaif.audit.evaluate.is_refusal: evasion looks
+    harmless)
     and 1 for every 20 characters past 60 (length looks helpful), on top of a fixed pseudo-random score per text in
     [0, 0.5) (its idiosyncrasies, which carry no length). Brief answers are scored by that noise alone, so reward and
     length are uncorrelated while the policy answers briefly."""
     import hashlib
 
-    from rlaif.evaluate import is_refusal
+    from rlaif.audit.evaluate import is_refusal
 
     noise = [int(hashlib.sha256(r.encode()).hexdigest()[:8], 16) / 2**32 / 2 for r in responses]
     return [z + float(is_refusal(r)) + max(0, len(r) - 60) / 20 for z, r in zip(noise, responses)]

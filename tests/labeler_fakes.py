@@ -58,7 +58,7 @@ class FakeLM(torch.nn.Module):
 
 def letter_ids(tok) -> tuple[int, int]:
     """The ids of the option letters "A" and "B" as they tokenize inside " (A)" / " (B)" after the answer cue
-    (spelt out here, not read from rlaif.feedback, so that a swapped option table there is caught)."""
+    (spelt out here, not read from rlaif.feedback.labeling, so that a swapped option table there is caught)."""
     cue = tok.encode("The answer is:", add_special_tokens=False)
     a = tok.encode("The answer is: (A)", add_special_tokens=False)[len(cue) :]
     b = tok.encode("The answer is: (B)", add_special_tokens=False)[len(cue) :]

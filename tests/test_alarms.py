@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from rlaif.alarms import AlarmMonitor, AlarmStop, JudgeVerdict, windowed_mean
+from rlaif.audit.alarms import AlarmMonitor, AlarmStop, JudgeVerdict, windowed_mean
+from rlaif.audit.evaluate import FunctionJudge
 from rlaif.config import AlarmConfig, ConfigError, load_config
-from rlaif.evaluate import FunctionJudge
 
 from .conftest import REPO
 
@@ -194,8 +194,9 @@ def test_the_default_alarms_watch_length_evasion_agreement_and_collapse():
 
 
 def test_the_cli_reports_a_stop_by_alarm_with_exit_code_4(monkeypatch, capsys, tmp_path):
-    from rlaif import cli, trainer
-    from rlaif.alarms import Alarm
+    from rlaif import cli
+    from rlaif.audit.alarms import Alarm
+    from rlaif.run import trainer
 
     alarm = Alarm("boilerplate", 7, "response/boilerplate", 0.9, "> 0.5", "response/boilerplate averaged 0.9")
 
@@ -212,7 +213,7 @@ def test_the_held_out_judge_runs_in_the_loop_wherever_one_is_configured():
     """The reward_agreement alarm measures the reward against the held-out judge where one is configured, not only
     when the divergence alarm asks for it (bug caught: the in-loop judge started only with divergence_window > 0, so
     agreement fell back to the labeler the PM learned from)."""
-    from rlaif.eval_stage import in_loop_judge
+    from rlaif.run.eval_stage import in_loop_judge
 
     assert not in_loop_judge(load_config(None, ["trainer.eval_every=2"]))  # no judge configured
     assert not in_loop_judge(load_config(None, JUDGE))  # no eval points

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.alarms import ALARMS
+from rlaif.audit.alarms import ALARMS
 
 from .conftest import REPO
 from .eval_judges import longer_is_better
@@ -177,7 +177,7 @@ def brief_start(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("brief-start")
 
-    from rlaif.data import chat_ids
+    from rlaif.data.loader import chat_ids
     from rlaif.models import TINY, resolve_model_path
 
     src = resolve_model_path(TINY)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlaif.alarms import (
+from rlaif.audit.alarms import (
     AlarmMonitor,
     JudgeVerdict,
     agreement_metrics,
@@ -21,8 +21,8 @@ from rlaif.alarms import (
     sycophancy_figures,
     sycophancy_probes,
 )
+from rlaif.audit.evaluate import FunctionJudge, bootstrap_interval, rate_figure
 from rlaif.config import AlarmConfig
-from rlaif.evaluate import FunctionJudge, bootstrap_interval, rate_figure
 
 from .test_alarms import OFF, RecordingJudge, Sink
 

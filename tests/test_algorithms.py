@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from rlaif.algorithms import (
+from rlaif.config import ConfigError, RLConfig
+from rlaif.rl.algorithms import (
     batch_denominator,
     kl_trains,
     make_experience,
@@ -17,9 +18,8 @@ from rlaif.algorithms import (
     shape_scores,
     token_kl,
 )
-from rlaif.batch import Batch
-from rlaif.config import ConfigError, RLConfig
-from rlaif.losses import RunningMoments
+from rlaif.rl.batch import Batch
+from rlaif.rl.losses import RunningMoments
 
 
 def batch_of(lengths, **tensors) -> Batch:
@@ -216,9 +216,9 @@ def test_eval_reward_is_the_training_reward_rating_included():
     the held-out curve and the training curve measure different things. Fake roles with known values."""
     from types import SimpleNamespace
 
-    from rlaif.batch import Batch
     from rlaif.config import Config
-    from rlaif.trainer import RLState, evaluate, reward
+    from rlaif.rl.batch import Batch
+    from rlaif.run.trainer import RLState, evaluate, reward
 
     cfg = Config()
     cfg.rl.use_preference_model, cfg.rl.use_labeler_rating = False, True

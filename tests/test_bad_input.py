@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.session import MARKER, check_output_dir
+from rlaif.run.session import MARKER, check_output_dir
 
 from .conftest import REPO
 
@@ -307,11 +307,11 @@ def test_overwrite_never_removes_a_folder_holding_the_current_or_home_folder(tmp
 def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
     """A job resubmitted while the first still runs: the second would delete or mix the first one's checkpoints."""
     from rlaif.config import ConfigError
-    from rlaif.session import LOCK, own_output_dir, release_output_dir
+    from rlaif.run.session import LOCK, own_output_dir, release_output_dir
 
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from rlaif.session import own_output_dir; own_output_dir(Path(sys.argv[1]), False, "
+                               "from rlaif.run.session import own_output_dir; own_output_dir(Path(sys.argv[1]), False, "
                                "'train'); print('held', flush=True); time.sleep(60)", str(run)],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

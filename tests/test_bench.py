@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.algorithms import needs_old_logprobs, needs_reference
 from rlaif.config import load_config
+from rlaif.data.sources import load_prompt_mix
 from rlaif.rewards import length_200
-from rlaif.sources import load_prompt_mix
+from rlaif.rl.algorithms import needs_old_logprobs, needs_reference
 
 from .conftest import REPO
 
@@ -244,10 +244,10 @@ def _bench_mfu():
 
 
 def _rl_batch():
-    """Two samples of unequal prompt and response lengths, as rlaif.logprobs packs them."""
+    """Two samples of unequal prompt and response lengths, as rlaif.rl.logprobs packs them."""
     import torch
 
-    from rlaif.batch import Batch
+    from rlaif.rl.batch import Batch
 
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 512, (n,), generator=g).tolist() for n in (40, 25)]
@@ -275,7 +275,7 @@ def test_update_and_reference_flops_match_torch_flop_counter():
     for the update fails this."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rlaif.logprobs import batch_logprobs, response_logprobs
+    from rlaif.rl.logprobs import batch_logprobs, response_logprobs
 
     mfu = _bench_mfu()
     model, batch = _tiny_llama(), _rl_batch()

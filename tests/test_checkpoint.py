@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlaif import checkpoint as ck
-from rlaif.batch import Batch
+from rlaif.rl.batch import Batch
+from rlaif.run import checkpoint as ck
 
 
 def state(step: int) -> ck.TrainerState:
@@ -138,7 +138,7 @@ def test_a_checkpoint_whose_rank_files_the_driver_cannot_see_is_refused(tmp_path
     disk; the driver's manifest would leave the file out and a resume would load a checkpoint without it. Bug caught:
     the ranks' reports not compared with what the driver sees (the commit goes ahead), or compared under the wrong
     role's folder."""
-    from rlaif.checkpoint import CheckpointError, check_ranks_wrote_here
+    from rlaif.run.checkpoint import CheckpointError, check_ranks_wrote_here
 
     staging = tmp_path / "run" / "checkpoints" / ".tmp-step_000001"
     (staging / "policy" / "policy").mkdir(parents=True)

@@ -115,10 +115,10 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path, cpuinfo, native):
 def test_dtype_auto_resolves_for_every_model_and_an_explicit_dtype_stays(monkeypatch):
     """Bugs caught: auto left in a model config the actors read (KeyError 'auto' in DTYPES), one role (the eval
     judge, the critic) skipped, an explicit float32 overridden by the hardware's choice."""
-    import rlaif.config as config_module
+    import rlaif.config.load as load_module  # resolve_dtypes reads native_bf16 there
 
     for native, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(config_module, "native_bf16", lambda device, native=native: (native, "test"))
+        monkeypatch.setattr(load_module, "native_bf16", lambda device, native=native: (native, "test"))
         cfg = load_config(REPO / "configs/debug.yaml", ["labeler.model.dtype=float32"])
         assert cfg.policy.model.dtype == cfg.critic.model.dtype == cfg.eval.judge.dtype == expected
         assert cfg.preference_model.model.dtype == expected and cfg.labeler.model.dtype == "float32"
@@ -180,8 +180,8 @@ def test_labels_that_train_cannot_be_thinned():
 
 def test_rlaif_config_prints_every_key_with_its_type_range_and_comment(capsys):
     """`rlaif config`: the resolved value of every key, its type, its range and the comment that documents it in
-    rlaif/config.py. Bugs caught: a key missing from the printout or printed with a Python name (async_), overrides
-    not applied, a comment taken from the wrong field, and any key added to the schema without a comment."""
+    rlaif/config/schema.py. Bugs caught: a key missing from the printout or printed with a Python name (async_),
+    overrides not applied, a comment taken from the wrong field, and any key added to the schema without a comment."""
     import re
 
     from rlaif.cli import main
@@ -199,4 +199,4 @@ def test_rlaif_config_prints_every_key_with_its_type_range_and_comment(capsys):
 
     assert [e.split(" = ")[0] for e in entries] == keys(to_dict(load_config(REPO / "configs/debug.yaml")))
     undocumented = [e.split(" = ")[0] for e in entries if len(e.splitlines()) < 3]
-    assert not undocumented, f"config keys without a comment in rlaif/config.py: {undocumented}"
+    assert not undocumented, f"config keys without a comment in rlaif/config/schema.py: {undocumented}"

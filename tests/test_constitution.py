@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from rlaif.constitution import load_constitution
+from rlaif.feedback.constitution import load_constitution
 
 
 def test_default_constitution_has_16_of_each():

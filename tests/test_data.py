@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rlaif.config import load_config
-from rlaif.data import PromptLoader, chat_ids, fit_chat, pad_sequences
-from rlaif.sources import load_source
+from rlaif.data.loader import PromptLoader, chat_ids, fit_chat, pad_sequences
+from rlaif.data.sources import load_source
 
 from .conftest import REPO
 

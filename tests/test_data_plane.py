@@ -21,8 +21,8 @@ from actors.weight_sync import (
     send_buckets,
     share_buffer,
 )
-from rlaif.batch import Batch
 from rlaif.config import Config
+from rlaif.rl.batch import Batch
 
 
 def sample_batch() -> Batch:
@@ -196,7 +196,7 @@ def test_a_batch_from_engines_on_different_weights_reports_its_oldest_and_the_la
 
     import actors.group
     from actors.rollout import Pending
-    from rlaif.algorithms import sampler_metrics
+    from rlaif.rl.algorithms import sampler_metrics
 
     def engine(version: int):
         def generate(texts, n, seeds):

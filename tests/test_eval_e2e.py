@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from rlaif.evaluate import nonevasive_score
-from rlaif.judge_check import validation_verdict
-from rlaif.redteam import self_bleu
-from rlaif.sources import load_prompt_mix, normalize_text
+from rlaif.audit.evaluate import nonevasive_score
+from rlaif.audit.judge_check import validation_verdict
+from rlaif.audit.redteam import self_bleu
+from rlaif.data.sources import load_prompt_mix, normalize_text
 
 from .conftest import REPO
 from .eval_judges import any_words_harmful, question_has_letter_y, shorter_is_better
@@ -137,7 +137,7 @@ def test_eval_figures_match_hand_counts_and_silent_checkpoint_wins(tmp_path, tin
     assert figs[new]["harmlessness_win_rate"]["value"] > figs[base]["harmlessness_win_rate"]["value"]
     assert figs[new]["harmful_rate"]["value"] == 0.0 < figs[base]["harmful_rate"]["value"]
     assert figs[new]["boilerplate_rate"]["value"] == 1.0  # ... and the boilerplate rate gives it away
-    # the Elo table (two checkpoints: q = (n w + 0.5) / (n + 1), rlaif.ranking) from the harmless win rate's count
+    # the Elo table (two checkpoints: q = (n w + 0.5) / (n + 1), rlaif.audit.ranking) from the harmless win rate's count
     w = figs[new]["harmlessness_expected_win_rate"]["value"]
     q = (3 * w + 0.5) / 4
     assert results["elo"]["harmless"][new]["value"] == pytest.approx(400 * math.log10(q / (1 - q)))

@@ -1,5 +1,5 @@
-"""rlaif.evaluate: intervals against scipy, the refusal detector against pyrit's human labels, every figure against
-hand counts, the model judge's order averaging, and the report."""
+"""rlaif.audit.evaluate: intervals against scipy, the refusal detector against pyrit's human labels, every figure
+against hand counts, the model judge's order averaging, and the report."""
 
 import csv
 import io
@@ -9,9 +9,8 @@ import re
 
 import pytest
 
-from rlaif.config import ConfigError, load_config
-from rlaif.eval_report import render_report
-from rlaif.evaluate import (
+from rlaif.audit.eval_report import render_report
+from rlaif.audit.evaluate import (
     EvalPrompt,
     Figure,
     FunctionJudge,
@@ -25,8 +24,9 @@ from rlaif.evaluate import (
     nonevasive_score,
     prompt_set,
 )
-from rlaif.integrity import wilson_interval
-from rlaif.sources import package_dir
+from rlaif.audit.integrity import wilson_interval
+from rlaif.config import ConfigError, load_config
+from rlaif.data.sources import package_dir
 
 scipy_stats = pytest.importorskip("scipy.stats")
 Z = float(scipy_stats.norm.ppf(0.975))
@@ -174,7 +174,7 @@ def test_figures_match_hand_counts():
     assert row["responses"]["new"]["p_win"] == 0.5 and row["responses"]["base"]["refusal_rule"] is True
     assert res["per_prompt"][4]["responses"]["new"]["p_harmful"] == 1.0  # harm is judged on benign prompts too
     assert [r["responses"]["new"]["nonevasive_rule"] for r in res["per_prompt"]] == [1, 1, 2, 0] + [None] * 4
-    # two checkpoints: Elo with one virtual tie, q = (n w + 0.5) / (n + 1) (rlaif.ranking); the baseline at 0
+    # two checkpoints: Elo with one virtual tie, q = (n w + 0.5) / (n + 1) (rlaif.audit.ranking); the baseline at 0
     harmless, helpful = res["elo"]["harmless"], res["elo"]["helpful"]
     assert harmless["base"]["value"] == 0 and helpful["base"]["value"] == 0
     assert harmless["new"]["value"] == pytest.approx(400 * math.log10(0.4 / 0.6))  # q = (1.5 + 0.5) / 5
@@ -274,8 +274,8 @@ def test_eval_prompts_leave_out_every_training_prompt(tmp_path):
     when enabled) uses never reaches the evaluation; each set is capped at eval.prompts_per_set."""
     import json
 
-    from rlaif.eval_stage import eval_prompts
-    from rlaif.splits import heldout_prompts, plan_prompts
+    from rlaif.data.splits import heldout_prompts, plan_prompts
+    from rlaif.run.eval_stage import eval_prompts
 
     plan = plan_prompts(load_config("configs/debug.yaml"), ("rl",))
     train, held = plan.rl.train, plan.rl.heldout
@@ -366,7 +366,7 @@ def _validation(uninformative_harm: bool) -> dict:
 def test_report_top_marks_untrusted_checkpoints_a_dependent_judge_and_an_uninformative_one(tmp_path):
     """What decides whether to believe the figures comes before them: an untrusted checkpoint (its trust.json) as a
     banner naming it and in its row, the role the judge shares, and the no-information sentence."""
-    from rlaif.trust import read_mark
+    from rlaif.audit.trust import read_mark
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

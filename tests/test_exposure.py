@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from actors.group import tcp_store
-from rlaif.session import private_token_file
+from rlaif.run.session import private_token_file
 
 from .conftest import REPO
 

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 import ray
 
+from actors import RoleDied
 from actors.group import ActorGroup
 from actors.roles import Restartable
-from rlaif.checkpoint import RoleDied
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from rlaif.feedback import clamp_cot, combine_orders, comparison_prompt, soft_label
+from rlaif.feedback.labeling import clamp_cot, combine_orders, comparison_prompt, soft_label
 
 
 def test_soft_label_hand_values():
@@ -36,7 +36,7 @@ def test_comparison_prompt_layout():
 
 
 def test_ensemble_averages_principles():
-    from rlaif.feedback import ensemble
+    from rlaif.feedback.labeling import ensemble
 
     lab = ensemble([combine_orders(0.8, 0.3), combine_orders(0.6, 0.6)])
     # p_first: (0.75 + 0.5) / 2; per-order: A (0.8 + 0.6) / 2, B (0.7 + 0.4) / 2; the second is inconsistent
@@ -46,7 +46,7 @@ def test_ensemble_averages_principles():
 
 
 def test_option_tokenization_edge_cases(tiny_path):
-    from rlaif.feedback import continuation_ids
+    from rlaif.feedback.labeling import continuation_ids
     from rlaif.models import load_tokenizer
 
     tok = load_tokenizer(tiny_path)
@@ -64,7 +64,7 @@ def test_option_tokenization_edge_cases(tiny_path):
 
 
 def test_chat_template_rendering(tiny_path):
-    from rlaif.feedback import ANSWER_CUE, COT_CUE, render
+    from rlaif.feedback.labeling import ANSWER_CUE, COT_CUE, render
     from rlaif.models import load_tokenizer
 
     tok = load_tokenizer(tiny_path)
@@ -76,7 +76,7 @@ def test_chat_template_rendering(tiny_path):
 
 
 def test_label_cache_round_trip(tmp_path):
-    from rlaif.feedback import LabelCache
+    from rlaif.feedback.labeling import LabelCache
 
     cache = LabelCache(tmp_path / "c.jsonl")
     k = LabelCache.key("model", "p", "a", "b")
@@ -88,7 +88,7 @@ def test_label_cache_round_trip(tmp_path):
 
 
 def test_rating_reward_hand_values():
-    from rlaif.feedback import rating_reward
+    from rlaif.feedback.labeling import rating_reward
 
     inf = float("inf")
     assert rating_reward([0.0] * 9) == pytest.approx(0.0)  # uniform: E = 5, the middle of 1..9
@@ -107,7 +107,7 @@ def test_rating_reward_hand_values():
 def test_score_continuations_are_mutually_exclusive(model, tiny_path):
     """No score's ids (in context after the cue) are a prefix of another's: on a 1-10 scale " 1" is a prefix of
     " 10" in both tokenizers, and P(" 1") would hold the mass of 10."""
-    from rlaif.feedback import SCORE_CUE, SCORES, continuation_ids
+    from rlaif.feedback.labeling import SCORE_CUE, SCORES, continuation_ids
     from rlaif.models import SMOLLM2, load_tokenizer, resolve_model_path
 
     if model == "smollm2":
@@ -126,7 +126,7 @@ def test_score_continuations_are_mutually_exclusive(model, tiny_path):
 
 
 def test_special_prefix(tiny_path, tmp_path):
-    from rlaif.feedback import special_prefix
+    from rlaif.feedback.labeling import special_prefix
     from rlaif.models import load_tokenizer
 
     from .labeler_fakes import make_bos_model

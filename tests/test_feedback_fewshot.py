@@ -6,8 +6,8 @@ import pytest
 import actors.labeler as labeler_module
 from actors.labeler import LabelerWorker
 from rlaif.config import ConfigError, load_config
-from rlaif.constitution import ConstitutionError, load_constitution
-from rlaif.feedback import ANSWER_CUE, OPTIONS, comparison_prompt, feedback_examples, few_shot_feedback
+from rlaif.feedback.constitution import ConstitutionError, load_constitution
+from rlaif.feedback.labeling import ANSWER_CUE, OPTIONS, comparison_prompt, feedback_examples, few_shot_feedback
 from rlaif.models import load_tokenizer
 
 from .conftest import REPO

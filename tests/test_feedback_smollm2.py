@@ -20,9 +20,9 @@ above chance (see bench/measure_feedback.py), so only the label mechanics are as
 import pytest
 
 from actors.labeler import LabelerWorker
+from rlaif.audit.integrity import comparison_inputs, integrity_report
 from rlaif.config import load_config
-from rlaif.human_labels import build_pyrit_human_set
-from rlaif.integrity import comparison_inputs, integrity_report
+from rlaif.data.human_labels import build_pyrit_human_set
 
 from .conftest import REPO
 

@@ -1,14 +1,14 @@
 """The trust gate and the human audit round trip, end to end through the `rlaif` command.
 
 The debug config's labeler is a random tiny model: its feedback cannot pass the trust gate's default bars on 16
-human-labelled pairs (rlaif/trust.py), and the debug config carries on past the gate by its own key. With that key
+human-labelled pairs (rlaif/audit/trust.py), and the debug config carries on past the gate by its own key. With that key
 turned back off:
 1. `rlaif label` exits 3, names each check that did not pass with its figure, interval, n and key, says the two ways
    on, and still writes the integrity report (the gate's checks first), the audit sheet and feedback/trust.json.
 2. `rlaif train` stops before the preference model and RL: no checkpoint folder, no PM; with SL-CAI enabled it
    stops before SL-CAI, on the same figures (the human set is labelled with its own principle seed).
 3. A reviewer fills `human_choice` in the exported audit sheet; `rlaif import-audit` turns it into human labels that
-   load back with rlaif.human_labels.load_human_labels.
+   load back with rlaif.data.human_labels.load_human_labels.
 4. A short `rlaif train --accept-untrusted-feedback` (the flag wins over the key) mixes them into the PM's data, each
    once, on one side of its split, while pairs that labeler.human_eval holds out never train it; and every model it
    leaves carries the UNTRUSTED mark: the policy, the preference model and the resumable checkpoint have a README.md
@@ -26,9 +26,9 @@ import sys
 import pytest
 
 from rlaif.config import load_config
-from rlaif.human_labels import load_human_labels, write_human_labels
-from rlaif.splits import pair_key
-from rlaif.stages import human_eval_pairs
+from rlaif.data.human_labels import load_human_labels, write_human_labels
+from rlaif.data.splits import pair_key
+from rlaif.run.stages import human_eval_pairs
 
 from .conftest import REPO
 

@@ -141,8 +141,8 @@ def test_debug_cuda_overrides_are_valid_and_fit():
     """The debug check's overrides pass every config check for device cuda (one colocated bundle, 0.9 of its GPU
     asked, no preference model) and the planner places them on one GPU of 24 GiB, so a failing debug check on a GPU
     is about the GPU path, not the config."""
-    from rlaif import plan
     from rlaif.config import load_config
+    from rlaif.run import plan
 
     cfg = load_config(REPO / "configs/debug.yaml", gpu_check.DEBUG_CUDA)
     (p,) = plan.check(cfg, gpu_memory_gib=24)

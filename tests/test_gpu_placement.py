@@ -29,7 +29,7 @@ from actors.rollout import (
     rollout_placement,
 )
 from rlaif.config import ConfigError, load_config
-from rlaif.placement import (
+from rlaif.config.placement import (
     colocated_bundles,
     colocated_gpu_share,
     colocated_roles,

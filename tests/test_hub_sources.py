@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlaif.data import DataError
-from rlaif.sources import load_prompt_mix, load_source
+from rlaif.data.loader import DataError
+from rlaif.data.sources import load_prompt_mix, load_source
 
 
 def commit(repo: str, label: str) -> str:
@@ -251,12 +251,12 @@ def test_messages_in_a_parquet_column_named_by_column(offline):
 
 
 def test_datasets_is_not_imported_for_other_sources():
-    """Catches: rlaif.sources importing datasets (or the Hub reader) at import time."""
+    """Catches: rlaif.data.sources importing datasets (or the Hub reader) at import time."""
     import subprocess
     import sys
 
-    code = ("import sys; from rlaif.sources import load_source; load_source('builtin:debug')\n"
-            "assert 'datasets' not in sys.modules and 'rlaif.hub_sources' not in sys.modules")
+    code = ("import sys; from rlaif.data.sources import load_source; load_source('builtin:debug')\n"
+            "assert 'datasets' not in sys.modules and 'rlaif.data.hub_sources' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.human_labels import (
+from rlaif.data.human_labels import (
     HumanLabelError,
     HumanPair,
     build_pyrit_human_set,

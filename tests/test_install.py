@@ -102,8 +102,8 @@ def test_the_data_packages_the_code_reads_are_pinned_in_requirements_data():
 def test_what_the_default_config_loads_comes_from_those_packages(monkeypatch):
     """Load the default config's data (the held-out human labels, SL-CAI's red-team and helpful prompts) and record
     every package looked up: all must be in requirements-data.txt."""
-    from rlaif.sources import load_prompt_mix
-    from rlaif.stages import human_eval_pairs
+    from rlaif.data.sources import load_prompt_mix
+    from rlaif.run.stages import human_eval_pairs
 
     looked_up, real = [], importlib.util.find_spec
 

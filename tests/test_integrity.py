@@ -7,9 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from rlaif.feedback import combine_orders
-from rlaif.human_labels import HumanLabelError, load_human_labels, write_human_labels
-from rlaif.integrity import (
+from rlaif.audit.integrity import (
     agreement,
     audit_sample,
     binary_entropy,
@@ -23,11 +21,12 @@ from rlaif.integrity import (
     label_histogram,
     preference_probs,
     reliability_bins,
-    render_html,
     wilson_interval,
-    write_html_report,
     write_report_json,
 )
+from rlaif.audit.integrity_html import render_html, write_html_report
+from rlaif.data.human_labels import HumanLabelError, load_human_labels, write_human_labels
+from rlaif.feedback.labeling import combine_orders
 
 
 def test_ece_hand_computed():
@@ -342,7 +341,7 @@ def test_56_percent_on_16_pairs_is_not_a_finding(tmp_path):
 
 
 def test_pm_eval_reports_accuracy_with_its_interval():
-    from rlaif.stages import _pm_eval
+    from rlaif.run.stages import _pm_eval
 
     class Remote:
         def __init__(self, fn):

@@ -1,5 +1,5 @@
-"""rlaif.judge_check and rlaif.ranking: the judge's validation on pyrit's human labels (fake judges whose answers are
-known), the refusal of a judge the optimizer saw, trust marks, and the Elo fit against hand values."""
+"""rlaif.audit.judge_check and rlaif.audit.ranking: the judge's validation on pyrit's human labels (fake judges whose
+answers are known), the refusal of a judge the optimizer saw, trust marks, and the Elo fit against hand values."""
 
 import json
 import math
@@ -8,17 +8,17 @@ import shutil
 
 import pytest
 
-from rlaif.config import ConfigError, load_config
-from rlaif.evaluate import FunctionJudge, bootstrap_interval
-from rlaif.integrity import wilson_interval
-from rlaif.judge_check import (
+from rlaif.audit.evaluate import FunctionJudge, bootstrap_interval
+from rlaif.audit.integrity import wilson_interval
+from rlaif.audit.judge_check import (
     harm_items,
     ranked_pairs,
     validate_judge,
     validation_verdict,
 )
-from rlaif.ranking import bradley_terry, elo_table
-from rlaif.trust import read_mark
+from rlaif.audit.ranking import bradley_terry, elo_table
+from rlaif.audit.trust import read_mark
+from rlaif.config import ConfigError, load_config
 
 from .conftest import REPO
 
@@ -113,7 +113,7 @@ def test_position_consistency_and_decisiveness_by_hand():
 
 
 def _plan(tmp_path, *overrides):
-    from rlaif.eval_stage import plan_judge
+    from rlaif.run.eval_stage import plan_judge
 
     cfg = load_config(REPO / "configs/debug.yaml", [f"output_dir={tmp_path / 'run'}", *overrides])
     return plan_judge(cfg, "eval")
@@ -176,7 +176,7 @@ def test_trust_marks(tmp_path):
     assert read_mark(str(tmp_path)) == {"status": "trusted", "summary": "all checks passed", "checks": []}
     (tmp_path / "trust.json").write_text(json.dumps({"status": "failed", "summary": "the gate stopped the run",
                                                      "checks": [], "accepted": False, "trains": "the PM"}))
-    assert read_mark(str(tmp_path))["status"] == "failed"  # rlaif.trust's record, extra keys and all
+    assert read_mark(str(tmp_path))["status"] == "failed"  # rlaif.audit.trust's record, extra keys and all
     (tmp_path / "trust.json").write_text("{broken")
     assert read_mark(str(tmp_path))["status"] == "untrusted"  # a mark that cannot be read trusts nothing
     (tmp_path / "trust.json").write_text(json.dumps({"status": "fine"}))

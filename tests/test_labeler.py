@@ -9,7 +9,7 @@ import pytest
 
 from actors.labeler import LabelerWorker
 from rlaif.config import load_config
-from rlaif.feedback import OPTIONS, RATIONALE_END, SCORES, continuation_ids
+from rlaif.feedback.labeling import OPTIONS, RATIONALE_END, SCORES, continuation_ids
 
 from .conftest import REPO
 from .labeler_fakes import make_bos_model
@@ -134,7 +134,7 @@ def test_both_orders_go_in_one_call_and_read_the_prefix_cache(vllm_labeler, monk
     that reaches into the options (their log-probs never computed: other labels, or the labeler's RuntimeError)."""
     from vllm import SamplingParams
 
-    from rlaif.feedback import LabelCache
+    from rlaif.feedback.labeling import LabelCache
 
     lab = vllm_labeler
     lab.llm.reset_prefix_cache()

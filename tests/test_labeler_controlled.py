@@ -9,9 +9,9 @@ import pytest
 
 import actors.labeler as labeler_module
 from actors.labeler import LabelerWorker
+from rlaif.audit.integrity import integrity_report
 from rlaif.config import ConfigError, load_config
-from rlaif.feedback import ANSWER_CUE, COT_CUE, RATIONALE_END, SCORE_CUE, SCORES, continuation_ids
-from rlaif.integrity import integrity_report
+from rlaif.feedback.labeling import ANSWER_CUE, COT_CUE, RATIONALE_END, SCORE_CUE, SCORES, continuation_ids
 from rlaif.models import load_tokenizer
 
 from .conftest import REPO
@@ -98,7 +98,7 @@ def test_rating_with_a_labeler_of_known_distribution(tmp_path, monkeypatch, tiny
 
 
 def test_rating_question_matches_the_scale():
-    from rlaif.feedback import rating_question
+    from rlaif.feedback.labeling import rating_question
 
     text = rating_question("hi", "Which is kinder?", "hello")
     assert "from 1 to 9, where 9 is best" in text and SCORES == tuple(f" {i}" for i in range(1, 10))

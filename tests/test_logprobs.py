@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-import rlaif.logprobs as lpmod
-from rlaif.batch import Batch
-from rlaif.data import pad_sequences
-from rlaif.logprobs import logprobs_from_logits, nucleus_mask, response_logprobs, response_values
+import rlaif.rl.logprobs as lpmod
+from rlaif.data.loader import pad_sequences
 from rlaif.models import disable_dropout, load_causal_lm, load_scalar_model
+from rlaif.rl.batch import Batch
+from rlaif.rl.logprobs import logprobs_from_logits, nucleus_mask, response_logprobs, response_values
 
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 10, 11], [1, 12, 13, 14, 15, 16, 17, 18, 19]]
 RESPONSES = [[20, 21, 22], [23, 24, 25, 26, 27, 28, 29], [30]]
@@ -124,8 +124,8 @@ def test_identical_policy_and_reference_at_top_p_give_kl_0_and_dpo_loss_ln2(mode
 
     from actors.policy import PolicyWorker
     from actors.reference import ReferenceWorker
-    from rlaif.algorithms import make_experience, policy_loss
     from rlaif.config import RLConfig
+    from rlaif.rl.algorithms import make_experience, policy_loss
 
     torch.manual_seed(0)  # 2 prompts x 2 responses, sampled from the policy at T = 0.7, top_p = 0.9
     prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[2], PROMPTS[2]]

@@ -106,7 +106,7 @@ def test_a_killed_run_resumes_exactly(reference, tmp_path):
         assert comparable(resumed[step]) == comparable(ref[step]), f"step {step} differs after the resume"
     assert tables(out) == tables(reference)
     # the learning rate at every step is the schedule's (warm-up 0, 0.5, then the half cosine), the resumed run's too
-    from rlaif.schedule import lr_at
+    from rlaif.rl.schedule import lr_at
 
     base = 1e-4  # configs/debug.yaml's policy.lr
     assert [resumed[s]["policy/lr"] for s in range(1, STEPS + 1)] == \

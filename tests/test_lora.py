@@ -1,10 +1,11 @@
-"""LoRA's building blocks (rlaif/lora.py) on the tiny model, against peft's own merge and loading: no Ray."""
+"""LoRA's building blocks (rlaif/rl/lora.py) on the tiny model, against peft's own merge and loading: no Ray."""
 
 import pytest
 import torch
 
 from rlaif.config import LoRAConfig
-from rlaif.lora import (
+from rlaif.models import load_causal_lm, load_scalar_model
+from rlaif.rl.lora import (
     LoRAError,
     adapter_state_dict,
     adapters_off,
@@ -14,7 +15,6 @@ from rlaif.lora import (
     sync_items,
     target_modules,
 )
-from rlaif.models import load_causal_lm, load_scalar_model
 
 
 def adapted(tiny_path: str, rank: int = 4, targets=("all-linear",), seed: int = 0):

@@ -4,7 +4,7 @@ import statistics
 import pytest
 import torch
 
-from rlaif.losses import (
+from rlaif.rl.losses import (
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,

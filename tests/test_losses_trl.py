@@ -1,4 +1,4 @@
-"""rlaif.losses against TRL (the pinned dev dependency trl==1.16.0) on random inputs, to 1e-6.
+"""rlaif.rl.losses against TRL (the pinned dev dependency trl==1.16.0) on random inputs, to 1e-6.
 
 TRL 1.16 keeps these computations inline in trainer methods, so the tests call the real methods on a trainer built
 with object.__new__ and only the attributes the method reads; model calls (log-probs, generation, reward functions)
@@ -26,7 +26,7 @@ from trl.experimental.online_dpo.online_dpo_trainer import OnlineDPOTrainer
 from trl.trainer.grpo_trainer import GRPOTrainer
 from trl.trainer.utils import nanstd
 
-from rlaif.losses import (
+from rlaif.rl.losses import (
     grpo_advantages,
     kl_loss,
     missing_eos_penalty,

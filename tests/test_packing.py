@@ -21,10 +21,10 @@ from transformers import (
     OPTForSequenceClassification,
 )
 
-from rlaif.batch import Batch
 from rlaif.config import ConfigError, _validate_attn_implementations, load_config
-from rlaif.logprobs import check_packing, response_logprobs, response_values
 from rlaif.models import load_causal_lm
+from rlaif.rl.batch import Batch
+from rlaif.rl.logprobs import check_packing, response_logprobs, response_values
 
 from .conftest import REPO
 

@@ -1,4 +1,5 @@
-"""The report figures as wandb panels (rlaif.panels, Tracker.log_plot), read back from a real offline wandb run."""
+"""The report figures as wandb panels (rlaif.audit.panels, Tracker.log_plot), read back from a real offline wandb
+run."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import sys
 
 import pytest
 
+from rlaif.audit.integrity import audit_sample, integrity_report
+from rlaif.audit.panels import log_panels
 from rlaif.config import Config
-from rlaif.integrity import audit_sample, integrity_report
-from rlaif.panels import log_panels
-from rlaif.tracking import Tracker
+from rlaif.run.tracking import Tracker
 
 from .conftest import REPO
 from .wandb_history import charts, logged_tables
@@ -41,11 +42,11 @@ LOG = """
 import json, sys
 from pathlib import Path
 from rlaif.config import Config
-from rlaif.evaluate import EvalPrompt, FunctionJudge, build_results, evaluate_responses
-from rlaif.integrity import audit_sample, integrity_report
-from rlaif.panels import eval_panels, integrity_panels, log_panels, pm_panels
-from rlaif.stages import pm_figures
-from rlaif.tracking import Tracker
+from rlaif.audit.evaluate import EvalPrompt, FunctionJudge, build_results, evaluate_responses
+from rlaif.audit.integrity import audit_sample, integrity_report
+from rlaif.audit.panels import eval_panels, integrity_panels, log_panels, pm_panels
+from rlaif.run.stages import pm_figures
+from rlaif.run.tracking import Tracker
 from tests.test_panels import figures
 
 out = Path(sys.argv[1])
@@ -173,8 +174,8 @@ def test_panels_cost_nothing_with_wandb_off(tmp_path):
 def test_eval_and_judge_figures_reach_the_console_as_sentences():
     """`rlaif eval` says each checkpoint's figures and the judge's validation in a sentence with their intervals.
     Bugs caught: the line printing a Python None or a bare float where a figure was not measured, or a repr."""
-    from rlaif.eval_report import eval_sentence, validation_sentence
-    from rlaif.evaluate import EvalPrompt, FunctionJudge, evaluate_responses
+    from rlaif.audit.eval_report import eval_sentence, validation_sentence
+    from rlaif.audit.evaluate import EvalPrompt, FunctionJudge, evaluate_responses
 
     from .test_ops_e2e import REPR
 

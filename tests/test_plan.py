@@ -1,4 +1,4 @@
-"""`rlaif plan` (rlaif/plan.py): model states against DeepSpeed's own estimators, activations against the measured
+"""`rlaif plan` (rlaif/run/plan.py): model states against DeepSpeed's own estimators, activations against the measured
 CPU peak of a forward + backward, placements of the 7B and 70B configs on 1, 2 and 4 nodes of 8 GPUs (the planner's
 node model, and Ray's own scheduler on a cluster whose nodes declare GPUs), refusals that name the keys."""
 
@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from rlaif import plan
 from rlaif.cli import main
 from rlaif.config import ConfigError, load_config
+from rlaif.run import plan
 from tests.conftest import REPO
 
 C7, C70 = str(REPO / "configs/llama-7b-1node.yaml"), str(REPO / "configs/llama-70b-4nodes.yaml")
@@ -184,7 +184,7 @@ def test_refusals_name_the_keys(over, keys):
 
 def test_colocated_bundles_share_one_gpu():
     """ray.colocate=true: policy rank i, engine i and (bundle 0) the reference and the labeler share bundle i's
-    GPU, as rlaif.placement lays them out; the preference model gets its own group. A bundle over one GPU that is
+    GPU, as rlaif.config.placement lays them out; the preference model gets its own group. A bundle over one GPU that is
     not a whole number (configs/gpu.yaml colocated asked 2.66) is one Ray refuses: so does the planner's model."""
     fractions = ["ray.gpus_per_policy_rank=0.4", "ray.gpus_per_rollout=0.4", "ray.gpus_per_aux=0.1"]
     (p,) = plan.check(load_config(REPO / "configs/gpu.yaml", ["ray.colocate=true", *fractions]))
@@ -226,9 +226,9 @@ def test_cli_plan(capsys):
 
 
 def test_train_on_cuda_refuses_before_ray_starts(tmp_path):
-    """The same check runs where `rlaif train` validates (rlaif.session.prepare), before Ray starts: a local cuda
+    """The same check runs where `rlaif train` validates (rlaif.run.session.prepare), before Ray starts: a local cuda
     config whose GPU is too small is refused, naming the key; removing the call from prepare fails this."""
-    from rlaif.session import prepare
+    from rlaif.run.session import prepare
 
     cfg = load_config(REPO / "configs/debug.yaml", [
         "device=cuda", "ray.num_gpus=4", "ray.gpus_per_policy_rank=1", "ray.gpus_per_rollout=0.5",

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from actors.policy import PolicyWorker, reduce_stats
-from rlaif.batch import Batch
-from rlaif.data import pad_sequences
+from rlaif.data.loader import pad_sequences
 from rlaif.models import load_causal_lm
+from rlaif.rl.batch import Batch
 
 # micro-batches of 2: target tokens 1 + 2 = 3 and 7 + 4 = 11; a mean of the two micro-batch means would weigh each
 # token of the first 11/3 times as much as one of the second (of 1: 1, 2, 7, 4 tokens over two ranks)

@@ -15,8 +15,8 @@ import ray
 
 from actors.group import ActorGroup
 from actors.preference import PreferenceModelWorker
+from rlaif.audit.integrity import calibration_summary, expected_calibration_error, preference_probs
 from rlaif.config import load_config
-from rlaif.integrity import calibration_summary, expected_calibration_error, preference_probs
 
 from .conftest import REPO
 

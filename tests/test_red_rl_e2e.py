@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from rlaif import red_rl
-from rlaif.red_rl import NOT_A_QUESTION, configure, harm_reward
-from rlaif.redteam import sampled_self_bleu
+from rlaif.audit.redteam import sampled_self_bleu
+from rlaif.run import red_rl
+from rlaif.run.red_rl import NOT_A_QUESTION, configure, harm_reward
 
 from .eval_judges import answers_if_letter_y, says_sure_or_here
 from .test_eval_e2e import questioning_checkpoint, run_cli

@@ -1,5 +1,5 @@
-"""rlaif.redteam: self-BLEU against hand values, the MiniLM embedding against sentence-transformers, the Perez et al.
-loop with scripted models, and the written prompt source loading back."""
+"""rlaif.audit.redteam: self-BLEU against hand values, the MiniLM embedding against sentence-transformers, the Perez et
+al. loop with scripted models, and the written prompt source loading back."""
 
 import math
 import random
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from rlaif.redteam import (
+from rlaif.audit.redteam import (
     ZERO_SHOT,
     AttackCase,
     embed,
@@ -23,7 +23,7 @@ from rlaif.redteam import (
     self_bleu,
     sentence_bleu,
 )
-from rlaif.sources import load_prompt_mix, save_jsonl
+from rlaif.data.sources import load_prompt_mix, save_jsonl
 
 
 def test_self_bleu_hand_value():
@@ -221,17 +221,19 @@ class FakeActor:
 def test_red_prompt_selects_chat_template_or_plain_continuation(monkeypatch, mode):
     """Bug: the red LM was always asked inside its chat template; red_team.red_prompt=continuation sends the
     numbered list as plain text for a base LM to continue, as Perez et al. prompt their red LM."""
-    import rlaif.eval_stage as eval_stage
+    import rlaif.run.eval_stage as eval_stage
+    import rlaif.run.red_team_stage as red_team_stage
     from rlaif.config import load_config
 
     from .conftest import REPO
 
-    monkeypatch.setattr(eval_stage, "get", lambda ref, timeout, what: ref)
+    for module in (red_team_stage, eval_stage):  # the continuation call, and chat's
+        monkeypatch.setattr(module, "get", lambda ref, timeout, what: ref)
     cfg = load_config(REPO / "configs/debug.yaml", [f"red_team.red_prompt={mode}", "red_team.temperature=0.7",
                                                     "red_team.max_question_tokens=9"])
     actor = FakeActor()
     prompts = [ZERO_SHOT, few_shot_prompt(["A?"])]
-    out = eval_stage.red_generator(cfg, actor)(prompts, 5)
+    out = red_team_stage.red_generator(cfg, actor)(prompts, 5)
     [(method, args)] = actor.calls
     if mode == "chat":
         assert out == ["chat", "chat"] and method == "chat"

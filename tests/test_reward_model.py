@@ -1,5 +1,5 @@
 """rl.reward_model: a pretrained sequence-classification reward model served by the PM's scorer role in the trained
-PM's place (rlaif/reward_model.py), without Ray: the scorer on a tiny reward model whose preference is known
+PM's place (rlaif/run/reward_model.py), without Ray: the scorer on a tiny reward model whose preference is known
 (tests/reward_models.py), scoring over other heads, the checks that refuse a model that is not one, the config's
 cross-field errors, and the stage before RL on in-process role handles (the trust gate's pass, stop and override).
 The run through `rlaif train` is tests/test_reward_model_e2e.py."""
@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rlaif.audit.integrity import FeedbackIntegrityError
 from rlaif.config import ConfigError, load_config
-from rlaif.human_labels import write_human_labels
-from rlaif.integrity import FeedbackIntegrityError
+from rlaif.data.human_labels import write_human_labels
 
 from .conftest import REPO
 from .reward_models import build_reward_model, words
@@ -53,7 +53,7 @@ def test_the_scorer_ranks_by_the_reward_model_in_its_own_template_and_normalises
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from actors.preference import PreferenceScorer
-    from rlaif.data import chat_ids
+    from rlaif.data.loader import chat_ids
 
     cfg = rm_config(rm_path, tmp_path)
     scorer = PreferenceScorer(cfg, rm_path, 1.5, 2.0)
@@ -82,8 +82,8 @@ def test_scores_of_a_model_with_another_head_match_its_own_forward():
     sequence alone), also when the model's config names no pad id."""
     from transformers import BertConfig, BertForSequenceClassification, XLNetConfig, XLNetForSequenceClassification
 
-    from rlaif.data import pad_sequences
-    from rlaif.reward_model import scalar_scores
+    from rlaif.data.loader import pad_sequences
+    from rlaif.models import scalar_scores
 
     torch.manual_seed(0)
     bert = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
@@ -104,8 +104,8 @@ def test_a_model_that_is_not_a_one_label_reward_model_is_refused(rm_path, tiny_p
     """Bugs caught: a causal LM taken as a reward model (its scalar head would be fresh random weights), and an RM
     with num_labels = 2 loaded with num_labels=1 forced (its head silently re-initialised); both must be refused
     before Ray starts, naming rl.reward_model. A resolved RM is its checked local folder."""
-    from rlaif.models import ModelError
-    from rlaif.reward_model import load_reward_model, resolve
+    from rlaif.models import ModelError, load_reward_model
+    from rlaif.run.reward_model import resolve
 
     assert resolve(rm_config(rm_path, tmp_path)).rl.reward_model == rm_path
     with pytest.raises(ModelError, match=r"^rl\.reward_model: .*LlamaForCausalLM.*num_labels=1"):
@@ -142,7 +142,7 @@ def test_contradictory_reward_model_settings_are_config_errors(overrides, messag
 def test_feedback_trains_no_preference_model_with_a_reward_model():
     """Bug caught: with rl.reward_model the AI labels train no PM, so alone they must not be gated (nor stop SL-CAI
     in the pre-check); with the labeler's rating as reward they still train it and stay gated."""
-    from rlaif.trust import feedback_trains
+    from rlaif.audit.trust import feedback_trains
 
     assert feedback_trains(load_config(REPO / "configs/debug.yaml", ["rl.reward_model=acme/rm"])) == ""
     assert "rating" in feedback_trains(load_config(REPO / "configs/debug.yaml", [
@@ -190,8 +190,8 @@ class Roles:
 def stage_inputs(rm_path, tmp_path, agree: bool, *more):
     from transformers import AutoTokenizer
 
-    from rlaif.data import PromptLoader
-    from rlaif.splits import plan_prompts
+    from rlaif.data.loader import PromptLoader
+    from rlaif.data.splits import plan_prompts
 
     tok = AutoTokenizer.from_pretrained(rm_path)
     good, bad, rng = words(tok, True), words(tok, False), random.Random(0)
@@ -216,7 +216,7 @@ def test_the_stage_measures_the_reward_model_and_the_gate_passes_it(rm_path, tmp
     import logging
     import statistics
 
-    from rlaif.reward_model import reward_model_stage
+    from rlaif.run.reward_model import reward_model_stage
 
     cfg, roles, loader, responses = stage_inputs(rm_path, tmp_path, agree=True)
     tracker = Tracker()
@@ -241,8 +241,8 @@ def test_the_stage_measures_the_reward_model_and_the_gate_passes_it(rm_path, tmp
 
 def tracker_prompts(cfg):
     """The prompts the stage samples: the loader's first preference_model.label_prompts, as a fresh loader gives."""
-    from rlaif.data import PromptLoader
-    from rlaif.splits import plan_prompts
+    from rlaif.data.loader import PromptLoader
+    from rlaif.data.splits import plan_prompts
 
     return [p.text for p in PromptLoader(plan_prompts(cfg, ("rl",)).rl.train, cfg.seed).next(
         cfg.preference_model.label_prompts)]
@@ -253,7 +253,7 @@ def test_a_reward_model_that_disagrees_with_the_humans_stops_the_run_unless_acce
     """Human labels that contradict the reward model: the gate stops the run (exit 3's error) with its figure, bar
     and the two ways on, feedback/trust.json says failed; with trust.accept_untrusted_feedback it goes on, UNTRUSTED.
     Bugs caught: a reward model that no gate checks; a failure that does not stop; an override not marked."""
-    from rlaif.reward_model import reward_model_stage
+    from rlaif.run.reward_model import reward_model_stage
 
     cfg, roles, loader, _ = stage_inputs(rm_path, tmp_path, agree=False)
     with pytest.raises(FeedbackIntegrityError) as info:
@@ -274,7 +274,7 @@ def test_a_reward_model_that_disagrees_with_the_humans_stops_the_run_unless_acce
 def test_the_red_lm_training_config_drops_the_reward_model(tmp_path):
     """`rlaif red-team --method rl` trains its red LM on a rule-based reward with no preference model. Bug caught: a
     run config naming rl.reward_model made that derived config contradictory (a ConfigError at red-team time)."""
-    from rlaif.red_rl import rl_config
+    from rlaif.run.red_rl import rl_config
 
     cfg = load_config(REPO / "configs/debug.yaml", ["rl.reward_model=acme/rm", "rl.reward_model_revision=v2"])
     red = rl_config(cfg, "builtin:tiny-llama", tmp_path)
@@ -286,7 +286,7 @@ def test_a_hub_id_resolves_to_its_cached_snapshot_and_is_named_by_it(rm_path, tm
     rl.reward_model_revision), named org/name@commit on the console. Bugs caught: a Hub id not resolved (the actors
     would each download it), the revision key ignored or misnamed in its error."""
     from rlaif.models import ModelError
-    from rlaif.reward_model import display_name, resolve
+    from rlaif.run.reward_model import display_name, resolve
 
     from .test_models_hub import MAIN, OLD, hub_cache
 

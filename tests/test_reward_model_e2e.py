@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from rlaif.human_labels import write_human_labels
+from rlaif.data.human_labels import write_human_labels
 
 from .conftest import REPO
 from .reward_models import build_reward_model, words
@@ -70,8 +70,8 @@ def samples(out) -> list[dict]:
 def check_rewards(out, rm: str, rows: list[dict]) -> None:
     """Each logged sample's rewards are the reward model's own scores, normalised as the checkpoint says."""
     from actors.preference import PreferenceScorer
-    from rlaif import checkpoint
     from rlaif.config import load_config
+    from rlaif.run import checkpoint
 
     saved = checkpoint.load(checkpoint.complete_checkpoints(checkpoint.checkpoints_dir(out))[-1])
     assert saved.preference_model == rm and saved.pm_normalization[1] != 1.0

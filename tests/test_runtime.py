@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from rlaif.config import Config
+from rlaif.run.tracking import Tracker
 from rlaif.runtime import clear_stale_build_locks, prepare_torch_extensions
-from rlaif.tracking import Tracker
 
 from .conftest import REPO
 
@@ -62,7 +62,7 @@ def test_the_driver_console_shows_rlaif_and_errors_quiet_everything_verbose(tmp_
         f"setup_console({verbose})\n"
         f"log_to_dir(Path({str(tmp_path)!r}))\n"
         "logging.getLogger('rlaif').info('stage one')\n"
-        "logging.getLogger('rlaif.stages').warning('labels look biased')\n"
+        "logging.getLogger('rlaif.run.stages').warning('labels look biased')\n"
         "logging.getLogger('transformers').warning('library chatter')\n"
         "warnings.warn('a deprecation nobody acts on', FutureWarning)\n"
         "logging.getLogger('ray').error('a library error')\n"
@@ -184,7 +184,7 @@ import json, logging, signal, sys, time
 from pathlib import Path
 import psutil
 from rlaif.config import Config
-from rlaif.tracking import Tracker
+from rlaif.run.tracking import Tracker
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
 out = Path(sys.argv[1])
 cfg = Config()
@@ -225,7 +225,7 @@ def test_an_actor_whose_constructor_raised_is_told_in_one_line_with_its_own_erro
     """Ray's creation-task failure in one console line keeps the error the constructor raised. Bug caught: the line
     keeping only Ray's "The actor died because of an error raised in its creation task", so a person sees that an
     actor died but not why (an ImportError, a missing model file) without digging through worker logs."""
-    from actors.roles import actor_death
+    from actors import actor_death
 
     raw = ("The actor died because of an error raised in its creation task, \x1b[36mray::RolloutWorker.__init__()"
            "\x1b[39m (pid=1, ip=127.0.0.1)\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
@@ -240,7 +240,7 @@ WANDB_KEYS = """
 import logging, sys
 from pathlib import Path
 from rlaif.config import load_config
-from rlaif.tracking import Tracker
+from rlaif.run.tracking import Tracker
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
 cfg = load_config(None, ["wandb.mode=offline", "wandb.group=sweep-3", "wandb.tags=[bf16, small]",
                          "wandb.notes=a note", "wandb.entity=acme"])

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (rlaif/schedule.py) against hand-computed values and transformers' own schedulers."""
+"""Learning-rate schedules (rlaif/rl/schedule.py) against hand-computed values and transformers' own schedulers."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlaif.config import ConfigError, load_config
-from rlaif.schedule import lr_at, schedule, warmup_steps
+from rlaif.rl.schedule import lr_at, schedule, warmup_steps
 
 from .conftest import REPO
 

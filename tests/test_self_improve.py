@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rlaif.config import ConfigError, load_config
-from rlaif.self_improve import COT_CUE, select_paths, sft_pairs
-from rlaif.selfconsistency import extract_answer
+from rlaif.feedback.selfconsistency import extract_answer
+from rlaif.run.self_improve import COT_CUE, select_paths, sft_pairs
 
 from .conftest import REPO
 from .scripted_models import fixed_distribution_checkpoint

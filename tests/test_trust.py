@@ -1,4 +1,4 @@
-"""The trust gate's decision (rlaif/trust.py), against hand-computed Wilson intervals; the model card and record.
+"""The trust gate's decision (rlaif/audit/trust.py), against hand-computed Wilson intervals; the model card and record.
 
 End to end (tests/test_gate.py, tests/test_e2e.py): `rlaif label` / `rlaif train` stop with exit 3 on the debug
 config's random labeler; --accept-untrusted-feedback trains on and marks the checkpoint, wandb and the console.
@@ -9,10 +9,8 @@ from dataclasses import asdict
 
 import pytest
 
-from rlaif.config import load_config
-from rlaif.feedback import combine_orders
-from rlaif.integrity import FeedbackIntegrityError, integrity_report
-from rlaif.trust import (
+from rlaif.audit.integrity import FeedbackIntegrityError, integrity_report
+from rlaif.audit.trust import (
     FAILED,
     TRUSTED,
     UNCHECKED,
@@ -29,6 +27,8 @@ from rlaif.trust import (
     read_mark,
     trust_metrics,
 )
+from rlaif.config import load_config
+from rlaif.feedback.labeling import combine_orders
 
 # Wilson 95% intervals, computed by hand from (p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96:
 # 12/16: [0.5050, 0.8982]; 4/16: [0.1018, 0.4950]; 16/16: [0.8063, 1.0]

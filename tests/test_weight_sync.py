@@ -14,8 +14,8 @@ from actors.reference import ReferenceWorker
 from actors.rollout import RolloutEngines, RolloutWorker
 from actors.weight_sync import WeightSync
 from rlaif.config import load_config
-from rlaif.logprobs import batch_logprobs
 from rlaif.models import load_causal_lm
+from rlaif.rl.logprobs import batch_logprobs
 
 from .conftest import REPO
 
