@@ -176,10 +176,7 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
     k = len(pair_prompts) if labels_train or not rl.label_pairs else min(rl.label_pairs, len(pair_prompts))
     label_ref = roles.labeler.compare.remote(pair_prompts[:k], texts[0:2 * k:2], texts[1:2 * k:2],
                                              labeler_seed(cfg, step, "compare")) if step % rl.label_every == 0 else None
-    # The reference's pass: on its own actor beside everything; with LoRA (no reference actor) on the policy ranks,
-    # which hold the step until it is done, unless it only monitors: then after the sync, while vLLM generates.
-    late_ref = roles.reference is None and not kl_used
-    ref_ref = None if late_ref else roles.reference_logprobs(shared, batch)
+    ref_ref = roles.reference_logprobs(shared, batch)
     old_refs = sharded(roles.policy, "logprobs", batch) if needs_old_logprobs(rl) else []
     value_refs = sharded(roles.critic, "values", batch) if roles.critic else []
     raw, reward_parts = reward(cfg, roles, state, batch, labeler_seed(cfg, step, "rate"))  # blocks on the PM
@@ -214,9 +211,6 @@ def rl_step(cfg: Config, roles: Roles, state: RLState, step: int, batch: Batch) 
         state.watched = None
 
     sync = roles.sync(version=step + 1)  # waits for a generation still in flight (async mode)
-    if late_ref and (ref := roles.reference_logprobs(shared, batch)) is not None:  # adapters off: no update shows
-        watched_now = state.watched or Watched(step, None, None, batch, raw, bool(reward_parts))
-        watched_now.ref_logprobs, state.watched = ref, watched_now
 
     kl_coef = state.kl.value
     state.kl.update(exp_stats.get("kl/policy_ref", 0.0), len(batch))  # the adaptive controller: KL always trains
