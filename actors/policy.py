@@ -61,10 +61,8 @@ class PolicyWorker:
     def ref_logprobs(self, shard: Batch) -> torch.Tensor:
         """[B, R] the reference's log-probs with LoRA (policy.lora): this model with its adapters off, which is the
         model RL started from whatever the adapters have learnt (see actors/reference.py for the sampling settings)."""
-        self.engine.eval()
         with adapters_off(self.engine.module):
-            return batch_logprobs(self.engine, shard, self.cfg.policy.micro_batch_size, shard.meta["temperature"],
-                                  shard.meta["top_p"], self.cfg.policy.packing)
+            return self.logprobs(shard)
 
     def train(self, shard: Batch, kl_coef: float, step: int = 0) -> dict[str, float]:
         """rl.epochs passes over this rank's shard; one optimizer step per pass (DeepSpeed accumulates the
@@ -187,8 +185,10 @@ class PolicyWorker:
         if self.rank != 0:
             return None
         module, also = self.engine.module, None
-        if is_lora(module):
-            adapter = state
-            state = merged_state_dict(adapter, module)
-            also = lambda tmp: save_adapter(module, adapter, tmp / "adapter", self.path)  # noqa: E731
+        if is_lora(module):  # the merged model, and adapter/ written into the same folder before it is renamed
+            adapted = state
+            state = merged_state_dict(adapted, module)
+
+            def also(folder: Path) -> None:
+                save_adapter(module, adapted, folder / "adapter", self.path)
         return str(save_pretrained_atomic(module, self.tokenizer, out_dir, card, state_dict=state, also=also))
