@@ -5,6 +5,7 @@ both cross nodes, and the run finishes."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +56,8 @@ def test_losing_an_engines_node_regenerates_its_part_and_the_run_goes_on(tmp_pat
     weight sync, if the node went during one) and finishes every step with every sample. Bugs caught: an
     ObjectLostError or ActorDiedError from the lost node escaping as a traceback (exit 1), the part not resubmitted
     (samples missing), a retry loop that never ends (timeout), the restart not counted in faults/*."""
+    import psutil
+    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
     # The head holds no CPU, so every actor is on a worker node that may be removed; three workers with room for
@@ -81,7 +84,18 @@ def test_losing_an_engines_node_regenerates_its_part_and_the_run_goes_on(tmp_pat
             time.sleep(0.05)
         placement = json.loads((out / "logs" / "placement.json").read_text())
         victim = next(n for n in workers if n.node_id in placement["rollout"] and n.node_id not in placement["policy"])
-        cluster.remove_node(victim, allow_graceful=False)
+        # The driver is frozen while the node goes and until every process the node ran has exited: on the debug
+        # model the two steps left take under a second, less than an orphaned worker takes to notice its raylet is
+        # gone, so without the freeze the run could end before its engine died (a CI run did: no restart, no fault).
+        raylet = victim.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+        node_procs = psutil.Process(raylet).children(recursive=True)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            cluster.remove_node(victim, allow_graceful=False)
+            _, alive = psutil.wait_procs(node_procs, timeout=120)
+            assert not alive, f"processes of the removed node still run: {alive}"
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-4000:]
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]

@@ -272,3 +272,34 @@ def test_wandb_keys_reach_the_run_and_the_console_says_where_it_is(tmp_path):
     run = runs[0]
     assert (run.run_group, run.job_type, run.notes, run.entity) == ("sweep-3", "sl-cai+rl", "a note", "acme")
     assert set(run.tags) == {"bf16", "small"}
+
+
+def test_raylet_disk_full_repeats_become_one_sentence_and_other_raylet_lines_still_print(tmp_path, caplog):
+    """Ray's raylet repeats "<dir> is over 95% full" every few seconds while a disk stays full, and Ray forwards it
+    to the driver's console (a CI machine's full /tmp broke the quiet-console test with two of them). Through Ray's
+    own dispatcher: the warning is said once by rlaif, never printed raw; a raylet crash line and a worker line still
+    print; every raylet line is kept in logs/raylet.err. Bugs caught: the repeats reaching the console, the warning
+    said per repeat, other raylet lines swallowed with it, worker lines routed as raylet ones."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from rlaif.run.session import route_raylet_messages
+
+    printed: list[dict] = []
+    dispatcher.add_handler("ray_print_logs", printed.append)
+    try:
+        route_raylet_messages(tmp_path / "logs")
+        full = ("[2026-12-06 23:40:46,221 E 20705 20716] (raylet) file_system_monitor.cc:116: /tmp/ray/session_x is "
+                "over 95% full, available space: 5.95297 GB; capacity: 251.972 GB. Object creation will fail if "
+                "spilling is required.")
+        crash = "[2026-12-06 23:41:00,000 E 20705 20716] (raylet) worker_pool.cc:1: a worker died: SIGSEGV"
+        with caplog.at_level("WARNING", logger="rlaif"):
+            for lines in ([full], [full, crash], [full]):
+                dispatcher.emit({"pid": "raylet", "ip": "10.0.0.2", "is_err": True, "lines": lines})
+            dispatcher.emit({"pid": 1234, "ip": "10.0.0.2", "is_err": True, "lines": ["a worker's own line"]})
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+    assert [d["lines"] for d in printed] == [[crash], ["a worker's own line"]]
+    warnings = [r.getMessage() for r in caplog.records if "over 95% full" in r.getMessage()]
+    assert len(warnings) == 1 and "/tmp/ray/session_x on 10.0.0.2" in warnings[0] and "5.95297 GB free" in warnings[0]
+    kept = (tmp_path / "logs" / "raylet.err").read_text().splitlines()
+    assert len(kept) == 4 and sum("95% full" in line for line in kept) == 3

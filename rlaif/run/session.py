@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -85,11 +86,52 @@ def init_ray(cfg: Config, stages: tuple[str, ...], verbose: bool = False) -> Non
         log.info("Ray: local on %s, %d CPUs, %d GPUs", ray.get_runtime_context().gcs_address.rsplit(":", 1)[0],
                  cfg.ray.num_cpus, cfg.ray.num_gpus)
     private_token_file()
+    if not verbose:
+        route_raylet_messages(Path(cfg.output_dir) / "logs")
     have = ray.cluster_resources()
     node_gpus = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]), default=0.0)
     for stage in stages:
         check_resources(role_plan(cfg, stage), have.get("CPU", 0.0), have.get("GPU", 0.0), node_gpus,
                         f"the Ray cluster at {ray.get_runtime_context().gcs_address}")
+
+
+_DISK_FULL = re.compile(r"(\S+) is over (\d+)% full, available space: ([\d.]+) GB")
+
+
+def route_raylet_messages(logs: Path) -> None:
+    """Ray forwards its raylets' error output to the driver's console. Its disk monitor repeats "<dir> is over 95%
+    full ..." every few seconds for as long as the disk stays full: say that once, as a sentence, and keep every
+    raylet line in logs/raylet.err. Other raylet lines (a crash, a task killed for memory) still print as Ray
+    prints them."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printer = dict(dispatcher.handlers).get("ray_print_logs")
+    if printer is None:  # log_to_driver is off: nothing reaches this console
+        return
+    warned: list[str] = []
+
+    def handle(data: dict) -> None:
+        if data.get("pid") == "raylet":
+            lines = data.get("lines") or []
+            logs.mkdir(parents=True, exist_ok=True)
+            with open(logs / "raylet.err", "a") as f:
+                f.writelines(f"{data.get('ip', '')} {line}\n" for line in lines)
+            full = [m for m in map(_DISK_FULL.search, lines) if m]
+            if full and not warned:
+                folder, percent, free = full[0].groups()
+                warned.append(folder)
+                log.warning("the disk holding Ray's session folder %s on %s is over %s%% full (%s GB free): Ray "
+                            "fails to create an object when it must spill one to disk. Free space there; Ray's "
+                            "repeats of this go to %s", folder, data.get("ip") or "a node", percent, free,
+                            logs / "raylet.err")
+            lines = [line for line in lines if not _DISK_FULL.search(line)]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        printer(data)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", handle)
 
 
 def _gcs_answers(address: str, timeout: float = 3.0) -> bool:
