@@ -20,7 +20,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors import RoleDied, actor_death
+from actors import RoleDied, StartupFailed, actor_death, task_failure
 from actors.critic import CriticWorker
 from actors.group import ActorGroup, get, kill_and_wait
 from actors.labeler import LabelerWorker
@@ -190,19 +190,29 @@ class Roles:
             self.rollout.on_restart = self._engine_restarted
             if ranks_first:
                 ready(self.rollout.actors, "starting the rollout engines")
-            aux = (("labeler", LabelerWorker), ("reference", ReferenceWorker))
+            aux, starting = (("labeler", LabelerWorker), ("reference", ReferenceWorker)), []
             for role, cls in reversed(aux) if ranks_first else aux:  # the labeler's own vLLM last
                 if role in plan:
-                    setattr(self, role, Restartable(self, role, cls, cfg, num_gpus=plan[role][1], placement=aux_at))
+                    actor = Restartable(self, role, cls, cfg, num_gpus=plan[role][1], placement=aux_at)
+                    setattr(self, role, actor)
+                    # A model-judge labeler loads its model now, beside the other roles' start-up, not at its first
+                    # call after them (the debug run's start: 10 s less); a failed load ends the start-up here.
+                    model_judge = role == "labeler" and not cfg.labeler.function
+                    starting.append(actor.load.remote() if model_judge else actor.__ray_ready__.remote())
                     if ranks_first:
-                        ready([getattr(self, role)], f"starting the {role}")
+                        self.get(starting.pop(), f"starting the {role}")
             if not ranks_first:
                 self.policy = group(PolicyWorker, "policy")
                 self.critic = group(CriticWorker, "critic")
-            ready([*self.rollout.actors, self.labeler, self.reference],
-                  "starting the rollout, labeler and reference actors")
+            self.get([*(a.__ray_ready__.remote() for a in self.rollout.actors), *starting],
+                     "starting the rollout, labeler and reference actors")
             if stage == "rl":
                 self.sync_weights = WeightSync(cfg, self.policy, self.rollout.actors)
+        except ray.exceptions.RayTaskError as exc:  # a role's model failed to load: a corrupt file, a bad path
+            self.shutdown()
+            logging.getLogger(__name__).info("start-up failed:\n%s", exc)  # the remote traceback, to driver.log
+            raise StartupFailed(f"starting the roles failed: {task_failure(exc)} (traceback in "
+                                f"{cfg.output_dir}/logs/driver.log)") from None
         except BaseException:
             self.shutdown()  # what did start must not outlive a failed start-up
             raise

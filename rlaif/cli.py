@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_console(getattr(args, "verbose", False))
 
-    from actors import RoleDied
+    from actors import RoleDied, StartupFailed
     from rlaif.audit.alarms import AlarmStop
     from rlaif.audit.integrity import FeedbackIntegrityError
     from rlaif.data.human_labels import HumanLabelError
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     except DiskSpaceError as exc:  # checked before every save: nothing torn was written
         print(f"rlaif: stopped: {exc}", file=sys.stderr)
+        return 1
+    except StartupFailed as exc:  # a role's model failed to load: one line, the traceback in logs/driver.log
+        print(f"rlaif: error: {exc}", file=sys.stderr)
         return 1
     except RoleDied as exc:  # a DeepSpeed rank died: the run cannot go on; the last checkpoint can
         print(f"rlaif: {exc}", file=sys.stderr)

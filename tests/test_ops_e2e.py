@@ -157,7 +157,8 @@ def test_hub_ids_for_every_role_quiet_console_and_worker_logs(tmp_path, tiny_pat
 
 @pytest.mark.e2e
 def test_a_failed_start_up_leaves_no_process_behind(tmp_path, tiny_path):
-    """The labeler's weights are corrupt (a truncated download): its vLLM engine fails while the other roles start.
+    """The labeler's weights are corrupt (a truncated download): its vLLM engine fails while the other roles start,
+    and the command says so in one line.
     With vLLM's engine in its own process (its default outside these tests), the labeler's worker, vLLM's worker and
     its resource tracker outlived the command by many seconds; now the command returns only after they are gone."""
     broken = tmp_path / "broken"
@@ -178,7 +179,13 @@ def test_a_failed_start_up_leaves_no_process_behind(tmp_path, tiny_path):
         left = processes_with(marker)
     finally:
         kill_leftovers(marker)
-    assert proc.returncode != 0 and "LabelerWorker" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    # one line naming the call and its own error, not a page of remote traceback (that goes to logs/driver.log)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().splitlines()[-1].startswith(
+        "rlaif: error: starting the roles failed: LabelerWorker.load raised "), proc.stderr[-3000:]
+    driver_log = (out / "logs" / "driver.log").read_text()
+    assert "start-up failed:" in driver_log and 'File "' in driver_log, driver_log[-3000:]  # the remote traceback
     assert not left, f"processes of the run outlived the command: {left}"
     assert yaml.safe_load((out / "config.yaml").read_text())["labeler"]["model"]["path"] == str(broken)
     assert '"step": 7' not in (out / "metrics.jsonl").read_text()  # never mixed with the earlier run's
