@@ -152,9 +152,9 @@ def _timed_cuda(fn: Callable[[], None], rounds: int) -> float:
 
 
 def _smollm2_bytes() -> int:
-    from rlaif.run.plan import model_shape
+    from rlaif.run.shapes import model_shape
 
-    return model_shape("policy.model", SMOLLM2).params() * 2  # bf16, as the sync sends them
+    return model_shape("policy.model.path", SMOLLM2).params() * 2  # bf16, as the sync sends them
 
 
 def check_debug() -> tuple[str, str]:

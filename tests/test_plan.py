@@ -11,7 +11,7 @@ import torch
 
 from rlaif.cli import main
 from rlaif.config import ConfigError, load_config
-from rlaif.run import plan
+from rlaif.run import plan, shapes
 from tests.conftest import REPO
 
 C7, C70 = str(REPO / "configs/llama-7b-1node.yaml"), str(REPO / "configs/llama-70b-4nodes.yaml")
@@ -27,7 +27,7 @@ def tiny_llama(**over) -> dict:
 # -- model shapes and model states ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", [tiny_llama(), tiny_llama(tie_word_embeddings=True),
-                                    plan._builtin_shapes()["builtin:smollm2-135m"]])
+                                    shapes._builtin_shapes()["builtin:smollm2-135m"]])
 def test_parameter_count_matches_the_built_model(config):
     """Catches a wrong per-layer count (GQA's k/v width, the gated MLP's third matrix, a tied head counted twice):
     the count from config.json alone must equal the numel of the model transformers builds from it."""
@@ -36,17 +36,17 @@ def test_parameter_count_matches_the_built_model(config):
     hf = AutoConfig.for_model(**config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf)
-    shape = plan.ModelShape.from_config("t", config)
+    shape = shapes.ModelShape.from_config("t", config)
     assert shape.params() == sum(p.numel() for p in model.parameters())
 
 
 def test_public_llama_sizes():
     """The shipped shapes are the public architectures: Llama-2-7B has 6,738,415,616 parameters and Llama-2-70B
     68,976,648,192 (their safetensors index totals); a typo in model_shapes.json changes these."""
-    assert plan.model_shape("policy.model", "meta-llama/Llama-2-7b-hf").params() == 6_738_415_616
-    assert plan.model_shape("policy.model", "meta-llama/Llama-2-70b-hf").params() == 68_976_648_192
+    assert shapes.model_shape("policy.model.path", "meta-llama/Llama-2-7b-hf").params() == 6_738_415_616
+    assert shapes.model_shape("policy.model.path", "meta-llama/Llama-2-70b-hf").params() == 68_976_648_192
     with pytest.raises(ConfigError, match="policy.model.path: cannot size 'nobody/nothing'"):
-        plan.model_shape("policy.model", "nobody/nothing")
+        shapes.model_shape("policy.model.path", "nobody/nothing")
 
 
 @pytest.mark.parametrize("nodes,gpus", [(1, 1), (1, 8), (2, 8), (4, 8)])
@@ -57,7 +57,7 @@ def test_model_states_match_deepspeed_estimators(nodes, gpus):
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-    shape = plan.model_shape("policy.model", "meta-llama/Llama-2-7b-hf")
+    shape = shapes.model_shape("policy.model.path", "meta-llama/Llama-2-7b-hf")
     p, big, ranks = shape.params(), shape.largest_layer, nodes * gpus
     for offload in (False, True):
         mine = sum(plan.zero_states(p, 2, ranks, True, offload_optimizer=offload).values())
@@ -76,6 +76,59 @@ def test_model_states_shrink_with_stage_and_ranks():
     per_stage = [sum(plan.zero_states(p, s, 8, True).values()) for s in range(4)]
     assert per_stage == sorted(per_stage, reverse=True) and len(set(per_stage)) == 4
     assert sum(plan.zero_states(p, 0, 1, True).values()) == 20 * p  # 2 + 6 + 12 bytes per parameter
+
+
+@pytest.mark.parametrize("targets", [["all-linear"], ["q_proj", "v_proj"], ["all-linear", "lm_head"], ["down_proj"]])
+def test_lora_parameter_count_matches_peft(targets):
+    """The adapters' count from config.json alone equals the trainable parameters peft injects through rlaif's own
+    apply_lora (the same names): a wrong in/out width (GQA's k/v, the MLP's down_proj transposed), a missed gate_proj
+    or lm_head's adapter not counted fails here."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlaif.config.schema import LoRAConfig
+    from rlaif.rl.lora import apply_lora
+
+    config = tiny_llama()
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    apply_lora(model, LoRAConfig(rank=8, alpha=16, target_modules=targets), "policy.lora")
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert shapes.ModelShape.from_config("t", config).lora_params(8, targets) == trained
+
+
+def test_lora_plan_holds_adapter_states_and_a_frozen_base():
+    """Llama-2-7B, rank 16 on all linear layers: 39,976,960 adapter parameters (the count peft prints for this
+    model and setting). Per rank, ZeRO-2 x4 bf16: the adapters' 2 + 16 bytes split as DeepSpeed splits them, plus
+    the frozen base's 2 bytes a parameter whole (split 4 ways at ZeRO-3); no reference actor (the policy with its
+    adapters off). Bugs caught: full-model optimizer states kept under LoRA (7B: 20 bytes x 6.7e9 = 126 GiB a
+    rank), the frozen base left out, a reference still planned."""
+    shape = shapes.model_shape("policy.model.path", "meta-llama/Llama-2-7b-hf")
+    assert shape.lora_params(16, ["all-linear"]) == 39_976_960
+    lora = ["policy.lora.rank=16", "policy.num_ranks=4", "rl.kl_coef=0.05"]
+    for stage, split in ((2, 1), (3, 4)):
+        cfg = load_config(C7, [*lora, f"policy.zero_stage={stage}", "policy.offload_optimizer=false"])
+        (p,) = plan.make_plans(cfg, 1, 8)
+        rank = next(a for a in p.actors if a.name == "policy.0")
+        expected = {k: v for k, v in plan.zero_states(39_976_960, stage, 4, True,
+                                                      largest_layer=shape.largest_layer).items() if v}
+        assert {k: v for k, v in rank.train.items() if k not in ("CUDA context", "activations")} == \
+            {**expected, "frozen weights": 2 * shape.params() // split}
+        assert not [a for a in p.actors if a.role == "reference"] and not plan.problems(p)
+    full = load_config(C7, ["policy.num_ranks=1", "policy.zero_stage=0", "policy.offload_optimizer=false"])
+    with pytest.raises(ConfigError, match="policy"):  # one 80 GiB GPU: a full 7B fine-tune does not fit; LoRA does
+        plan.check(full, 1, 8)
+    plan.check(load_config(C7, ["policy.num_ranks=1", "policy.zero_stage=0", "policy.offload_optimizer=false",
+                                "policy.lora.rank=16", "policy.gradient_checkpointing=true"]), 1, 8)
+
+
+def test_a_reward_model_is_planned_as_a_scorer_of_its_own_size():
+    """With rl.reward_model the preference-model role serves that model forward only (no DeepSpeed states), sized
+    from its own config.json: a 70B reward model beside a 7B policy needs 70B's weights, not the 7B's."""
+    cfg = load_config(C7, ["rl.reward_model=meta-llama/Llama-2-70b-hf"])
+    (p,) = plan.make_plans(cfg, 1, 8)
+    scorer = next(a for a in p.actors if a.role == "preference_model")
+    rm = shapes.model_shape("rl.reward_model", "meta-llama/Llama-2-70b-hf")
+    assert scorer.train["weights"] == rm.params(lm_head=False) * 2 and "optimizer" not in scorer.train
+    assert any("preference_model" in msg for msg in plan.problems(p))  # 128 GiB of weights on one GPU
 
 
 # -- activations against a measured CPU peak --------------------------------------------------------------------
@@ -100,7 +153,7 @@ def measured_peak(fn) -> int:
     ("tiny", tiny_llama(), torch.float32, True, 4, 256),
     ("tiny", tiny_llama(), torch.bfloat16, False, 4, 256),
     ("tiny", tiny_llama(), torch.bfloat16, True, 4, 256),
-    ("smollm2", plan._builtin_shapes()["builtin:smollm2-135m"], torch.float32, False, 2, 64),
+    ("smollm2", shapes._builtin_shapes()["builtin:smollm2-135m"], torch.float32, False, 2, 64),
 ])
 def test_activation_estimate_against_measured_peak(name, config, dtype, ckpt, b, length):
     """The planner's activations (+ the gradients backward allocates) against the peak the CPU allocator held during
@@ -130,7 +183,7 @@ def test_activation_estimate_against_measured_peak(name, config, dtype, ckpt, b,
         logp.mean().backward()
 
     measured = measured_peak(step)
-    shape = plan.ModelShape.from_config(name, config)
+    shape = shapes.ModelShape.from_config(name, config)
     d = plan.BYTES[str(dtype).removeprefix("torch.")]
     estimate = shape.activation_bytes(b * length, b * resp, d, ckpt) + shape.params() * d  # + the gradients
     print(f"{name} {dtype} checkpointing={ckpt}: measured/estimated peak {measured / estimate:.2f}")
@@ -206,7 +259,7 @@ def test_tensor_parallel_engines_take_single_gpu_bundles():
     workers = [a for a in p.actors if a.role == "rollout"]
     assert [a.name for a in workers] == [f"rollout.0.tp{i}" for i in range(4)]
     assert all(a.gpu == 1.0 for a in workers) and len({(a.node, a.gpus) for a in workers}) == 4
-    full = plan.model_shape("policy.model", "meta-llama/Llama-3.1-70B-Instruct").params() * 2
+    full = shapes.model_shape("policy.model.path", "meta-llama/Llama-3.1-70B-Instruct").params() * 2
     assert workers[0].generate["vLLM weights"] == full // 4
 
 

@@ -19,139 +19,17 @@ use the public architecture numbers in rlaif/assets/model_shapes.json.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from rlaif.config import Config, ConfigError
+from rlaif.run.shapes import ModelShape, model_shape
 
 GIB = 1 << 30
 CONTEXT_BYTES = int(0.75 * GIB)  # CUDA context + NCCL buffers of each process using a GPU (measured ~0.5-1 GiB)
 VLLM_PROFILE_TOKENS = 8192  # vLLM's profiling forward (max_num_batched_tokens) whose activations it reserves
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-GATED_MLP = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3",
-             "olmo", "olmo2", "granite"}
-
-
-# -- model shapes ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the memory of a decoder-only transformer depends on, from its config.json."""
-
-    name: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    tied: bool
-    gated: bool
-    max_positions: int = 0
-
-    @classmethod
-    def from_config(cls, name: str, c: dict[str, Any]) -> ModelShape:
-        c = {**c, **c.get("text_config", {})}  # multimodal configs nest the LM's numbers
-
-        def first(*keys: str, default: Any = None) -> Any:
-            for k in keys:
-                if c.get(k) is not None:
-                    return c[k]
-            if default is None:
-                raise ConfigError(f"{name}: config.json has none of {', '.join(keys)}; cannot size the model")
-            return default
-
-        hidden = int(first("hidden_size", "n_embd", "d_model"))
-        heads = int(first("num_attention_heads", "n_head", "num_heads"))
-        return cls(name, hidden, int(first("num_hidden_layers", "n_layer", "num_layers")), heads,
-                   int(first("num_key_value_heads", default=heads)),
-                   int(first("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden)),
-                   int(first("vocab_size")), bool(c.get("tie_word_embeddings", True)),
-                   c.get("model_type") in GATED_MLP, int(c.get("max_position_embeddings") or 0))
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def layer_params(self) -> int:
-        kv = self.kv_heads * self.head_dim
-        attn = 2 * self.hidden * self.hidden + 2 * self.hidden * kv
-        mlp = (3 if self.gated else 2) * self.hidden * self.intermediate
-        return attn + mlp + 2 * self.hidden  # + two norms
-
-    def params(self, lm_head: bool = True) -> int:
-        """lm_head=False: a scalar-head model (critic, preference model) built on this LM."""
-        head = self.vocab * self.hidden if lm_head and not self.tied else (self.hidden if not lm_head else 0)
-        return self.vocab * self.hidden + head + self.layers * self.layer_params + self.hidden
-
-    @property
-    def largest_layer(self) -> int:
-        """Parameters of the largest module ZeRO-3 gathers whole (DeepSpeed's largest_layer_params)."""
-        return max(self.vocab * self.hidden, self.layer_params)
-
-    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
-
-    def activation_bytes(self, tokens: int, logit_rows: int, dtype_bytes: int, checkpointing: bool,
-                         lm_head: bool = True) -> int:
-        """Tensors saved for backward by one packed micro-batch of `tokens` tokens, `logit_rows` of them through
-        the LM head. Per layer and token (HF Llama, SDPA/flash attention: no L x L score matrix is saved): the two
-        RMSNorm inputs upcast to fp32 (2 x 4h), the normed inputs, q, k, v (repeated to h for GQA), the attention
-        output and o_proj's input (7h in the model dtype), and gate, up, act(gate), act*up of the MLP (4I; 2I
-        without a gate). Gradient checkpointing keeps each layer's input only, and recomputes one layer at a time
-        in backward. Plus the embedding's gradient, which backward allocates whole before adding it in."""
-        mlp = (4 if self.gated else 2) * self.intermediate
-        per_layer = tokens * (dtype_bytes * (7 * self.hidden + mlp) + 4 * 2 * self.hidden)
-        if checkpointing:
-            kept = self.layers * tokens * self.hidden * dtype_bytes + per_layer
-        else:
-            kept = self.layers * per_layer
-        head = logit_rows * self.vocab * dtype_bytes if lm_head else 0  # logits of response positions only
-        embed_grad = self.vocab * self.hidden * dtype_bytes  # backward's dense embedding gradient, before it is added
-        return kept + head + embed_grad + 2 * tokens * self.hidden * 4  # + the final norm
-
-
-def _builtin_shapes() -> dict[str, dict[str, Any]]:
-    shapes = json.loads(resources.files("rlaif").joinpath("assets", "model_shapes.json").read_text())
-    return {k: v for k, v in shapes.items() if not k.startswith("_")}
-
-
-def model_shape(key: str, path: str, cache_dir: str = "", revision: str = "") -> ModelShape:
-    """The shape of the model `key` (e.g. policy.model) names: a folder's config.json, a builtin's (its cached
-    folder, else the numbers it is built with), a Hub id's cached config.json, else the public numbers shipped in
-    rlaif/assets/model_shapes.json. Never downloads, never reads weights."""
-    from rlaif.models import SMOLLM2, TINY, cache_root
-
-    known = _builtin_shapes()
-    candidates = [Path(path) / "config.json"]
-    if path in (TINY, SMOLLM2):
-        candidates = [cache_root(cache_dir) / {TINY: "tiny-llama-v2", SMOLLM2: "smollm2-135m-instruct"}[path]
-                      / "config.json"]
-    elif "/" in path and not Path(path).is_dir():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(path, "config.json", revision=revision or None)
-            if isinstance(found, str):
-                candidates.append(Path(found))
-        except ImportError:
-            pass
-    for file in candidates:
-        if file.is_file():
-            try:
-                return ModelShape.from_config(path, json.loads(file.read_text(encoding="utf-8")))
-            except ValueError as exc:
-                raise ConfigError(f"{key}.path: {file} is not valid JSON: {exc}") from exc
-    if path in known:
-        return ModelShape.from_config(path, known[path])
-    raise ConfigError(f"{key}.path: cannot size '{path}' without its config.json (not a local folder, not in the "
-                      f"Hugging Face cache, not one of the shapes rlaif ships: {', '.join(sorted(known))}); download "
-                      "it first (huggingface-cli download <id> config.json)")
 
 
 # -- memory of each role -------------------------------------------------------------------------------------------
@@ -205,15 +83,25 @@ def _opt(section: Any, key: str) -> bool:
 
 def _trainer(name: str, role: str, gpu: float, shape: ModelShape, section: Any, dtype: str, ranks: int,
              micro: int, tokens: int, logit_rows: int, lm_head: bool) -> Actor:
-    d = BYTES[dtype]
-    states = zero_states(shape.params(lm_head), section.zero_stage, ranks, dtype != "float32",
-                         _opt(section, "offload_optimizer"), _opt(section, "offload_param"), shape.largest_layer)
+    """A DeepSpeed rank. With LoRA (section.lora.rank) only the adapters, and a scalar head, have gradients and
+    optimizer states; the frozen base is weights alone, in the model dtype, partitioned at ZeRO-3 like the rest."""
+    d, stage, lora = BYTES[dtype], section.zero_stage, getattr(section, "lora", None)
+    total = shape.params(lm_head)
+    if lora is not None and lora.rank:
+        head = 0 if lm_head else shape.hidden  # a critic's or PM's score head trains whole
+        trainable, frozen = shape.lora_params(lora.rank, lora.target_modules) + head, total - head
+    else:
+        trainable, frozen = total, 0
+    states = zero_states(trainable, stage, ranks, dtype != "float32", _opt(section, "offload_optimizer"),
+                         _opt(section, "offload_param"), shape.largest_layer)
+    if frozen and not (stage == 3 and _opt(section, "offload_param")):
+        states["frozen weights"] = d * frozen // (max(ranks, 1) if stage == 3 else 1)
     ckpt = bool(getattr(section, "gradient_checkpointing", False))
-    acts = shape.activation_bytes(micro * tokens, micro * logit_rows, d, ckpt, lm_head)
+    acts = shape.activation_bytes(micro * tokens, micro * logit_rows, d, ckpt, lm_head, embedding_trains=not frozen)
     resident = {"CUDA context": CONTEXT_BYTES, **{k: v for k, v in states.items() if v}}
     return Actor(name, role, gpu, train={**resident, "activations": acts}, generate=dict(resident),
-                 note=f"ZeRO-{section.zero_stage} x{ranks}, micro-batch {micro} x {tokens} tokens"
-                      f"{', checkpointing' if ckpt else ''}")
+                 note=f"ZeRO-{stage} x{ranks}, micro-batch {micro} x {tokens} tokens"
+                      f"{', checkpointing' if ckpt else ''}{f', LoRA rank {lora.rank}' if frozen else ''}")
 
 
 def _vllm(name: str, role: str, gpu: float, shape: ModelShape, dtype: str, util: float, gpu_bytes: int, tp: int,
@@ -276,7 +164,14 @@ def actors_for(cfg: Config, stage: str, shapes: dict[str, ModelShape], gpu_bytes
         (n, gpu), cc = roles["critic"], cfg.critic
         out += [_trainer(f"critic.{i}", "critic", gpu, shapes["critic"], cc, cc.model.dtype, n, pc.micro_batch_size,
                          rl_tokens, 0, False) for i in range(n)]
-    if "preference_model" in roles:  # trained while the RL roles are up (Roles.start_pm_trainer)
+    if "preference_model" in roles and cfg.rl.reward_model:  # a pretrained reward model: scorers, no training
+        (n, gpu), pm, rm = roles["preference_model"], cfg.preference_model, shapes["reward_model"]
+        pd = BYTES[pm.model.dtype]
+        use = {"CUDA context": CONTEXT_BYTES, "weights": rm.params(lm_head=False) * pd,
+               "forward": pm.batch_size * pm.max_tokens * 8 * rm.hidden * pd}
+        out += [Actor(f"preference_model.{i}", "preference_model", gpu, dict(use), dict(use),
+                      note="rl.reward_model, forward only") for i in range(n)]
+    elif "preference_model" in roles:  # trained while the RL roles are up (Roles.start_pm_trainer)
         (n, gpu), pm = roles["preference_model"], cfg.preference_model
         out += [_trainer(f"preference_model.{i}", "preference_model", gpu, shapes["preference_model"], pm,
                          pm.model.dtype, n, pm.batch_size, pm.max_tokens, 0, False) for i in range(n)]
@@ -428,11 +323,14 @@ def cluster_shape(cfg: Config, nodes: int | None = None, gpus_per_node: int | No
 
 
 def shapes_of(cfg: Config) -> dict[str, ModelShape]:
-    pol = model_shape("policy.model", cfg.policy.model.path, cfg.cache_dir, cfg.policy.model.revision)
+    pol = model_shape("policy.model.path", cfg.policy.model.path, cfg.cache_dir, cfg.policy.model.revision)
     get = {"policy": pol}
     for key, mc in (("labeler", cfg.labeler.model), ("preference_model", cfg.preference_model.model),
                     ("critic", cfg.critic.model)):
-        get[key] = model_shape(f"{key}.model", mc.path, cfg.cache_dir, mc.revision) if mc.path else pol
+        get[key] = model_shape(f"{key}.model.path", mc.path, cfg.cache_dir, mc.revision) if mc.path else pol
+    if cfg.rl.reward_model:
+        get["reward_model"] = model_shape("rl.reward_model", cfg.rl.reward_model, cfg.cache_dir,
+                                          cfg.rl.reward_model_revision)
     return get
 
 
