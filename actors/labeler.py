@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from actors.group import use_cpu_threads
-from rlaif.config import Config
+from rlaif.config import Config, ConfigError
 from rlaif.feedback.constitution import load_constitution
 from rlaif.feedback.labeling import (
     ANSWER_CUE,
@@ -95,12 +95,14 @@ class LabelerWorker:
     def _check_length(self, n_tokens: int, new_tokens: int, what: str) -> None:
         """The same context limit on both backends: a prompt that does not fit is an error, never cut silently."""
         if n_tokens + new_tokens > self.max_len:
-            raise ValueError(
+            n = self.lc.few_shot_examples
+            shots = f", labeler.few_shot_examples (its {n} answered examples come before every question)" if n else ""
+            raise ConfigError(
                 f"labeler {what}: {n_tokens} prompt tokens + {new_tokens} to generate exceed the labeler's context "
                 f"of {self.max_len} tokens (labeler.max_model_len = {self.lc.max_model_len}, capped by the model's "
                 f"max_position_embeddings): raise labeler.max_model_len or lower labeler.max_response_tokens"
-                f"{' or labeler.cot_max_tokens' if new_tokens > 1 else ''} (the conversation and each response are "
-                f"cut to labeler.max_response_tokens inside the labeler's prompt)")
+                f"{' or labeler.cot_max_tokens' if new_tokens > 1 else ''}{shots} (the conversation and each "
+                "response are cut to labeler.max_response_tokens inside the labeler's prompt)")
 
     @property
     def head(self) -> list[int]:

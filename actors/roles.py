@@ -210,6 +210,8 @@ class Roles:
                 self.sync_weights = WeightSync(cfg, self.policy, self.rollout.actors)
         except ray.exceptions.RayTaskError as exc:  # a role's model failed to load: a corrupt file, a bad path
             self.shutdown()
+            if isinstance(exc, ConfigError):  # a config key's fault, found in the actor: the CLI names it (exit 2)
+                raise
             logging.getLogger(__name__).info("start-up failed:\n%s", exc)  # the remote traceback, to driver.log
             raise StartupFailed(f"starting the roles failed: {task_failure(exc)} (traceback in "
                                 f"{cfg.output_dir}/logs/driver.log)") from None

@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                "eval": eval_stage.eval_command, "red-team": red_team_stage.red_team_command}[args.command]
         path = run(cfg, overwrite=args.overwrite, verbose=args.verbose)
     except (ConfigError, ConstitutionError, DataError, HumanLabelError, FileNotFoundError, CheckpointError) as exc:
-        print(f"rlaif: error: {exc}", file=sys.stderr)
+        # raised in an actor (a labeler prompt longer than its context), Ray's error is also the original's type:
+        # print the original's message, not Ray's page of remote traceback
+        print(f"rlaif: error: {getattr(exc, 'cause', None) or exc}", file=sys.stderr)
         return 2
     except FeedbackIntegrityError as exc:
         print(f"rlaif: stopped by the trust gate: {exc}", file=sys.stderr)

@@ -325,3 +325,29 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
         holder.wait()
     own_output_dir(run, False, "train")  # the holder is gone: the folder is free again
     release_output_dir(run)
+
+
+def test_a_config_error_raised_inside_an_actor_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """Some faults of the config show only inside an actor (a labeler prompt past labeler.max_model_len). Ray
+    re-raises it as a RayTaskError that is also a ConfigError, whose text is a page of remote traceback; the CLI
+    prints the original message in one line, exit 2. Built with Ray's own exception class, as ray.get raises it.
+    Bug caught: the page of traceback printed after "rlaif: error:"."""
+    from ray.exceptions import RayTaskError
+
+    from rlaif.cli import main
+    from rlaif.config import ConfigError
+    from rlaif.run import trainer
+
+    cause = ConfigError("labeler scoring: 536 prompt tokens + 1 to generate exceed the labeler's context of 200 "
+                        "tokens: raise labeler.max_model_len")
+    raised = RayTaskError("LabelerWorker.compare", 'Traceback (most recent call last):\n  File "labeler.py", line 1',
+                          cause).as_instanceof_cause()
+    assert isinstance(raised, ConfigError) and 'File "labeler.py"' in str(raised)
+
+    def train(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(trainer, "train", train)
+    assert main(["train", "--config", str(REPO / "configs/debug.yaml"), f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rlaif: error: {cause}\n", err

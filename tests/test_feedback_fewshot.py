@@ -107,3 +107,17 @@ def test_few_shot_examples_config_checks(tmp_path, monkeypatch, tiny_path):
         load_config(None, ["labeler.few_shot_examples=-1"])
     with pytest.raises(ValueError, match="labeler.few_shot_examples = 9"):
         labeler(tmp_path, monkeypatch, tiny_path, "labeler.few_shot_examples=9")
+
+
+def test_a_prompt_past_the_labelers_context_names_the_few_shot_key(tmp_path, monkeypatch, tiny_path):
+    """The examples come before every question, so they can push it past labeler.max_model_len: the error is a
+    ConfigError (the CLI prints it in one line, exit 2, even from inside the labeler's actor) that names
+    labeler.few_shot_examples beside the other keys; without examples the same context fits. Bugs caught: a bare
+    ValueError (a page of Ray traceback at the console), the key that grew the prompt left unnamed."""
+    fits = labeler(tmp_path, monkeypatch, tiny_path, "labeler.max_model_len=200")
+    fits.compare(["How do I calm down?"], ["Breathe slowly."], ["Scream."])  # the bare question fits in 200
+    worker = labeler(tmp_path, monkeypatch, tiny_path, "labeler.few_shot_examples=2", "labeler.max_model_len=200",
+                     "labeler.cache=false")
+    with pytest.raises(ConfigError, match=r"exceed the labeler's context of 200 tokens .*labeler.few_shot_examples "
+                                          r"\(its 2 answered examples"):
+        worker.compare(["How do I calm down?"], ["Breathe slowly."], ["Scream."])
