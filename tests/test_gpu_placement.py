@@ -416,6 +416,16 @@ class Timed:
         return self.start, self.ready, ray.get_gpu_ids()
 
 
+class TimedLabeler(Timed):
+    """The labeler starts its vLLM in load(), which Roles calls as soon as the actor exists (a model judge)."""
+
+    def __init__(self, *args) -> None:
+        self.start = self.ready = 0.0
+
+    def load(self) -> None:
+        Timed.__init__(self)
+
+
 @pytest.mark.e2e
 def test_colocated_engines_start_after_the_ranks_on_their_gpu_one_vllm_at_a_time(gpu_ray, monkeypatch):
     """Roles with ray.colocate=true on cuda, its actors replaced by stand-ins. Bug caught: the engines (and the
@@ -424,8 +434,9 @@ def test_colocated_engines_start_after_the_ranks_on_their_gpu_one_vllm_at_a_time
     import actors.roles
     import actors.rollout
 
-    for name in ("PolicyWorker", "CriticWorker", "LabelerWorker", "ReferenceWorker"):
+    for name in ("PolicyWorker", "CriticWorker", "ReferenceWorker"):
         monkeypatch.setattr(actors.roles, name, Timed)
+    monkeypatch.setattr(actors.roles, "LabelerWorker", TimedLabeler)
     monkeypatch.setattr(actors.rollout, "RolloutWorker", Timed)
     monkeypatch.setattr(actors.roles, "WeightSync", lambda *args: None)
     cfg = load_config(GPU, [*COLOC, "trainer.timeout_s=60"])
