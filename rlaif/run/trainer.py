@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,11 +297,14 @@ def preference_model(cfg: Config, roles: Roles, loader: PromptLoader, tracker: T
 
         return reward_model_stage(cfg, roles, loader, tracker)
     log.info("AI feedback -> preference model on %d pairs", cfg.preference_model.label_prompts)
-    pairs = sample_and_label(cfg, roles, loader)
-    record = feedback_integrity(cfg, roles, pairs, tracker, feedback_trains(cfg))
-    if not cfg.rl.use_preference_model:
-        return "", (0.0, 1.0), record
-    roles.start_pm_trainer()
+    # The PM's ranks start (processes, model, DeepSpeed) while the labeler labels: off the critical path.
+    with ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(roles.start_pm_trainer) if cfg.rl.use_preference_model else None
+        pairs = sample_and_label(cfg, roles, loader)
+        record = feedback_integrity(cfg, roles, pairs, tracker, feedback_trains(cfg))
+        if starting is None:
+            return "", (0.0, 1.0), record
+        starting.result()
     pm = train_preference_model(cfg, roles, pairs, tracker)
     before, check = record, pm_check(pm, cfg.trust)
     record = decide(record.checks + [check], cfg.trust, record.trains)
