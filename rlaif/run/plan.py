@@ -85,9 +85,9 @@ def _trainer(name: str, role: str, gpu: float, shape: ModelShape, section: Any, 
              micro: int, tokens: int, logit_rows: int, lm_head: bool) -> Actor:
     """A DeepSpeed rank. With LoRA (section.lora.rank) only the adapters, and a scalar head, have gradients and
     optimizer states; the frozen base is weights alone, in the model dtype, partitioned at ZeRO-3 like the rest."""
-    d, stage, lora = BYTES[dtype], section.zero_stage, getattr(section, "lora", None)
+    d, stage, lora = BYTES[dtype], section.zero_stage, section.lora
     total = shape.params(lm_head)
-    if lora is not None and lora.rank:
+    if lora.rank:
         head = 0 if lm_head else shape.hidden  # a critic's or PM's score head trains whole
         trainable, frozen = shape.lora_params(lora.rank, lora.target_modules) + head, total - head
     else:
